@@ -1,0 +1,475 @@
+"""`TrainingDynamics`: dense per-example tables of how hard each training example is, epoch by epoch."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_curricula import signals as S
+from lightning_curricula._step_outputs import StepOutputs, read_step_outputs
+from lightning_curricula._visualize import log_epoch_visuals
+from lightning_curricula.ranking import HARDER_WHEN_HIGHER, difficulty_scores, select_indices
+
+if TYPE_CHECKING:
+    import datasets
+
+__all__ = ["TrainingDynamics"]
+
+STATE_VERSION = 1
+
+# Rows of the per-epoch accumulator: sums over this epoch's visits, all-reduced once at epoch end.
+_VISITS, _NONFINITE, _LOSS, _CONFIDENCE, _CORRECT, _MARGIN, _EL2N = range(7)
+_LOSS_ROWS, _CLASSIFICATION_ROWS = 3, 7
+
+# Persistent tables, one row per example id. "Latest" tables hold NaN until the example is seen.
+_COUNT_TABLES = ("visits", "epochs_seen", "nonfinite")
+_LATEST_LOSS_TABLES = ("loss", "loss_ema")
+_CLASSIFICATION_LATEST = ("margin", "el2n")
+_CLASSIFICATION_SUMS = ("margin_sum", "confidence_sum", "confidence_sq_sum")
+_CLASSIFICATION_COUNTS = ("correct_epochs", "forgetting_events")
+
+
+class TrainingDynamics(Callback):
+    r"""Track per-example training dynamics: loss, EL2N, margin / AUM, forgetting, confidence, variability.
+
+    Reads what ``training_step`` returns (see ``docs/contract.md``): ``losses``, one unreduced loss per
+    example, is required; ``logits`` ``(B, C)`` and integer ``targets`` ``(B,)`` enable the
+    classification signals. The example ids come from ``batch["index"]`` (`WithIndex`) or from
+    ``outputs["index"]``.
+
+    Per step the callback does a handful of vectorised tensor ops on the model's device (one
+    ``index_add_`` into a dense ``(signals, N)`` accumulator) and never synchronises with the host.
+    At each epoch end it all-reduces that accumulator once and derives the epoch's signals:
+
+    ======================  ===================================================================
+    column                  meaning (over the epochs in which the example was seen)
+    ======================  ===================================================================
+    ``visits``              training passes over the example (a pass with a non-finite loss excluded)
+    ``epochs_seen``         epochs with at least one finite visit
+    ``last_epoch``          the last such epoch, ``-1`` if never seen
+    ``loss``                loss in its last epoch (mean over that epoch's visits)
+    ``loss_mean``           mean of its per-epoch losses
+    ``loss_ema``            moving average of its per-epoch losses, weight ``ema_decay`` on the past
+    ``nonfinite``           visits whose loss (or logits) were NaN or infinite, skipped everywhere else
+    ``el2n``                EL2N in its last epoch (Paul et al. 2021)
+    ``margin``              logit margin in its last epoch (Pleiss et al. 2020)
+    ``aum``                 area under the margin: mean per-epoch margin (Pleiss et al. 2020)
+    ``confidence``          mean per-epoch probability of the target (Swayamdipta et al. 2020)
+    ``variability``         standard deviation of that probability across epochs (Swayamdipta et al. 2020)
+    ``correctness``         share of its epochs in which it was classified correctly
+    ``forgetting_events``   correct in one epoch it was seen, wrong in the next (Toneva et al. 2019)
+    ======================  ===================================================================
+
+    An example never seen has ``visits == 0`` and NaN in every float column; policies recognise it
+    by that. An epoch-level value is the mean over that epoch's visits, so an example repeated by a
+    sampler (``DistributedSampler`` pads the last ranks with repeats) is averaged, never double
+    counted in ``epochs_seen``; ``visits`` does count the repeat, because the model trained on it.
+    With several visits in an epoch, the example is correct that epoch when a strict majority of
+    its visits were.
+
+    Args:
+        name: prefix of the logged metrics and part of ``state_key``; give each tracker on one
+            ``Trainer`` its own name.
+        num_examples: size of the training set; inferred from ``trainer.train_dataloader.dataset``
+            when ``None``.
+        ema_decay: weight of the past in ``loss_ema``, in ``[0, 1)``.
+        history_epochs: also keep the per-epoch loss of the last this-many epochs (``4 * N`` bytes
+            each); ``0`` keeps none. See `loss_history`.
+        on_nonfinite: ``"skip"`` a NaN or infinite loss (counted in ``nonfinite``, logged, warned
+            once per epoch), or ``"raise"`` at once (costs a host-device sync per step).
+        log_histograms: log a histogram of each signal every epoch (TensorBoard only).
+        plot_every_n_epochs: every this-many epochs, and at the last epoch, log the data map and the
+            hardest examples (TensorBoard only); ``0`` never.
+        num_hardest: how many of the hardest examples to show.
+        hardest_by: the signal that ranks them (a key of `HARDER_WHEN_HIGHER`).
+        index_key: the key that holds the example ids.
+
+    Example:
+        >>> import lightning.pytorch as pl
+        >>> dynamics = TrainingDynamics(name="dynamics")
+        >>> trainer = pl.Trainer(callbacks=[dynamics], max_epochs=1, logger=False, enable_checkpointing=False)
+
+    Note:
+        **DDP**: every rank accumulates the batches it trains on; one all-reduce (sum) per epoch makes
+        the tables identical on all ranks, so any rank can plan from them. Ids travel as integers and
+        are never packed into float tensors. **Resume**: ``state_dict`` holds the tables as of the
+        last finished epoch (tensors and numbers only, loadable with ``torch.load(weights_only=True)``),
+        so a run resumed from an epoch-end checkpoint ends with exactly the tables of an uninterrupted
+        run. A partly finished epoch is not saved: it is trained again on resume, and counted once.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "dynamics",
+        num_examples: int | None = None,
+        ema_decay: float = 0.8,
+        history_epochs: int = 0,
+        on_nonfinite: Literal["skip", "raise"] = "skip",
+        log_histograms: bool = True,
+        plot_every_n_epochs: int = 5,
+        num_hardest: int = 16,
+        hardest_by: str = "loss",
+        index_key: str = "index",
+    ) -> None:
+        if not name:
+            raise ValueError("name must be a non-empty string.")
+        if num_examples is not None and num_examples < 1:
+            raise ValueError(f"num_examples must be a positive integer or None, got {num_examples!r}.")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}.")
+        if history_epochs < 0:
+            raise ValueError(f"history_epochs must be >= 0, got {history_epochs!r}.")
+        if on_nonfinite not in ("skip", "raise"):
+            raise ValueError(f"on_nonfinite must be 'skip' or 'raise', got {on_nonfinite!r}.")
+        if plot_every_n_epochs < 0 or num_hardest < 0:
+            raise ValueError(
+                f"plot_every_n_epochs and num_hardest must be >= 0, got {plot_every_n_epochs!r} and {num_hardest!r}."
+            )
+        if hardest_by not in HARDER_WHEN_HIGHER:
+            raise ValueError(f"hardest_by must be one of {sorted(HARDER_WHEN_HIGHER)}, got {hardest_by!r}.")
+        self.name = name
+        self.num_examples = num_examples
+        self.ema_decay = ema_decay
+        self.history_epochs = history_epochs
+        self.on_nonfinite = on_nonfinite
+        self.log_histograms = log_histograms
+        self.plot_every_n_epochs = plot_every_n_epochs
+        self.num_hardest = num_hardest
+        self.hardest_by = hardest_by
+        self.index_key = index_key
+        self.epochs_tracked = 0
+        self._tables: dict[str, Tensor] = {}
+        self._history: Tensor | None = None
+        self._accumulator: Tensor | None = None
+        self._checked_ids = False
+
+    # ----------------------------------------------------------------------------------- Lightning hooks
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(name=self.name)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        size = _dataset_size(trainer)
+        if self.num_examples is None:
+            self.num_examples = size
+        elif size is not None and size != self.num_examples:
+            raise ValueError(
+                f"TrainingDynamics(name={self.name!r}) tracks {self.num_examples} examples but the training "
+                f"dataset has {size}."
+            )
+        if self.num_examples is None:
+            raise ValueError(
+                "TrainingDynamics cannot infer the dataset size from the train dataloader; "
+                "pass num_examples=len(train_dataset)."
+            )
+        if not self._tables:
+            self._tables = _new_loss_tables(self.num_examples)
+            if self.history_epochs:
+                self._history = torch.full((self.history_epochs, self.num_examples), math.nan)
+        self._to(pl_module.device)
+        self._checked_ids = False
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._accumulator is not None:
+            self._accumulator.zero_()
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = read_step_outputs(outputs, batch, index_key=self.index_key)
+        if not self._checked_ids:
+            self._check_ids(step.index)
+        self.update(step)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._accumulator is None:
+            return
+        epoch_sums = trainer.strategy.reduce(self._accumulator, reduce_op="sum")
+        metrics = self._finish_epoch(epoch_sums, trainer.current_epoch)
+        self._accumulator.zero_()
+        if metrics["nonfinite_losses"] > 0:
+            rank_zero_warn(
+                f"TrainingDynamics(name={self.name!r}): {int(metrics['nonfinite_losses'])} visits in epoch "
+                f"{trainer.current_epoch} had a non-finite loss or logits; they were skipped."
+            )
+        pl_module.log_dict({f"{self.name}/{key}": value for key, value in metrics.items()})
+        is_last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        plot = self.plot_every_n_epochs > 0 and (
+            (trainer.current_epoch + 1) % self.plot_every_n_epochs == 0 or is_last
+        )
+        if trainer.is_global_zero:
+            log_epoch_visuals(self, trainer, histograms=self.log_histograms, plots=plot)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "version": STATE_VERSION,
+            "num_examples": self.num_examples,
+            "epochs_tracked": self.epochs_tracked,
+            "tables": {key: value.cpu().clone() for key, value in self._tables.items()},
+        }
+        if self._history is not None:
+            state["history"] = self._history.cpu().clone()
+        return state
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"TrainingDynamics state has version {state_dict.get('version')!r}; this release reads "
+                f"version {STATE_VERSION}."
+            )
+        saved = int(state_dict["num_examples"])
+        if self.num_examples is not None and saved != self.num_examples:
+            raise ValueError(
+                f"Cannot resume TrainingDynamics(name={self.name!r}): the checkpoint tracks {saved} examples, "
+                f"this run has {self.num_examples}."
+            )
+        self.num_examples = saved
+        self.epochs_tracked = int(state_dict["epochs_tracked"])
+        self._tables = {key: value.clone() for key, value in state_dict["tables"].items()}
+        history = state_dict.get("history")
+        if self.history_epochs and (history is None or history.shape[0] != self.history_epochs):
+            raise ValueError(
+                f"history_epochs={self.history_epochs} but the checkpoint kept "
+                f"{0 if history is None else history.shape[0]} epochs of history."
+            )
+        self._history = history.clone() if self.history_epochs and history is not None else None
+        self._accumulator = None
+
+    # ----------------------------------------------------------------------------------- per step
+
+    def update(self, step: StepOutputs) -> None:
+        """Accumulate one batch: a few vectorised ops and one ``index_add_``; no host-device sync.
+
+        Called by `on_train_batch_end`; call it yourself to track a loop that is not a ``Trainer``.
+        """
+        classification = step.logits is not None
+        if self._accumulator is None:
+            self._allocate_accumulator(classification, step.losses.device)
+        assert self._accumulator is not None
+        if classification and self._accumulator.shape[0] == _LOSS_ROWS:
+            raise ValueError("training_step began returning 'logits' after the first batch; return them always.")
+        losses = step.losses.float()
+        finite = losses.isfinite()
+        if step.logits is not None:
+            finite &= step.logits.isfinite().all(dim=1)
+        if self.on_nonfinite == "raise" and not bool(finite.all()):
+            bad = step.index[~finite].tolist()
+            raise FloatingPointError(f"TrainingDynamics(name={self.name!r}): non-finite loss for example ids {bad}.")
+        valid = finite.float()
+        rows = [valid, 1.0 - valid, torch.where(finite, losses, 0.0)]
+        if step.logits is not None and step.targets is not None:
+            logits = torch.where(finite.unsqueeze(1), step.logits.float(), 0.0)
+            targets = step.targets
+            rows += [
+                S.true_class_probabilities(logits, targets) * valid,
+                S.correct_predictions(logits, targets) * valid,
+                S.margins(logits, targets) * valid,
+                S.el2n_scores(logits, targets) * valid,
+            ]
+        values = torch.stack(rows).to(self._accumulator.device)
+        self._accumulator.index_add_(1, step.index.to(self._accumulator.device), values)
+
+    # ----------------------------------------------------------------------------------- per epoch
+
+    def _finish_epoch(self, sums: Tensor, epoch: int) -> dict[str, float]:
+        tables = self._tables
+        visits = sums[_VISITS]
+        seen = visits > 0
+        per_visit = sums / visits.clamp_min(1)
+        loss = per_visit[_LOSS]
+        tables["visits"] += visits.round().int()
+        tables["nonfinite"] += sums[_NONFINITE].round().int()
+        tables["epochs_seen"] += seen.int()
+        tables["last_epoch"] = torch.where(seen, epoch, tables["last_epoch"])
+        tables["loss"] = torch.where(seen, loss, tables["loss"])
+        tables["loss_sum"] += torch.where(seen, loss, 0.0)
+        tables["loss_ema"] = S.ema_update(tables["loss_ema"], loss, decay=self.ema_decay, observed=seen)
+        if self._history is not None:
+            self._history[epoch % self.history_epochs] = torch.where(seen, loss, math.nan)
+        metrics = {
+            "seen_fraction": seen.float().mean().item(),
+            "mean_loss": loss[seen].mean().item() if bool(seen.any()) else math.nan,
+            "nonfinite_losses": sums[_NONFINITE].sum().item(),
+        }
+        if sums.shape[0] == _CLASSIFICATION_ROWS:
+            metrics |= self._finish_classification_epoch(per_visit, seen)
+        self.epochs_tracked += 1
+        return metrics
+
+    def _finish_classification_epoch(self, per_visit: Tensor, seen: Tensor) -> dict[str, float]:
+        tables = self._tables
+        if "margin" not in tables:
+            tables |= _new_classification_tables(seen.numel(), seen.device)
+        confidence = per_visit[_CONFIDENCE]
+        correct = per_visit[_CORRECT] > 0.5
+        forgotten = S.forgetting_events(tables["last_correct"], correct, seen)
+        tables["forgetting_events"] += forgotten.int()
+        tables["last_correct"] = torch.where(seen, correct.to(torch.int8), tables["last_correct"])
+        tables["correct_epochs"] += (seen & correct).int()
+        tables["confidence_sum"] += torch.where(seen, confidence, 0.0)
+        tables["confidence_sq_sum"] += torch.where(seen, confidence.square(), 0.0)
+        tables["margin"] = torch.where(seen, per_visit[_MARGIN], tables["margin"])
+        tables["margin_sum"] += torch.where(seen, per_visit[_MARGIN], 0.0)
+        tables["el2n"] = torch.where(seen, per_visit[_EL2N], tables["el2n"])
+        ever_seen = tables["epochs_seen"] > 0
+        learned = (tables["last_correct"] == 1).float()
+        return {
+            "learned_fraction": learned[ever_seen].mean().item() if bool(ever_seen.any()) else math.nan,
+            "forgetting_events": forgotten.sum().item(),
+        }
+
+    # ----------------------------------------------------------------------------------- reading
+
+    def signals(self) -> dict[str, Tensor]:
+        """The per-example columns (see the class docstring), one row per example id, on the CPU.
+
+        Example:
+            >>> TrainingDynamics(num_examples=3).signals()["loss"]
+            tensor([nan, nan, nan])
+        """
+        tables = self._tables or (_new_loss_tables(self.num_examples) if self.num_examples else {})
+        if not tables:
+            raise RuntimeError("TrainingDynamics has no tables yet: it learns the dataset size when training starts.")
+        t = {key: value.cpu() for key, value in tables.items()}
+        epochs = t["epochs_seen"].float()
+        columns = {
+            "index": torch.arange(t["visits"].numel()),
+            "visits": t["visits"],
+            "epochs_seen": t["epochs_seen"],
+            "last_epoch": t["last_epoch"],
+            "loss": t["loss"],
+            "loss_mean": t["loss_sum"] / epochs,
+            "loss_ema": t["loss_ema"],
+            "nonfinite": t["nonfinite"],
+        }
+        if "margin" in t:
+            columns |= {
+                "el2n": t["el2n"],
+                "margin": t["margin"],
+                "aum": t["margin_sum"] / epochs,
+                "confidence": t["confidence_sum"] / epochs,
+                "variability": S.variability(t["confidence_sum"], t["confidence_sq_sum"], t["epochs_seen"]),
+                "correctness": t["correct_epochs"].float() / epochs,
+                "forgetting_events": t["forgetting_events"],
+            }
+        return columns
+
+    def loss_history(self) -> tuple[list[int], Tensor]:
+        """The per-epoch losses kept by ``history_epochs``: ``(epochs, table)``, oldest epoch first.
+
+        ``table[i, j]`` is the loss of example ``j`` in ``epochs[i]``, NaN if it was not seen then.
+        """
+        if self._history is None:
+            raise RuntimeError("No loss history: construct TrainingDynamics with history_epochs > 0.")
+        kept = min(self.epochs_tracked, self.history_epochs)
+        epochs = list(range(self.epochs_tracked - kept, self.epochs_tracked))
+        rows = [epoch % self.history_epochs for epoch in epochs]
+        return epochs, self._history[rows].cpu()
+
+    def difficulty(self, signal: str = "loss") -> Tensor:
+        """Per-example difficulty from ``signal``, higher is harder; NaN for unseen examples."""
+        return difficulty_scores(self.signals(), signal)
+
+    def select(
+        self, signal: str = "loss", *, k: int | None = None, fraction: float | None = None, hardest: bool = True
+    ) -> Tensor:
+        """Ids of the ``k`` (or ``fraction``) hardest examples by ``signal``, or the easiest.
+
+        Example:
+            >>> TrainingDynamics(num_examples=4).select("loss", k=2)  # nothing seen yet
+            tensor([], dtype=torch.int64)
+        """
+        return select_indices(self.difficulty(signal), k=k, fraction=fraction, largest=hardest)
+
+    # ----------------------------------------------------------------------------------- export
+
+    def to_dataset(self) -> datasets.Dataset:
+        """The signals as a Hugging Face ``datasets.Dataset``: one row per example id, one column per signal."""
+        try:
+            import datasets
+        except ImportError as error:  # pragma: no cover - depends on the environment
+            raise ImportError("to_dataset needs `datasets`: pip install 'lightning-curricula[hf]'.") from error
+        return datasets.Dataset.from_dict({key: value.numpy() for key, value in self.signals().items()})
+
+    def to_parquet(self, path: str | Path) -> None:
+        """Write `to_dataset` as a parquet file."""
+        self.to_dataset().to_parquet(str(path))
+
+    def to_csv(self, path: str | Path) -> None:
+        """Write `to_dataset` as a CSV file, without a pandas index column."""
+        self.to_dataset().to_csv(str(path), index=False)
+
+    # ----------------------------------------------------------------------------------- internals
+
+    def _allocate_accumulator(self, classification: bool, device: torch.device) -> None:
+        if self.num_examples is None:
+            raise RuntimeError("TrainingDynamics.update called before the dataset size is known.")
+        if not self._tables:
+            self._tables = _new_loss_tables(self.num_examples)
+        if classification and "margin" not in self._tables:
+            self._tables |= _new_classification_tables(self.num_examples, device)
+        rows = _CLASSIFICATION_ROWS if classification else _LOSS_ROWS
+        self._accumulator = torch.zeros(rows, self.num_examples, device=device)
+        self._to(device)
+
+    def _check_ids(self, index: Tensor) -> None:
+        # One host sync, on the first batch of each fit, to fail early on ids out of range.
+        assert self.num_examples is not None
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_examples):
+            raise ValueError(
+                f"Example ids must be in [0, {self.num_examples}), got ids from {int(index.min())} to "
+                f"{int(index.max())}. Is the dataset wrapped in WithIndex, and is num_examples its length?"
+            )
+        self._checked_ids = True
+
+    def _to(self, device: torch.device) -> None:
+        self._tables = {key: value.to(device) for key, value in self._tables.items()}
+        if self._history is not None:
+            self._history = self._history.to(device)
+        if self._accumulator is not None:
+            self._accumulator = self._accumulator.to(device)
+
+
+def _new_loss_tables(size: int) -> dict[str, Tensor]:
+    tables = {key: torch.zeros(size, dtype=torch.int32) for key in _COUNT_TABLES}
+    tables["last_epoch"] = torch.full((size,), -1, dtype=torch.int32)
+    tables |= {key: torch.full((size,), math.nan) for key in _LATEST_LOSS_TABLES}
+    tables["loss_sum"] = torch.zeros(size)
+    return tables
+
+
+def _new_classification_tables(size: int, device: torch.device) -> dict[str, Tensor]:
+    tables = {key: torch.full((size,), math.nan, device=device) for key in _CLASSIFICATION_LATEST}
+    tables |= {key: torch.zeros(size, device=device) for key in _CLASSIFICATION_SUMS}
+    tables |= {key: torch.zeros(size, dtype=torch.int32, device=device) for key in _CLASSIFICATION_COUNTS}
+    tables["last_correct"] = torch.full((size,), -1, dtype=torch.int8, device=device)
+    return tables
+
+
+def _dataset_size(trainer: pl.Trainer) -> int | None:
+    loader = trainer.train_dataloader
+    dataset = getattr(loader, "dataset", None)
+    if isinstance(loader, Mapping) or dataset is None:
+        return None
+    try:
+        return len(dataset)
+    except TypeError:
+        return None
