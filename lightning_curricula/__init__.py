@@ -1,24 +1,62 @@
 """lightning-curricula: curriculum learning and dynamic data pruning for PyTorch Lightning.
 
-Measure how hard each training example is while the model trains (`TrainingDynamics`), and act on it.
+Measure how hard each training example is while the model trains (`TrainingDynamics`), and choose
+what it sees next (`CurriculumSampler` with a policy from `lightning_curricula.policies`).
 """
 
 from lightning_curricula._dynamics import TrainingDynamics
+from lightning_curricula._sampler import CurriculumSampler
 from lightning_curricula._step_outputs import StepOutputs, read_step_outputs
 from lightning_curricula._visualize import data_map_figure
 from lightning_curricula._with_index import WithIndex
+from lightning_curricula.losses import weighted_mean, weighted_token_mean
+from lightning_curricula.pacing import pacing_function
+from lightning_curricula.policies import (
+    POLICIES,
+    Bandit,
+    Curriculum,
+    EpochContext,
+    FullData,
+    ImportanceSampling,
+    InfoBatch,
+    NoiseAware,
+    Plan,
+    Policy,
+    RandomSubset,
+    RandomTwin,
+    SelfPaced,
+    StaticPruning,
+)
 from lightning_curricula.ranking import HARDER_WHEN_HIGHER, difficulty_scores, select_indices
 
 __version__ = "0.1.0"
 
 __all__ = [
     "HARDER_WHEN_HIGHER",
+    "POLICIES",
+    "Bandit",
+    "Curriculum",
+    "CurriculumSampler",
+    "EpochContext",
+    "FullData",
+    "ImportanceSampling",
+    "InfoBatch",
+    "NoiseAware",
+    "Plan",
+    "Policy",
+    "RandomSubset",
+    "RandomTwin",
+    "SelfPaced",
+    "StaticPruning",
     "StepOutputs",
     "TrainingDynamics",
     "WithIndex",
     "__version__",
     "data_map_figure",
     "difficulty_scores",
+    "pacing_function",
     "read_step_outputs",
     "select_indices",
+    "weighted_mean",
+    "weighted_token_mean",
 ]

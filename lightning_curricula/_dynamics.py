@@ -198,22 +198,23 @@ class TrainingDynamics(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._accumulator is None:
-            return
-        epoch_sums = trainer.strategy.reduce(self._accumulator, reduce_op="sum")
-        metrics = self._finish_epoch(epoch_sums, trainer.current_epoch)
-        self._accumulator.zero_()
-        if metrics["nonfinite_losses"] > 0:
+        epoch = trainer.current_epoch
+        metrics = _plan_statistics(trainer, epoch)
+        if self._accumulator is not None:
+            epoch_sums = trainer.strategy.reduce(self._accumulator, reduce_op="sum")
+            metrics |= self._finish_epoch(epoch_sums, epoch)
+            self._accumulator.zero_()
+        # The clock the sampler plans by: epochs done, aligned with the Trainer even after an empty epoch.
+        self.epochs_tracked = epoch + 1
+        if metrics.get("nonfinite_losses", 0) > 0:
             rank_zero_warn(
                 f"TrainingDynamics(name={self.name!r}): {int(metrics['nonfinite_losses'])} visits in epoch "
-                f"{trainer.current_epoch} had a non-finite loss or logits; they were skipped."
+                f"{epoch} had a non-finite loss or logits; they were skipped."
             )
         pl_module.log_dict({f"{self.name}/{key}": value for key, value in metrics.items()})
-        is_last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
-        plot = self.plot_every_n_epochs > 0 and (
-            (trainer.current_epoch + 1) % self.plot_every_n_epochs == 0 or is_last
-        )
-        if trainer.is_global_zero:
+        is_last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
+        plot = self.plot_every_n_epochs > 0 and ((epoch + 1) % self.plot_every_n_epochs == 0 or is_last)
+        if trainer.is_global_zero and self._tables:
             log_epoch_visuals(self, trainer, histograms=self.log_histograms, plots=plot)
 
     @override
@@ -264,8 +265,12 @@ class TrainingDynamics(Callback):
         if self._accumulator is None:
             self._allocate_accumulator(classification, step.losses.device)
         assert self._accumulator is not None
-        if classification and self._accumulator.shape[0] == _LOSS_ROWS:
-            raise ValueError("training_step began returning 'logits' after the first batch; return them always.")
+        if classification != (self._accumulator.shape[0] == _CLASSIFICATION_ROWS):
+            change = "began" if classification else "stopped"
+            raise ValueError(
+                f"training_step {change} returning 'logits' after the first batch; "
+                "return them always or never."
+            )
         losses = step.losses.float()
         finite = losses.isfinite()
         if step.logits is not None:
@@ -304,14 +309,16 @@ class TrainingDynamics(Callback):
         tables["loss_ema"] = S.ema_update(tables["loss_ema"], loss, decay=self.ema_decay, observed=seen)
         if self._history is not None:
             self._history[epoch % self.history_epochs] = torch.where(seen, loss, math.nan)
+        passes = tables["visits"].sum() + tables["nonfinite"].sum()
         metrics = {
             "seen_fraction": seen.float().mean().item(),
             "mean_loss": loss[seen].mean().item() if bool(seen.any()) else math.nan,
             "nonfinite_losses": sums[_NONFINITE].sum().item(),
+            "sample_passes": passes.item(),
+            "passes_saved_fraction": 1.0 - passes.item() / ((epoch + 1) * seen.numel()),
         }
         if sums.shape[0] == _CLASSIFICATION_ROWS:
             metrics |= self._finish_classification_epoch(per_visit, seen)
-        self.epochs_tracked += 1
         return metrics
 
     def _finish_classification_epoch(self, per_visit: Tensor, seen: Tensor) -> dict[str, float]:
@@ -337,6 +344,11 @@ class TrainingDynamics(Callback):
         }
 
     # ----------------------------------------------------------------------------------- reading
+
+    @property
+    def has_tables(self) -> bool:
+        """Whether the tables exist: after training starts, or after a checkpoint is loaded."""
+        return bool(self._tables)
 
     def signals(self) -> dict[str, Tensor]:
         """The per-example columns (see the class docstring), one row per example id, on the CPU.
@@ -462,6 +474,13 @@ def _new_classification_tables(size: int, device: torch.device) -> dict[str, Ten
     tables |= {key: torch.zeros(size, dtype=torch.int32, device=device) for key in _CLASSIFICATION_COUNTS}
     tables["last_correct"] = torch.full((size,), -1, dtype=torch.int8, device=device)
     return tables
+
+
+def _plan_statistics(trainer: pl.Trainer, epoch: int) -> dict[str, float]:
+    """The statistics of the plan just trained, when the train loader's sampler is a `CurriculumSampler`."""
+    sampler = getattr(trainer.train_dataloader, "sampler", None)
+    statistics = getattr(sampler, "plan_statistics", None)
+    return dict(statistics(epoch)) if callable(statistics) else {}
 
 
 def _dataset_size(trainer: pl.Trainer) -> int | None:

@@ -54,8 +54,9 @@ def difficulty_scores(signals: Mapping[str, Tensor], name: str) -> Tensor:
     if not HARDER_WHEN_HIGHER[name]:
         return -scores
     if name == "forgetting_events" and "correctness" in signals:
-        never_learned = signals["correctness"] == 0
-        return torch.where(never_learned, torch.full_like(scores, math.inf), scores)
+        correctness = signals["correctness"]
+        scores = torch.where(correctness == 0, math.inf, scores)
+        return torch.where(correctness.isnan(), math.nan, scores)  # never seen: the count is 0, not a score
     return scores
 
 

@@ -52,7 +52,9 @@ def true_class_probabilities(logits: Tensor, targets: Tensor) -> Tensor:
 def el2n_scores(logits: Tensor, targets: Tensor) -> Tensor:
     """Error L2 norm ``||softmax(logits) - onehot(target)||_2`` (Paul et al. 2021, "Deep Learning on a Data Diet").
 
-    Computed as ``sqrt(||p||^2 - 2 p_y + 1)`` so no one-hot matrix is built.
+    Computed as ``sqrt(sum_{c != y} p_c^2 + (sum_{c != y} p_c)^2)``: ``1 - p_y`` summed from the other
+    classes keeps its precision when ``p_y`` is near 1 (``||p||^2 - 2 p_y + 1`` cancels to 0 in float32
+    there, so confident examples would all tie).
 
     Args:
         logits: ``(B, C)`` unnormalised scores.
@@ -66,9 +68,8 @@ def el2n_scores(logits: Tensor, targets: Tensor) -> Tensor:
         tensor([0.7071])
     """
     probabilities = torch.softmax(logits.float(), dim=1)
-    p_target = probabilities.gather(1, targets.long().unsqueeze(1)).squeeze(1)
-    squared = probabilities.square().sum(dim=1) - 2 * p_target + 1
-    return squared.clamp_min(0).sqrt()
+    others = probabilities.scatter(1, targets.long().unsqueeze(1), 0.0)
+    return (others.square().sum(dim=1) + others.sum(dim=1).square()).sqrt()
 
 
 def margins(logits: Tensor, targets: Tensor) -> Tensor:
@@ -158,8 +159,12 @@ def variability(total: Tensor, total_of_squares: Tensor, count: Tensor) -> Tenso
         tensor([0.5000,    nan])
     """
     count = count.to(total.dtype)
-    mean = total / count
-    return (total_of_squares / count - mean.square()).clamp_min(0).sqrt()
+    mean_of_squares = total_of_squares / count
+    variance = mean_of_squares - (total / count).square()
+    # The running sums carry a rounding error of about count * eps * mean_of_squares; a variance that
+    # small is that error, not spread (a constant series would give ~1e-4 in float32 instead of 0).
+    noise = 4 * count * torch.finfo(variance.dtype).eps * mean_of_squares
+    return variance.masked_fill(variance <= noise, 0.0).sqrt()
 
 
 def instruction_following_difficulty(conditioned_loss: Tensor, unconditioned_loss: Tensor) -> Tensor:

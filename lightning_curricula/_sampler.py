@@ -1,0 +1,212 @@
+"""`CurriculumSampler`: execute this rank's shard of the epoch's plan, identically planned on every rank."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sized
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+from torch.utils.data import DistributedSampler
+
+from lightning_curricula._distributed import world_and_rank
+from lightning_curricula.policies import EpochContext, FullData, Plan, Policy
+
+if TYPE_CHECKING:
+    from lightning_curricula._dynamics import TrainingDynamics
+
+__all__ = ["CurriculumSampler", "shard_positions"]
+
+
+class CurriculumSampler(DistributedSampler[tuple[int, float]]):
+    """Yield ``(index, weight)`` pairs for this rank's shard of the epoch's `Plan`.
+
+    The plan of epoch ``e`` is ``policy.plan(...)`` of ``(seed, e, the tracker's synced signals)``,
+    with a private ``torch.Generator`` seeded with ``seed + e``: every rank computes the same plan
+    without communicating, and every rank yields the same number of items. Wrap the dataset in
+    `WithIndex` so each item carries its ``index`` and ``weight``, and compute the loss as
+    ``weighted_mean(losses, batch["weight"])``.
+
+    The epoch being planned is the tracker's clock, ``dynamics.epochs_tracked`` (the epochs whose
+    signals are synced), because Lightning asks for ``len(dataloader)`` before it calls
+    ``set_epoch``; without a tracker it is the ``set_epoch`` value.
+
+    Args:
+        dataset: the training dataset (usually a `WithIndex`); only its length is used.
+        policy: what to plan; `FullData` (shuffled full data) by default.
+        dynamics: the `TrainingDynamics` whose signals the policy reads; required by policies that
+            read signals or change the epoch length.
+        num_epochs: the run's ``max_epochs``; required by policies with pacing, annealing or budgets.
+        seed: seed of the plan's generator; the same on every rank.
+        num_replicas: number of ranks; from the process group (or 1) by default.
+        rank: this rank; from the process group (or 0) by default.
+        drop_last: when the plan does not divide evenly, drop its last items (``True``) or pad with
+            its first items (``False``, like ``DistributedSampler``), so all ranks get equal shares.
+
+    Raises:
+        ValueError: at construction, for a policy that needs a tracker or ``num_epochs`` it was not
+            given, a tracker of a different dataset size, or a budget that cannot be met.
+        RuntimeError: when iterated, if the ``DataLoader`` was not re-created after the epoch length
+            changed (set ``Trainer(reload_dataloaders_every_n_epochs=1)``), or if ``set_epoch``
+            disagrees with the tracker's clock (the tracker's state was not restored on resume).
+
+    Example:
+        >>> sampler = CurriculumSampler(range(5), seed=0)
+        >>> sorted(index for index, weight in sampler)
+        [0, 1, 2, 3, 4]
+        >>> shard = CurriculumSampler(range(5), num_replicas=2, rank=1)
+        >>> len(shard)  # 5 visits padded to 6, 3 per rank
+        3
+
+    Note:
+        **DDP**: a subclass of ``DistributedSampler``, so Lightning does not wrap it in its
+        ``DistributedSamplerWrapper`` (which would pad a shrinking plan back to full size). Rank ``r``
+        takes positions ``r, r + W, r + 2W, ...`` of the padded (or trimmed) plan. **Resume**: the plan
+        depends only on ``(seed, epoch, signals)``, and the tracker's signals are in the checkpoint,
+        so a resumed run plans exactly what the uninterrupted run planned.
+    """
+
+    def __init__(
+        self,
+        dataset: Sized,
+        policy: Policy | None = None,
+        *,
+        dynamics: TrainingDynamics | None = None,
+        num_epochs: int | None = None,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        world, this_rank = world_and_rank(num_replicas, rank)
+        super().__init__(dataset, num_replicas=world, rank=this_rank, shuffle=False, seed=seed, drop_last=drop_last)  # type: ignore[arg-type]
+        policy = FullData() if policy is None else policy
+        if not isinstance(policy, Policy):
+            raise TypeError(f"policy must be a lightning_curricula.policies.Policy, got {type(policy).__name__}.")
+        size = len(dataset)
+        if size == 0:
+            raise ValueError("The dataset is empty: there is nothing to plan.")
+        name = type(policy).__name__
+        if dynamics is None and (policy.signals or policy.varies_length):
+            needs = f"signals {list(policy.signals)}" if policy.signals else "an epoch clock (its epoch length changes)"
+            raise ValueError(f"{name} needs {needs} from a TrainingDynamics tracker: pass dynamics=.")
+        if dynamics is not None and dynamics.num_examples not in (None, size):
+            raise ValueError(f"The tracker has {dynamics.num_examples} examples, the dataset has {size}.")
+        if num_epochs is not None and num_epochs < 1:
+            raise ValueError(f"num_epochs must be a positive integer, got {num_epochs!r}.")
+        policy.validate(size, num_epochs)
+        self.policy = policy
+        self.dynamics = dynamics
+        self.num_epochs = num_epochs
+        self.num_examples = size
+        self._cached: tuple[int, Plan] | None = None
+        self._epoch_was_set = False
+        self._sized_since_iter = False
+        self._iterations = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning before each epoch; checked against the tracker's clock."""
+        super().set_epoch(epoch)
+        self._epoch_was_set = True
+
+    @property
+    def plan_epoch(self) -> int:
+        """The epoch the sampler plans: the tracker's ``epochs_tracked``, else the ``set_epoch`` value."""
+        return self.dynamics.epochs_tracked if self.dynamics is not None else self.epoch
+
+    def plan(self, epoch: int | None = None) -> Plan:
+        """The whole plan (all ranks) of ``epoch``, by default `plan_epoch`; cached per epoch."""
+        epoch = self.plan_epoch if epoch is None else epoch
+        if self._cached is not None and self._cached[0] == epoch:
+            return self._cached[1]
+        signals = self.dynamics.signals() if self.dynamics is not None and self.dynamics.has_tables else {}
+        context = EpochContext(
+            epoch=epoch,
+            num_examples=self.num_examples,
+            generator=torch.Generator().manual_seed(self.seed + epoch),
+            seed=self.seed,
+            num_epochs=self.num_epochs,
+            signals=signals,
+        )
+        plan = self.policy.plan(context)
+        if len(plan) == 0:
+            raise ValueError(f"{type(self.policy).__name__} planned no examples for epoch {epoch}.")
+        self._cached = (epoch, plan)
+        return plan
+
+    def __len__(self) -> int:
+        self._sized_since_iter = True
+        return shard_size(len(self.plan()), self.num_replicas, self.drop_last)
+
+    def __iter__(self) -> Iterator[tuple[int, float]]:
+        epoch = self.plan_epoch
+        if self.dynamics is not None and self._epoch_was_set and self.epoch != epoch:
+            raise RuntimeError(
+                f"set_epoch({self.epoch}) but the tracker has synced {epoch} epochs: was the TrainingDynamics "
+                "state restored with the checkpoint, and is the same tracker on the Trainer?"
+            )
+        if self.policy.varies_length and self._iterations > 0 and not self._sized_since_iter:
+            raise RuntimeError(
+                f"{type(self.policy).__name__} changes the epoch length, but the DataLoader was not re-created "
+                "for this epoch, so Lightning would cut or pad it: set Trainer(reload_dataloaders_every_n_epochs=1)."
+            )
+        self._iterations += 1
+        self._sized_since_iter = False
+        plan = self.plan(epoch)
+        positions = shard_positions(len(plan), self.num_replicas, self.rank, self.drop_last)
+        return zip(plan.indices[positions].tolist(), plan.weights[positions].tolist(), strict=True)
+
+    def planned_steps(self, batch_size: int, *, accumulate_grad_batches: int = 1, drop_last: bool = False) -> int:
+        """Optimizer steps of the whole run on this rank, for an LR schedule that must end on time.
+
+        Sums every epoch's planned size; raises ``ValueError`` when the policy's sizes depend on the
+        scores (InfoBatch without ``budget``, self-paced learning): use a budget or a per-epoch schedule.
+
+        Example:
+            >>> CurriculumSampler(range(100), num_epochs=3).planned_steps(batch_size=32)
+            12
+        """
+        if self.num_epochs is None:
+            raise ValueError("planned_steps needs num_epochs: pass num_epochs=max_epochs to CurriculumSampler.")
+        steps = 0
+        for epoch in range(self.num_epochs):
+            size = self.policy.epoch_size(self.num_examples, epoch, self.num_epochs)
+            if size is None:
+                raise ValueError(
+                    f"{type(self.policy).__name__} sizes epoch {epoch} from the scores, so the run's step count "
+                    "is not known in advance; use its budget mode, or a schedule stepped per epoch."
+                )
+            per_rank = shard_size(size, self.num_replicas, self.drop_last)
+            batches = per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
+            steps += math.ceil(batches / accumulate_grad_batches)
+        return steps
+
+    def plan_statistics(self, epoch: int | None = None) -> dict[str, float]:
+        """Kept fraction and weight statistics of the plan of ``epoch`` (default `plan_epoch`), for logging."""
+        plan = self.plan(epoch)
+        weights = plan.weights
+        return {
+            "kept_fraction": len(plan) / self.num_examples,
+            "unique_fraction": plan.indices.unique().numel() / self.num_examples,
+            "weight_mean": float(weights.mean()),
+            "weight_max": float(weights.max()),
+        }
+
+
+def shard_size(plan_size: int, num_replicas: int, drop_last: bool) -> int:
+    """Items per rank for a plan of ``plan_size`` visits."""
+    return plan_size // num_replicas if drop_last else math.ceil(plan_size / num_replicas)
+
+
+def shard_positions(plan_size: int, num_replicas: int, rank: int, drop_last: bool) -> Tensor:
+    """Positions in the plan that ``rank`` visits: a stride over the plan trimmed or padded to ``W`` equal shares.
+
+    Padding wraps around to the start of the plan, so the padded visits repeat its first items.
+
+    Example:
+        >>> shard_positions(5, 2, 0, False), shard_positions(5, 2, 1, False), shard_positions(5, 2, 1, True)
+        (tensor([0, 2, 4]), tensor([1, 3, 0]), tensor([1, 3]))
+    """
+    total = shard_size(plan_size, num_replicas, drop_last) * num_replicas
+    return torch.arange(rank, total, num_replicas) % plan_size

@@ -1,0 +1,58 @@
+"""Weighted losses that keep the sampler's reweighting unbiased."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+__all__ = ["weighted_mean", "weighted_token_mean"]
+
+
+def weighted_mean(losses: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Mean over the batch of ``losses * weights``; the plain mean when ``weights`` is ``None``.
+
+    Dividing by the batch size, not by ``weights.sum()``, is what keeps importance and InfoBatch weights
+    unbiased: the expected weighted mean over the plan equals the full-data mean loss.
+
+    Args:
+        losses: ``(B,)`` per-example losses.
+        weights: ``(B,)`` plan weights (``batch["weight"]``), cast to the losses' dtype and device.
+
+    Example:
+        >>> import torch
+        >>> weighted_mean(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 0.0], dtype=torch.float64))
+        tensor(1.)
+    """
+    if weights is None:
+        return losses.mean()
+    if weights.shape != losses.shape:
+        raise ValueError(f"weights have shape {tuple(weights.shape)}, expected {tuple(losses.shape)} like losses.")
+    return (losses * weights.to(device=losses.device, dtype=losses.dtype)).mean()
+
+
+def weighted_token_mean(token_losses: Tensor, mask: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Token-level loss for language models, each sequence's tokens scaled by its plan weight.
+
+    ``sum(token_losses * mask * weight[:, None]) / mask.sum()``: with all weights 1 this is exactly the
+    usual mean over the batch's loss tokens (what ``transformers`` computes), so turning the sampler on
+    changes nothing until it reweights.
+
+    Args:
+        token_losses: ``(B, T)`` per-token losses.
+        mask: ``(B, T)`` 1 where a token carries loss, 0 elsewhere.
+        weights: ``(B,)`` plan weights, or ``None``.
+
+    Example:
+        >>> import torch
+        >>> losses = torch.tensor([[1.0, 2.0], [3.0, 5.0]])
+        >>> mask = torch.tensor([[1, 1], [0, 1]])
+        >>> weighted_token_mean(losses, mask), weighted_token_mean(losses, mask, torch.tensor([1.0, 2.0]))
+        (tensor(2.6667), tensor(4.3333))
+    """
+    if token_losses.shape != mask.shape:
+        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {tuple(token_losses.shape)}.")
+    masked = token_losses * mask.to(token_losses.dtype)
+    if weights is not None:
+        if weights.shape != token_losses.shape[:1]:
+            raise ValueError(f"weights have shape {tuple(weights.shape)}, expected ({token_losses.shape[0]},).")
+        masked = masked * weights.to(device=token_losses.device, dtype=token_losses.dtype).unsqueeze(1)
+    return masked.sum() / mask.sum().clamp_min(1).to(token_losses.dtype)

@@ -1,0 +1,85 @@
+"""Pacing functions: the fraction of the data a curriculum makes available at training progress ``t``.
+
+Hacohen & Weinshall (2019) introduced pacing functions for curricula; Wu et al. (2021, "When do
+curricula work?") compared their families. Each function here maps progress ``t in [0, 1]`` to a
+fraction in ``[start, 1]`` that grows from ``start`` at ``t = 0`` to ``1`` at ``t = saturation`` and
+stays there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+__all__ = ["PACING_FUNCTIONS", "Pacing", "pacing_function"]
+
+Pacing = Callable[[float], float]
+
+
+def _linear(x: float) -> float:
+    return x
+
+
+def _root(x: float) -> float:
+    return math.sqrt(x)
+
+
+def _exponential(x: float) -> float:
+    return (math.exp(5 * x) - 1) / (math.exp(5) - 1)
+
+
+def _step(x: float) -> float:
+    return math.floor(4 * x) / 4
+
+
+#: Shapes of growth from 0 to 1 on ``x in [0, 1]``; ``geometric`` is handled apart (it needs ``start``).
+PACING_FUNCTIONS: dict[str, Callable[[float], float]] = {
+    "linear": _linear,
+    "root": _root,
+    "exponential": _exponential,
+    "step": _step,
+    "geometric": _linear,
+}
+
+
+def pacing_function(name: str | Pacing, *, start: float = 0.2, saturation: float = 0.8) -> Pacing:
+    """A pacing function ``t -> fraction of data``, by name or from a user callable.
+
+    Named shapes, with ``x = min(t / saturation, 1)``:
+
+    - ``linear``: ``start + (1 - start) x``;
+    - ``root``: ``start + (1 - start) sqrt(x)`` (fast early growth);
+    - ``geometric``: ``start ** (1 - x)`` (a constant factor per unit of progress, as the fixed
+      exponential pacing of Hacohen & Weinshall);
+    - ``exponential``: ``start + (1 - start) (e^{5x} - 1) / (e^5 - 1)`` (slow early growth);
+    - ``step``: ``start + (1 - start) floor(4x) / 4`` (four equal steps).
+
+    A callable is used as is; its values are clipped to ``[0, 1]`` by the policy.
+
+    Args:
+        name: one of `PACING_FUNCTIONS`, or a callable of progress.
+        start: fraction available at ``t = 0``, in ``(0, 1]``.
+        saturation: progress at which all data is available, in ``(0, 1]``.
+
+    Example:
+        >>> pace = pacing_function("linear", start=0.2, saturation=0.5)
+        >>> [round(pace(t), 2) for t in (0.0, 0.25, 0.5, 1.0)]
+        [0.2, 0.6, 1.0, 1.0]
+    """
+    if callable(name):
+        return name
+    if name not in PACING_FUNCTIONS:
+        raise ValueError(f"Unknown pacing {name!r}; choose one of {sorted(PACING_FUNCTIONS)} or pass a callable.")
+    if not 0.0 < start <= 1.0:
+        raise ValueError(f"start must be in (0, 1], got {start!r}.")
+    if not 0.0 < saturation <= 1.0:
+        raise ValueError(f"saturation must be in (0, 1], got {saturation!r}.")
+    shape = PACING_FUNCTIONS[name]
+
+    def pace(t: float) -> float:
+        x = min(max(t, 0.0) / saturation, 1.0)
+        if name == "geometric":
+            return float(start ** (1.0 - x))
+        return start + (1.0 - start) * shape(x)
+
+    return pace
