@@ -5,6 +5,7 @@ what it sees next (`CurriculumSampler` with a policy from `lightning_curricula.p
 """
 
 from lightning_curricula._dynamics import TrainingDynamics
+from lightning_curricula._loader import curriculum_dataloader, find_dynamics
 from lightning_curricula._sampler import CurriculumSampler
 from lightning_curricula._step_outputs import StepOutputs, read_step_outputs
 from lightning_curricula._visualize import data_map_figure
@@ -52,8 +53,10 @@ __all__ = [
     "TrainingDynamics",
     "WithIndex",
     "__version__",
+    "curriculum_dataloader",
     "data_map_figure",
     "difficulty_scores",
+    "find_dynamics",
     "pacing_function",
     "read_step_outputs",
     "select_indices",

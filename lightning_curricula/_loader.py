@@ -1,0 +1,80 @@
+"""`curriculum_dataloader`: the train ``DataLoader`` for a curriculum, wired to the ``Trainer``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from lightning_curricula._dynamics import TrainingDynamics
+from lightning_curricula._sampler import CurriculumSampler
+from lightning_curricula._with_index import WithIndex
+from lightning_curricula.policies import FullData, Policy
+
+__all__ = ["curriculum_dataloader", "find_dynamics"]
+
+
+def find_dynamics(trainer: pl.Trainer, name: str | None = None) -> TrainingDynamics | None:
+    """The `TrainingDynamics` on ``trainer`` (the one called ``name`` when there are several), or ``None``."""
+    trackers = [c for c in trainer.callbacks if isinstance(c, TrainingDynamics)]  # type: ignore[attr-defined]
+    if name is not None:
+        trackers = [tracker for tracker in trackers if tracker.name == name]
+    if len(trackers) > 1:
+        names = [tracker.name for tracker in trackers]
+        raise ValueError(f"The Trainer has several TrainingDynamics {names}: say which with dynamics_name=.")
+    return trackers[0] if trackers else None
+
+
+def curriculum_dataloader(
+    dataset: Any,
+    trainer: pl.Trainer,
+    policy: Policy | None = None,
+    *,
+    seed: int = 0,
+    dynamics_name: str | None = None,
+    drop_last_plan: bool = False,
+    **dataloader_kwargs: Any,
+) -> DataLoader[Any]:
+    """Build the train ``DataLoader`` of a curriculum: `WithIndex`, a `CurriculumSampler`, the Trainer's tracker.
+
+    Call it from ``train_dataloader()``. It uses ``trainer.max_epochs`` as the run length and the
+    `TrainingDynamics` among ``trainer.callbacks``, and checks at setup what would otherwise break
+    silently later: a policy whose epoch length changes needs
+    ``Trainer(reload_dataloaders_every_n_epochs=1)`` so Lightning re-reads the length each epoch.
+
+    Args:
+        dataset: the training dataset; wrapped in `WithIndex` unless it already is.
+        trainer: the running ``Trainer`` (``self.trainer`` in a module or data module).
+        policy: what to plan; `FullData` by default.
+        seed: the plan's seed, the same on every rank.
+        dynamics_name: which tracker, when the Trainer has several.
+        drop_last_plan: trim rather than pad a plan that does not divide among the ranks.
+        **dataloader_kwargs: passed to ``DataLoader`` (``batch_size``, ``num_workers``, ...).
+
+    Raises:
+        ValueError: the policy needs a tracker the Trainer lacks, the reload setting is missing, or
+            ``dataloader_kwargs`` holds ``sampler``, ``shuffle`` or ``batch_sampler``.
+    """
+    for key in ("sampler", "shuffle", "batch_sampler"):
+        if key in dataloader_kwargs:
+            raise ValueError(f"curriculum_dataloader sets the sampler itself; remove {key}= from its arguments.")
+    policy = FullData() if policy is None else policy
+    if policy.varies_length and trainer.reload_dataloaders_every_n_epochs != 1:
+        raise ValueError(
+            f"{type(policy).__name__} changes the epoch length; set Trainer(reload_dataloaders_every_n_epochs=1) "
+            f"(it is {trainer.reload_dataloaders_every_n_epochs}) so each epoch is sized from its plan."
+        )
+    indexed = dataset if isinstance(dataset, WithIndex) else WithIndex(dataset)
+    num_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+    sampler = CurriculumSampler(
+        indexed,
+        policy,
+        dynamics=find_dynamics(trainer, dynamics_name),
+        num_epochs=num_epochs,
+        seed=seed,
+        num_replicas=trainer.world_size,
+        rank=trainer.global_rank,
+        drop_last=drop_last_plan,
+    )
+    return DataLoader(indexed, sampler=sampler, **dataloader_kwargs)
