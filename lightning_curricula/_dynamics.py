@@ -268,8 +268,7 @@ class TrainingDynamics(Callback):
         if classification != (self._accumulator.shape[0] == _CLASSIFICATION_ROWS):
             change = "began" if classification else "stopped"
             raise ValueError(
-                f"training_step {change} returning 'logits' after the first batch; "
-                "return them always or never."
+                f"training_step {change} returning 'logits' after the first batch; return them always or never."
             )
         losses = step.losses.float()
         finite = losses.isfinite()
@@ -401,7 +400,12 @@ class TrainingDynamics(Callback):
         return difficulty_scores(self.signals(), signal)
 
     def select(
-        self, signal: str = "loss", *, k: int | None = None, fraction: float | None = None, hardest: bool = True
+        self,
+        signal: str = "loss",
+        *,
+        k: int | None = None,
+        fraction: float | None = None,
+        hardest: bool = True,
     ) -> Tensor:
         """Ids of the ``k`` (or ``fraction``) hardest examples by ``signal``, or the easiest.
 

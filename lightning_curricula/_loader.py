@@ -60,10 +60,11 @@ def curriculum_dataloader(
         if key in dataloader_kwargs:
             raise ValueError(f"curriculum_dataloader sets the sampler itself; remove {key}= from its arguments.")
     policy = FullData() if policy is None else policy
-    if policy.varies_length and trainer.reload_dataloaders_every_n_epochs != 1:
+    reload_every = getattr(trainer, "reload_dataloaders_every_n_epochs", 0)
+    if policy.varies_length and reload_every != 1:
         raise ValueError(
             f"{type(policy).__name__} changes the epoch length; set Trainer(reload_dataloaders_every_n_epochs=1) "
-            f"(it is {trainer.reload_dataloaders_every_n_epochs}) so each epoch is sized from its plan."
+            f"(it is {reload_every}) so each epoch is sized from its plan."
         )
     indexed = dataset if isinstance(dataset, WithIndex) else WithIndex(dataset)
     num_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None

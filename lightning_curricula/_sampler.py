@@ -188,7 +188,7 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
         weights = plan.weights
         return {
             "kept_fraction": len(plan) / self.num_examples,
-            "unique_fraction": plan.indices.unique().numel() / self.num_examples,
+            "unique_fraction": torch.unique(plan.indices).numel() / self.num_examples,
             "weight_mean": float(weights.mean()),
             "weight_max": float(weights.max()),
         }

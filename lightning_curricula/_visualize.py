@@ -57,9 +57,7 @@ def log_epoch_visuals(dynamics: TrainingDynamics, trainer: pl.Trainer, *, histog
     _log_hardest(dynamics, trainer, writer, step)
 
 
-def data_map_figure(
-    confidence: Tensor, variability: Tensor, correctness: Tensor, *, title: str = "Data map"
-) -> Figure:
+def data_map_figure(confidence: Tensor, variability: Tensor, correctness: Tensor, *, title: str = "Data map") -> Figure:
     """The data map of Swayamdipta et al. (2020): confidence against variability, coloured by correctness.
 
     At most 20,000 points are drawn (a fixed, seeded subsample), so the figure stays fast for any N.

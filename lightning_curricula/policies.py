@@ -104,7 +104,9 @@ class Policy(ABC):
     def validate(self, num_examples: int, num_epochs: int | None) -> None:
         """Raise ``ValueError`` at setup if the policy cannot run on this dataset and schedule."""
         if self.needs_num_epochs and num_epochs is None:
-            raise ValueError(f"{type(self).__name__} needs num_epochs: pass num_epochs=max_epochs to CurriculumSampler.")
+            raise ValueError(
+                f"{type(self).__name__} needs num_epochs: pass num_epochs=max_epochs to CurriculumSampler."
+            )
 
 
 # ------------------------------------------------------------------------------------------ pure functions
@@ -137,9 +139,7 @@ def easiest_first(difficulty: Tensor, *, hardest: bool = False) -> Tensor:
     return torch.sort(key, stable=True).indices
 
 
-def stratified_keep(
-    strata: Tensor, drops: list[int], generator: torch.Generator
-) -> tuple[Tensor, Tensor]:
+def stratified_keep(strata: Tensor, drops: list[int], generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Drop ``drops[s]`` ids uniformly at random from each stratum ``s``; weight the kept ones unbiasedly.
 
     A kept id of a stratum of size ``n`` from which ``d`` were dropped gets weight ``n / (n - d)``, its
@@ -242,7 +242,9 @@ class RandomSubset(Policy):
     def plan(self, context: EpochContext) -> Plan:  # noqa: D102
         size = _fraction_size(self.fraction, context.num_examples)
         if not self.static:
-            return shuffled_plan(torch.randperm(context.num_examples, generator=context.generator)[:size], context.generator)
+            return shuffled_plan(
+                torch.randperm(context.num_examples, generator=context.generator)[:size], context.generator
+            )
         subset = torch.randperm(context.num_examples, generator=torch.Generator().manual_seed(context.seed))[:size]
         return shuffled_plan(subset, context.generator)
 
@@ -258,7 +260,7 @@ class RandomTwin(Policy):
     Example:
         >>> twin = RandomTwin(Curriculum(start=0.5, saturation=1.0, warmup_epochs=1))
         >>> twin.epoch_size(100, 1, 4)
-        62
+        63
     """
 
     def __init__(self, policy: Policy) -> None:
@@ -307,7 +309,7 @@ class Curriculum(Policy):
     Example:
         >>> policy = Curriculum(start=0.25, saturation=1.0)
         >>> [policy.epoch_size(100, epoch, 4) for epoch in range(4)]
-        [100, 44, 62, 81]
+        [100, 44, 63, 82]
     """
 
     needs_num_epochs = True
@@ -336,7 +338,7 @@ class Curriculum(Policy):
         if epoch < self.warmup_epochs or num_epochs is None:
             return num_examples
         share = min(max(self.pace(epoch / num_epochs), 0.0), 1.0)
-        return max(1, math.ceil(share * num_examples))
+        return max(1, math.ceil(share * num_examples - 1e-9))  # 0.3 * 100 must give 30, not 31
 
     def plan(self, context: EpochContext) -> Plan:  # noqa: D102
         n = context.num_examples
@@ -394,7 +396,13 @@ class SelfPaced(Policy):
             return shuffled_plan(torch.arange(n), context.generator)
         hardness = context.difficulty(self.signal)
         seen = ~hardness.isnan()
-        start = self.threshold if self.threshold is not None else float(hardness[seen].median()) if bool(seen.any()) else math.inf
+        start = (
+            self.threshold
+            if self.threshold is not None
+            else float(hardness[seen].median())
+            if bool(seen.any())
+            else math.inf
+        )
         limit = start * self.growth ** (context.epoch - self.warmup_epochs)
         chosen = (hardness <= limit) | ~seen
         floor = _fraction_size(self.min_fraction, n)
@@ -485,7 +493,7 @@ class StaticPruning(Policy):
             return shuffled_plan(ranked[skip : skip + _fraction_size(self.keep, n)], context.generator)
         labels = self.labels[ranked]
         chosen = []
-        for label in labels.unique():
+        for label in torch.unique(labels):
             members = ranked[labels == label]
             skip = round(self.band_offset * members.numel())
             chosen.append(members[skip : skip + self._class_quota(members.numel())])
@@ -526,7 +534,9 @@ class InfoBatch(Policy):
     ) -> None:
         _check_signal(signal)
         if not HARDER_WHEN_HIGHER[signal]:
-            raise ValueError(f"InfoBatch prunes low scores, so signal must be one where higher is harder, got {signal!r}.")
+            raise ValueError(
+                f"InfoBatch prunes low scores, so signal must be one where higher is harder, got {signal!r}."
+            )
         if not 0.0 <= prune < 1.0:
             raise ValueError(f"prune must be in [0, 1), got {prune!r}.")
         if not 0.0 <= anneal < 1.0:
