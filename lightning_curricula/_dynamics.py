@@ -191,6 +191,8 @@ class TrainingDynamics(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if outputs is None:  # training_step returned None: Lightning skipped the batch, nothing was trained
+            return
         step = read_step_outputs(outputs, batch, index_key=self.index_key)
         if not self._checked_ids:
             self._check_ids(step.index)
@@ -219,6 +221,12 @@ class TrainingDynamics(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        if self._accumulator is not None and bool(self._accumulator[_VISITS].any()):
+            rank_zero_warn(
+                f"TrainingDynamics(name={self.name!r}) is saved mid-epoch: the tables are those of the last finished "
+                "epoch, and the partial epoch is not in the checkpoint. Checkpoint at epoch ends "
+                "(ModelCheckpoint(save_on_train_epoch_end=True)) for an exact resume."
+            )
         state: dict[str, Any] = {
             "version": STATE_VERSION,
             "num_examples": self.num_examples,
