@@ -50,24 +50,22 @@ class TrainingDynamics(Callback):
     ``index_add_`` into a dense ``(signals, N)`` accumulator) and never synchronises with the host.
     At each epoch end it all-reduces that accumulator once and derives the epoch's signals:
 
-    ======================  ===================================================================
-    column                  meaning (over the epochs in which the example was seen)
-    ======================  ===================================================================
-    ``visits``              training passes over the example (a pass with a non-finite loss excluded)
-    ``epochs_seen``         epochs with at least one finite visit
-    ``last_epoch``          the last such epoch, ``-1`` if never seen
-    ``loss``                loss in its last epoch (mean over that epoch's visits)
-    ``loss_mean``           mean of its per-epoch losses
-    ``loss_ema``            moving average of its per-epoch losses, weight ``ema_decay`` on the past
-    ``nonfinite``           visits whose loss (or logits) were NaN or infinite, skipped everywhere else
-    ``el2n``                EL2N in its last epoch (Paul et al. 2021)
-    ``margin``              logit margin in its last epoch (Pleiss et al. 2020)
-    ``aum``                 area under the margin: mean per-epoch margin (Pleiss et al. 2020)
-    ``confidence``          mean per-epoch probability of the target (Swayamdipta et al. 2020)
-    ``variability``         standard deviation of that probability across epochs (Swayamdipta et al. 2020)
-    ``correctness``         share of its epochs in which it was classified correctly
-    ``forgetting_events``   correct in one epoch it was seen, wrong in the next (Toneva et al. 2019)
-    ======================  ===================================================================
+    | column | meaning (over the epochs in which the example was seen) |
+    |---|---|
+    | `visits` | training passes over the example (a pass with a non-finite loss excluded) |
+    | `epochs_seen` | epochs with at least one finite visit |
+    | `last_epoch` | the last such epoch, `-1` if never seen |
+    | `loss` | loss in its last epoch (mean over that epoch's visits) |
+    | `loss_mean` | mean of its per-epoch losses |
+    | `loss_ema` | moving average of its per-epoch losses, weight `ema_decay` on the past |
+    | `nonfinite` | visits whose loss (or logits) were NaN or infinite, skipped everywhere else |
+    | `el2n` | EL2N in its last epoch (Paul et al. 2021) |
+    | `margin` | logit margin in its last epoch (Pleiss et al. 2020) |
+    | `aum` | area under the margin: mean per-epoch margin (Pleiss et al. 2020) |
+    | `confidence` | mean per-epoch probability of the target (Swayamdipta et al. 2020) |
+    | `variability` | standard deviation of that probability across epochs (Swayamdipta et al. 2020) |
+    | `correctness` | share of its epochs in which it was classified correctly |
+    | `forgetting_events` | correct in one epoch it was seen, wrong in the next (Toneva et al. 2019) |
 
     An example never seen has ``visits == 0`` and NaN in every float column; policies recognise it
     by that. An epoch-level value is the mean over that epoch's visits, so an example repeated by a
@@ -93,7 +91,7 @@ class TrainingDynamics(Callback):
         hardest_by: the signal that ranks them (a key of `HARDER_WHEN_HIGHER`).
         index_key: the key that holds the example ids.
 
-    Example:
+    Examples:
         >>> import lightning.pytorch as pl
         >>> dynamics = TrainingDynamics(name="dynamics")
         >>> trainer = pl.Trainer(callbacks=[dynamics], max_epochs=1, logger=False, enable_checkpointing=False)
@@ -104,7 +102,8 @@ class TrainingDynamics(Callback):
         are never packed into float tensors. **Resume**: ``state_dict`` holds the tables as of the
         last finished epoch (tensors and numbers only, loadable with ``torch.load(weights_only=True)``),
         so a run resumed from an epoch-end checkpoint ends with exactly the tables of an uninterrupted
-        run. A partly finished epoch is not saved: it is trained again on resume, and counted once.
+        run. A partly finished epoch is not saved: a mid-epoch checkpoint warns, and the visits made before
+        it are missing from the tables after resume. Checkpoint at epoch ends for an exact resume.
     """
 
     def __init__(
@@ -191,7 +190,7 @@ class TrainingDynamics(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if outputs is None:  # training_step returned None: Lightning skipped the batch, nothing was trained
+        if not outputs:  # training_step returned None (Lightning passes {}): the batch was skipped, not trained
             return
         step = read_step_outputs(outputs, batch, index_key=self.index_key)
         if not self._checked_ids:
@@ -360,7 +359,7 @@ class TrainingDynamics(Callback):
     def signals(self) -> dict[str, Tensor]:
         """The per-example columns (see the class docstring), one row per example id, on the CPU.
 
-        Example:
+        Examples:
             >>> TrainingDynamics(num_examples=3).signals()["loss"]
             tensor([nan, nan, nan])
         """
@@ -417,7 +416,7 @@ class TrainingDynamics(Callback):
     ) -> Tensor:
         """Ids of the ``k`` (or ``fraction``) hardest examples by ``signal``, or the easiest.
 
-        Example:
+        Examples:
             >>> TrainingDynamics(num_examples=4).select("loss", k=2)  # nothing seen yet
             tensor([], dtype=torch.int64)
         """

@@ -51,7 +51,7 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
             changed (set ``Trainer(reload_dataloaders_every_n_epochs=1)``), or if ``set_epoch``
             disagrees with the tracker's clock (the tracker's state was not restored on resume).
 
-    Example:
+    Examples:
         >>> sampler = CurriculumSampler(range(5), seed=0)
         >>> sorted(index for index, weight in sampler)
         [0, 1, 2, 3, 4]
@@ -163,7 +163,7 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
         Sums every epoch's planned size; raises ``ValueError`` when the policy's sizes depend on the
         scores (InfoBatch without ``budget``, self-paced learning): use a budget or a per-epoch schedule.
 
-        Example:
+        Examples:
             >>> CurriculumSampler(range(100), num_epochs=3).planned_steps(batch_size=32)
             12
         """
@@ -204,7 +204,7 @@ def shard_positions(plan_size: int, num_replicas: int, rank: int, drop_last: boo
 
     Padding wraps around to the start of the plan, so the padded visits repeat its first items.
 
-    Example:
+    Examples:
         >>> shard_positions(5, 2, 0, False), shard_positions(5, 2, 1, False), shard_positions(5, 2, 1, True)
         (tensor([0, 2, 4]), tensor([1, 3, 0]), tensor([1, 3]))
     """

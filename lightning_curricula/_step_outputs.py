@@ -73,8 +73,8 @@ def _read_index(outputs: Mapping[str, Any], batch: Any, index_key: str) -> Tenso
     else:
         raise ValueError(
             f"Cannot find the example ids: neither the training_step outputs nor the batch have "
-            f"'{index_key}'. Wrap the dataset in WithIndex and, for tuple batches, return "
-            f'"{index_key}": batch[-1] (or the id field) from training_step.'
+            f"'{index_key}'. Wrap the dataset in WithIndex and, for tuple batches, return the id field from "
+            f'training_step: "{index_key}": batch[-1], or batch[-2] when the sampler also adds weights.'
         )
     if index.ndim != 1:
         raise ValueError(f"'{index_key}' has shape {tuple(index.shape)}, expected (batch_size,).")

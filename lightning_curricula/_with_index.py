@@ -37,7 +37,7 @@ class WithIndex(Dataset[Any]):
     Raises:
         TypeError: ``dataset`` is iterable-style or has no length.
 
-    Example:
+    Examples:
         >>> ds = WithIndex([{"x": 1.0}, {"x": 2.0}])
         >>> ds[1]
         {'x': 2.0, 'index': 1}

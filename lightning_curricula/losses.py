@@ -17,7 +17,7 @@ def weighted_mean(losses: Tensor, weights: Tensor | None = None) -> Tensor:
         losses: ``(B,)`` per-example losses.
         weights: ``(B,)`` plan weights (``batch["weight"]``), cast to the losses' dtype and device.
 
-    Example:
+    Examples:
         >>> import torch
         >>> weighted_mean(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 0.0], dtype=torch.float64))
         tensor(1.)
@@ -41,7 +41,7 @@ def weighted_token_mean(token_losses: Tensor, mask: Tensor, weights: Tensor | No
         mask: ``(B, T)`` 1 where a token carries loss, 0 elsewhere.
         weights: ``(B,)`` plan weights, or ``None``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> losses = torch.tensor([[1.0, 2.0], [3.0, 5.0]])
         >>> mask = torch.tensor([[1, 1], [0, 1]])

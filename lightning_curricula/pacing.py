@@ -61,7 +61,7 @@ def pacing_function(name: str | Pacing, *, start: float = 0.2, saturation: float
         start: fraction available at ``t = 0``, in ``(0, 1]``.
         saturation: progress at which all data is available, in ``(0, 1]``.
 
-    Example:
+    Examples:
         >>> pace = pacing_function("linear", start=0.2, saturation=0.5)
         >>> [round(pace(t), 2) for t in (0.0, 0.25, 0.5, 1.0)]
         [0.2, 0.6, 1.0, 1.0]

@@ -115,7 +115,7 @@ class Policy(ABC):
 def shuffled_plan(indices: Tensor, generator: torch.Generator, weights: Tensor | None = None) -> Plan:
     """A plan visiting ``indices`` in a random order drawn from ``generator``.
 
-    Example:
+    Examples:
         >>> plan = shuffled_plan(torch.arange(5), torch.Generator().manual_seed(0))
         >>> sorted(plan.indices.tolist()), plan.weights.tolist()
         ([0, 1, 2, 3, 4], [1.0, 1.0, 1.0, 1.0, 1.0])
@@ -128,7 +128,7 @@ def shuffled_plan(indices: Tensor, generator: torch.Generator, weights: Tensor |
 def easiest_first(difficulty: Tensor, *, hardest: bool = False) -> Tensor:
     """Example ids sorted easiest first (or hardest first); ties by lower id; unseen (NaN) last.
 
-    Example:
+    Examples:
         >>> easiest_first(torch.tensor([0.5, float("nan"), 0.1, 0.5]))
         tensor([2, 0, 3, 1])
         >>> easiest_first(torch.tensor([0.5, float("nan"), 0.1, 0.5]), hardest=True)
@@ -154,7 +154,7 @@ def stratified_keep(strata: Tensor, drops: list[int], generator: torch.Generator
     Returns:
         ``(ids, weights)`` of the kept examples, in id order.
 
-    Example:
+    Examples:
         >>> ids, weights = stratified_keep(torch.tensor([0, 0, 0, 0, 1]), [2, 0], torch.Generator().manual_seed(0))
         >>> len(ids), weights.tolist()
         (3, [2.0, 2.0, 1.0])
@@ -201,7 +201,7 @@ def _check_warmup(warmup_epochs: int) -> None:
 class FullData(Policy):
     """Every example once per epoch, shuffled: the baseline every policy is compared with.
 
-    Example:
+    Examples:
         >>> plan = FullData().plan(EpochContext(epoch=0, num_examples=4, generator=torch.Generator().manual_seed(0)))
         >>> sorted(plan.indices.tolist())
         [0, 1, 2, 3]
@@ -225,7 +225,7 @@ class RandomSubset(Policy):
         fraction: share of examples per epoch, in ``(0, 1]``.
         static: keep one subset for the whole run instead of redrawing it each epoch.
 
-    Example:
+    Examples:
         >>> policy = RandomSubset(0.5, static=True)
         >>> context = EpochContext(epoch=3, num_examples=10, generator=torch.Generator().manual_seed(3))
         >>> len(policy.plan(context))
@@ -257,7 +257,7 @@ class RandomTwin(Policy):
 
     Compares a policy with chance at exactly its sample budget.
 
-    Example:
+    Examples:
         >>> twin = RandomTwin(Curriculum(start=0.5, saturation=1.0, warmup_epochs=1))
         >>> twin.epoch_size(100, 1, 4)
         63
@@ -306,7 +306,7 @@ class Curriculum(Policy):
         saturation: progress at which all data is used, in ``(0, 1]``.
         warmup_epochs: full-data epochs first, ``>= 1``.
 
-    Example:
+    Examples:
         >>> policy = Curriculum(start=0.25, saturation=1.0)
         >>> [policy.epoch_size(100, epoch, 4) for epoch in range(4)]
         [100, 44, 63, 82]
@@ -362,7 +362,7 @@ class SelfPaced(Policy):
     with ``threshold=None`` it starts at the median of the current signal. At least ``min_fraction``
     of the data (the easiest) is always kept.
 
-    Example:
+    Examples:
         >>> loss = torch.tensor([0.1, 0.2, 3.0, 4.0])
         >>> context = EpochContext(epoch=1, num_examples=4, generator=torch.Generator(), signals={"loss": loss})
         >>> sorted(SelfPaced(threshold=1.0).plan(context).indices.tolist())
@@ -428,7 +428,7 @@ class StaticPruning(Policy):
     With ``labels`` and ``class_balanced=True``, each class keeps its own ``keep`` share, at least
     ``min_per_class``.
 
-    Example:
+    Examples:
         >>> el2n = torch.tensor([0.9, 0.1, 0.5, 0.7])
         >>> policy = StaticPruning("el2n", keep=0.5, mode="hard", score_epochs=1)
         >>> context = EpochContext(epoch=1, num_examples=4, generator=torch.Generator(), signals={"el2n": el2n})
@@ -616,7 +616,7 @@ class Bandit(Policy):
       examples first);
     - ``epsilon_greedy``: the top ``(1 - epsilon)`` share by value, the rest uniformly from the others.
 
-    Example:
+    Examples:
         >>> Bandit(0.25).epoch_size(100, 3, None), Bandit(0.25).epoch_size(100, 0, None)
         (25, 100)
     """
@@ -675,7 +675,7 @@ class ImportanceSampling(Policy):
     unseen examples get the mean). Visit weights ``1 / (N p_i)`` make the expected weighted mean
     loss equal the full-data mean loss.
 
-    Example:
+    Examples:
         >>> ImportanceSampling(0.5).epoch_size(10, 1, None)
         5
     """
@@ -713,7 +713,7 @@ class ImportanceSampling(Policy):
 def sampling_probabilities(scores: Tensor, smoothing: float) -> Tensor:
     """``(1 - smoothing) * s / sum(s) + smoothing / N`` in float64, NaN scores replaced by the mean.
 
-    Example:
+    Examples:
         >>> sampling_probabilities(torch.tensor([1.0, 3.0, float("nan")]), 0.0).tolist()
         [0.16666666666666666, 0.5, 0.3333333333333333]
     """
@@ -739,7 +739,7 @@ class NoiseAware(Policy):
     2019). ``mode="demote"`` gives flagged examples the easiest observed score before ``policy``
     ranks them (they are never up-weighted as hard); ``mode="drop"`` removes them from the plan.
 
-    Example:
+    Examples:
         >>> signals = {"aum": torch.tensor([2.0, -1.0, 0.5]), "el2n": torch.tensor([0.1, 1.3, 0.9])}
         >>> policy = NoiseAware(StaticPruning("el2n", keep=0.34, score_epochs=1), mode="demote")
         >>> context = EpochContext(epoch=1, num_examples=3, generator=torch.Generator(), signals=signals)

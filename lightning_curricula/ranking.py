@@ -39,7 +39,7 @@ def difficulty_scores(signals: Mapping[str, Tensor], name: str) -> Tensor:
     Raises:
         ValueError: ``name`` is not a ranked signal or is missing from ``signals``.
 
-    Example:
+    Examples:
         >>> difficulty_scores({"margin": torch.tensor([2.0, -1.0])}, "margin")
         tensor([-2.,  1.])
     """
@@ -77,7 +77,7 @@ def select_indices(
     Returns:
         int64 ids, best first.
 
-    Example:
+    Examples:
         >>> select_indices(torch.tensor([0.1, 0.9, float("nan"), 0.9]), k=2)
         tensor([1, 3])
         >>> select_indices(torch.tensor([0.1, 0.9, 0.5, 0.2]), fraction=0.5, largest=False)

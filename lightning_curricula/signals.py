@@ -41,7 +41,7 @@ def true_class_probabilities(logits: Tensor, targets: Tensor) -> Tensor:
     Returns:
         ``(B,)`` float32 probabilities.
 
-    Example:
+    Examples:
         >>> true_class_probabilities(torch.tensor([[0.0, 0.0], [2.0, 0.0]]), torch.tensor([0, 1]))
         tensor([0.5000, 0.1192])
     """
@@ -63,7 +63,7 @@ def el2n_scores(logits: Tensor, targets: Tensor) -> Tensor:
     Returns:
         ``(B,)`` float32 scores in ``[0, sqrt(2)]``; higher is harder.
 
-    Example:
+    Examples:
         >>> el2n_scores(torch.tensor([[0.0, 0.0]]), torch.tensor([0]))
         tensor([0.7071])
     """
@@ -85,7 +85,7 @@ def margins(logits: Tensor, targets: Tensor) -> Tensor:
     Returns:
         ``(B,)`` float32 margins; higher is easier.
 
-    Example:
+    Examples:
         >>> margins(torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, 1.0]]), torch.tensor([0, 0]))
         tensor([ 1., -5.])
     """
@@ -99,7 +99,7 @@ def margins(logits: Tensor, targets: Tensor) -> Tensor:
 def correct_predictions(logits: Tensor, targets: Tensor) -> Tensor:
     """Whether the arg-max of ``logits`` equals ``targets``, as float32 ``0.`` / ``1.``.
 
-    Example:
+    Examples:
         >>> correct_predictions(torch.tensor([[3.0, 1.0], [0.0, 5.0]]), torch.tensor([0, 0]))
         tensor([1., 0.])
     """
@@ -118,7 +118,7 @@ def ema_update(previous: Tensor, value: Tensor, *, decay: float, observed: Tenso
         decay: weight of the past, in ``[0, 1)``.
         observed: ``(N,)`` bool mask of rows that have a new observation.
 
-    Example:
+    Examples:
         >>> ema_update(torch.tensor([float("nan"), 1.0, 1.0]), torch.tensor([4.0, 3.0, 9.0]),
         ...            decay=0.5, observed=torch.tensor([True, True, False]))
         tensor([4., 2., 1.])
@@ -138,7 +138,7 @@ def forgetting_events(previous_correct: Tensor, correct: Tensor, observed: Tenso
     Returns:
         ``(N,)`` bool.
 
-    Example:
+    Examples:
         >>> forgetting_events(torch.tensor([1, 1, 0, -1], dtype=torch.int8),
         ...                   torch.tensor([False, True, False, False]), torch.tensor([True, True, True, True]))
         tensor([ True, False, False, False])
@@ -154,7 +154,7 @@ def variability(total: Tensor, total_of_squares: Tensor, count: Tensor) -> Tenso
         total_of_squares: ``(N,)`` sum of their squares.
         count: ``(N,)`` number of observations; rows with none give NaN.
 
-    Example:
+    Examples:
         >>> variability(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0]), torch.tensor([2, 0]))
         tensor([0.5000,    nan])
     """
@@ -173,7 +173,7 @@ def instruction_following_difficulty(conditioned_loss: Tensor, unconditioned_los
     Both are mean token losses on the response. A ratio near or above 1 means the instruction barely
     helps the model predict the response: a hard (or misaligned) example.
 
-    Example:
+    Examples:
         >>> instruction_following_difficulty(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 3.0]))
         tensor([0.5000, 1.0000])
     """
