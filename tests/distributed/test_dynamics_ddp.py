@@ -1,0 +1,141 @@
+"""`TrainingDynamics` under DDP: two CPU processes with gloo (``ddp_spawn``).
+
+Under ``ddp_spawn`` the parent's callback is not updated after ``fit``, so each rank writes its tables to a
+file; the test compares the ranks with each other and with a one-process run over the same visits.
+The model is frozen (``lr=0``) so per-example values do not depend on which rank trained first: the
+tables then depend only on which examples were visited, how often, and in which epochs.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from helpers import (
+    COUNT_COLUMNS,
+    ClassificationDataset,
+    Classifier,
+    ShardUnionSampler,
+    assert_signals_equal,
+    make_trainer,
+)
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, DistributedSampler
+
+from lightning_curricula import TrainingDynamics, WithIndex
+
+SIZE = 37  # odd: DistributedSampler pads one repeat per epoch for two ranks
+WORLD_SIZE = 2
+EPOCHS = 2
+BATCH_SIZE = 8
+
+
+class ShardedData(pl.LightningDataModule):
+    """Builds its sampler inside each rank, after the process group exists, with an explicit seed."""
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        dataset = WithIndex(ClassificationDataset(SIZE))
+        return DataLoader(dataset, batch_size=BATCH_SIZE, sampler=DistributedSampler(dataset, shuffle=True, seed=0))
+
+
+class DumpSignals(Callback):
+    """Writes this rank's tables after every epoch, and what it trained on at the end."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory)
+
+    @staticmethod
+    def _dynamics(trainer: pl.Trainer) -> TrainingDynamics:
+        return next(callback for callback in trainer.callbacks if isinstance(callback, TrainingDynamics))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        name = f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.pt"
+        torch.save(self._dynamics(trainer).signals(), self.directory / name)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert isinstance(pl_module, Classifier)
+        state = {
+            "signals": self._dynamics(trainer).signals(),
+            "world_size": trainer.world_size,
+            "visits": [(visit.epoch, visit.index) for visit in pl_module.visits],
+        }
+        torch.save(state, self.directory / f"rank{trainer.global_rank}.pt")
+
+
+def expected_visits(epoch: int) -> Counter[int]:
+    """How often each id is visited across both ranks in ``epoch``, padding repeats included."""
+    shards = ShardUnionSampler(WithIndex(ClassificationDataset(SIZE)), world_size=WORLD_SIZE, seed=0)
+    shards.set_epoch(epoch)
+    return Counter(shards)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("ddp")
+    dynamics = TrainingDynamics(log_histograms=False, plot_every_n_epochs=0)
+    trainer = make_trainer(
+        max_epochs=EPOCHS,
+        callbacks=[dynamics, DumpSignals(str(directory))],
+        strategy="ddp_spawn",
+        devices=WORLD_SIZE,
+        use_distributed_sampler=False,
+    )
+    trainer.fit(Classifier(lr=0.0, record=True), datamodule=ShardedData())
+    return directory
+
+
+def load(directory: Path, name: str) -> Any:
+    return torch.load(directory / name, weights_only=True)
+
+
+@pytest.mark.slow
+def test_both_ranks_ran_and_trained_on_disjoint_shards(ddp_run: Path) -> None:
+    ranks = [load(ddp_run, f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    assert [state["world_size"] for state in ranks] == [WORLD_SIZE] * WORLD_SIZE
+    for epoch in range(EPOCHS):
+        per_rank = [Counter(index for e, index in state["visits"] if e == epoch) for state in ranks]
+        assert [sum(counts.values()) for counts in per_rank] == [(SIZE + 1) // 2] * WORLD_SIZE  # equal lengths
+        assert per_rank[0] + per_rank[1] == expected_visits(epoch)
+
+
+@pytest.mark.slow
+def test_tables_are_identical_on_every_rank(ddp_run: Path) -> None:
+    for suffix in [*(f"_epoch{epoch}" for epoch in range(EPOCHS)), ""]:
+        rank0 = load(ddp_run, f"rank0{suffix}.pt")
+        rank1 = load(ddp_run, f"rank1{suffix}.pt")
+        assert_signals_equal(rank0.get("signals", rank0), rank1.get("signals", rank1))
+
+
+@pytest.mark.slow
+def test_padded_repeats_count_as_visits_not_epochs(ddp_run: Path) -> None:
+    after_first = load(ddp_run, "rank0_epoch0.pt")
+    counts = expected_visits(0)
+    padded = [index for index, count in counts.items() if count == 2]
+    assert len(padded) == WORLD_SIZE * ((SIZE + 1) // 2) - SIZE == 1
+    assert after_first["visits"].tolist() == [counts[index] for index in range(SIZE)]
+    assert after_first["visits"][padded].tolist() == [2]
+    assert after_first["epochs_seen"].tolist() == [1] * SIZE
+    final = load(ddp_run, "rank0.pt")["signals"]
+    total = expected_visits(0) + expected_visits(1)
+    assert final["visits"].tolist() == [total[index] for index in range(SIZE)]
+    assert final["epochs_seen"].tolist() == [EPOCHS] * SIZE
+
+
+@pytest.mark.slow
+def test_ddp_tables_equal_a_single_process_run_over_the_same_visits(ddp_run: Path) -> None:
+    dynamics = TrainingDynamics(log_histograms=False, plot_every_n_epochs=0)
+    dataset = WithIndex(ClassificationDataset(SIZE))
+    loader = DataLoader(dataset, batch_size=BATCH_SIZE, sampler=ShardUnionSampler(dataset, world_size=WORLD_SIZE))
+    make_trainer(max_epochs=EPOCHS, callbacks=[dynamics]).fit(Classifier(lr=0.0), loader)
+    single = dynamics.signals()
+    distributed = load(ddp_run, "rank1.pt")["signals"]
+    assert sorted(distributed) == sorted(single)
+    for key, expected in single.items():
+        if key in COUNT_COLUMNS:
+            assert torch.equal(distributed[key], expected), key
+        else:  # the same values summed in another order (per rank, then across ranks)
+            torch.testing.assert_close(distributed[key], expected, rtol=1e-6, atol=1e-7, equal_nan=True, msg=key)

@@ -1,0 +1,305 @@
+"""`TrainingDynamics` on a real CPU `Trainer`: tables, logging, export, several trackers, contract errors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from helpers import (
+    CLASSIFICATION_COLUMNS,
+    ClassificationDataset,
+    Classifier,
+    LossOnlyClassifier,
+    assert_signals_equal,
+    assert_signals_match,
+    make_trainer,
+    reference_signals,
+    train_loader,
+    visit_signals,
+)
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from lightning_curricula import TrainingDynamics, WithIndex
+
+SIZE = 37
+QUIET = {"log_histograms": False, "plot_every_n_epochs": 0}
+
+
+def test_tables_equal_a_manual_per_example_recomputation() -> None:
+    model = Classifier(record=True)
+    dynamics = TrainingDynamics(ema_decay=0.7, **QUIET)
+    trainer = make_trainer(max_epochs=3, callbacks=[dynamics])
+    trainer.fit(model, train_loader(ClassificationDataset(SIZE), batch_size=8))
+
+    assert len(model.visits) == 3 * SIZE
+    signals = dynamics.signals()
+    assert_signals_match(signals, reference_signals(model.visits, SIZE, ema_decay=0.7))
+    assert signals["visits"].tolist() == [3] * SIZE
+    assert signals["last_epoch"].tolist() == [2] * SIZE
+    # The model learns while it trains, so the per-epoch values really differ (the check is not vacuous).
+    assert 0 < float(signals["correctness"].mean()) < 1
+    assert int(signals["forgetting_events"].sum()) > 0
+    assert float(signals["variability"].max()) > 0.01
+    # The logged epoch metrics agree with the tables.
+    last_epoch_losses = [visit.loss for visit in model.visits if visit.epoch == 2]
+    logged = trainer.logged_metrics
+    assert float(logged["dynamics/mean_loss"]) == pytest.approx(sum(last_epoch_losses) / SIZE, rel=1e-5)
+    assert float(logged["dynamics/seen_fraction"]) == 1.0
+    assert float(logged["dynamics/nonfinite_losses"]) == 0.0
+    last_correct = [visit_signals(v.logits, v.target)["correct"] for v in model.visits if v.epoch == 2]
+    assert float(logged["dynamics/learned_fraction"]) == pytest.approx(sum(last_correct) / SIZE, abs=1e-6)
+
+
+def test_subset_sampler_leaves_unseen_rows_nan() -> None:
+    model = Classifier(record=True)
+    dynamics = TrainingDynamics(**QUIET)
+    loader = DataLoader(WithIndex(ClassificationDataset(SIZE)), batch_size=8, sampler=list(range(0, SIZE, 2)))
+    make_trainer(max_epochs=2, callbacks=[dynamics]).fit(model, loader)
+    signals = dynamics.signals()
+    assert_signals_match(signals, reference_signals(model.visits, SIZE))
+    unseen = signals["visits"] == 0
+    assert unseen.tolist() == [index % 2 == 1 for index in range(SIZE)]
+    assert bool(signals["loss"][unseen].isnan().all())
+    assert dynamics.select("loss", k=SIZE).numel() == (SIZE + 1) // 2
+
+
+def test_loss_only_module_has_no_classification_columns() -> None:
+    model = LossOnlyClassifier(record=True)
+    dynamics = TrainingDynamics(**QUIET)
+    make_trainer(max_epochs=2, callbacks=[dynamics]).fit(model, train_loader(ClassificationDataset(SIZE)))
+    signals = dynamics.signals()
+    assert sorted(signals) == sorted(
+        ["index", "visits", "epochs_seen", "last_epoch", "loss", "loss_mean", "loss_ema", "nonfinite"]
+    )
+    assert not set(CLASSIFICATION_COLUMNS) & set(signals)
+    assert_signals_match(signals, reference_signals(model.visits, SIZE, classification=False))
+    with pytest.raises(ValueError, match=r"Signal 'margin' is not tracked"):
+        dynamics.select("margin", k=3)
+    assert dynamics.select("loss", k=3).tolist() == torch.argsort(-signals["loss"], stable=True)[:3].tolist()
+
+
+class NaNLossFor(Classifier):
+    """Reports a NaN per-example loss for one example id (the mean it trains on stays finite)."""
+
+    def __init__(self, bad_index: int) -> None:
+        super().__init__()
+        self.bad_index = bad_index
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        out = super().training_step(batch, batch_idx)
+        bad = batch["index"] == self.bad_index
+        return {**out, "losses": torch.where(bad, math.nan, out["losses"])}
+
+
+def test_nonfinite_losses_are_skipped_counted_and_warned() -> None:
+    dynamics = TrainingDynamics(**QUIET)
+    trainer = make_trainer(max_epochs=2, callbacks=[dynamics])
+    with pytest.warns(UserWarning, match=r"1 visits in epoch \d had a non-finite loss or logits; they were skipped"):
+        trainer.fit(NaNLossFor(bad_index=5), train_loader(ClassificationDataset(SIZE)))
+    signals = dynamics.signals()
+    assert signals["nonfinite"].tolist() == [2 if index == 5 else 0 for index in range(SIZE)]
+    assert signals["visits"][5].item() == 0
+    assert math.isnan(signals["loss"][5].item())
+    assert float(trainer.logged_metrics["dynamics/nonfinite_losses"]) == 1.0
+
+
+def test_nonfinite_raise_stops_training() -> None:
+    dynamics = TrainingDynamics(on_nonfinite="raise", **QUIET)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss for example ids \[5\]"):
+        make_trainer(max_epochs=1, callbacks=[dynamics]).fit(
+            NaNLossFor(bad_index=5), train_loader(ClassificationDataset(SIZE))
+        )
+
+
+def _event_file(root: Path) -> str:
+    files = sorted(root.rglob("events.out.tfevents.*"))
+    assert len(files) == 1, files
+    return str(files[0])
+
+
+def test_tensorboard_gets_scalars_histograms_data_map_and_hardest_examples(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    dataset = ClassificationDataset(SIZE, shape=(1, 4, 4))  # image-like items
+    dynamics = TrainingDynamics(plot_every_n_epochs=1, num_hardest=4, hardest_by="el2n")
+    trainer = make_trainer(tmp_path, max_epochs=2, callbacks=[dynamics], logger=TensorBoardLogger(tmp_path))
+    trainer.fit(Classifier(num_features=16), train_loader(dataset))
+
+    events = EventAccumulator(_event_file(tmp_path), size_guidance={"images": 0, "tensors": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    for scalar in ("seen_fraction", "mean_loss", "nonfinite_losses", "learned_fraction", "forgetting_events"):
+        assert f"dynamics/{scalar}" in tags["scalars"], scalar
+        assert len(events.Scalars(f"dynamics/{scalar}")) == 2  # one per epoch
+    for signal in ("loss", "loss_ema", "el2n", "margin", "aum", "confidence", "variability", "correctness"):
+        assert f"dynamics/{signal}" in tags["histograms"], signal
+    assert "dynamics/index" not in tags["histograms"]
+    assert "dynamics/data_map" in tags["images"]
+    assert len(events.Images("dynamics/data_map")) == 2
+    assert "dynamics/hardest_by_el2n" in tags["images"]
+    text_tag = "dynamics/hardest_by_el2n/text_summary"
+    assert text_tag in tags["tensors"]
+    table = events.Tensors(text_tag)[-1].tensor_proto.string_val[0].decode()
+    assert table.startswith("| id | el2n | text |")
+    # The four hardest by EL2N, hardest first.
+    hardest = dynamics.select("el2n", k=4).tolist()
+    assert [int(row.split("|")[1]) for row in table.splitlines()[2:]] == hardest
+
+
+def test_no_plots_and_no_histograms_when_switched_off(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = make_trainer(
+        tmp_path, max_epochs=1, callbacks=[TrainingDynamics(**QUIET)], logger=TensorBoardLogger(tmp_path)
+    )
+    trainer.fit(Classifier(), train_loader(ClassificationDataset(SIZE)))
+    events = EventAccumulator(_event_file(tmp_path))
+    events.Reload()
+    tags = events.Tags()
+    assert "dynamics/mean_loss" in tags["scalars"]
+    assert tags["histograms"] == []
+    assert tags["images"] == []
+
+
+def test_csv_logger_warns_that_it_gets_scalars_only(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path)
+    trainer = make_trainer(tmp_path, max_epochs=1, callbacks=[TrainingDynamics()], logger=logger)
+    with pytest.warns(UserWarning, match=r"only to TensorBoardLogger; \['CSVLogger'\] get scalars only"):
+        trainer.fit(Classifier(), train_loader(ClassificationDataset(SIZE)))
+    header = (Path(logger.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "dynamics/mean_loss" in header
+    assert "dynamics/seen_fraction" in header
+
+
+def _assert_column_equal(values: Any, expected: torch.Tensor, key: str) -> None:
+    got = torch.as_tensor(list(values), dtype=torch.float64)
+    torch.testing.assert_close(got, expected.double(), rtol=0, atol=1e-6, equal_nan=True, msg=key)
+
+
+def test_export_round_trip_one_row_per_id(tmp_path: Path) -> None:
+    pytest.importorskip("datasets")
+    pandas = pytest.importorskip("pandas")
+    import pyarrow.parquet as pq
+
+    dynamics = TrainingDynamics(**QUIET)
+    loader = DataLoader(WithIndex(ClassificationDataset(SIZE)), batch_size=8, sampler=list(range(SIZE - 5)))
+    make_trainer(max_epochs=2, callbacks=[dynamics]).fit(Classifier(), loader)
+    signals = dynamics.signals()
+    assert bool(signals["loss"][-5:].isnan().all())  # the export must carry unseen rows too
+
+    exported = dynamics.to_dataset()
+    assert exported.num_rows == SIZE
+    assert exported.column_names == list(signals)
+    assert exported["index"] == list(range(SIZE))
+
+    dynamics.to_parquet(tmp_path / "signals.parquet")
+    parquet = pq.read_table(tmp_path / "signals.parquet").to_pydict()
+    dynamics.to_csv(tmp_path / "signals.csv")
+    csv = pandas.read_csv(tmp_path / "signals.csv")
+    assert list(csv.columns) == list(signals)  # no pandas index column
+    assert len(csv) == SIZE
+    assert parquet["index"] == list(range(SIZE))
+    for key, expected in signals.items():
+        _assert_column_equal(exported[key], expected, key)
+        _assert_column_equal(parquet[key], expected, key)
+        _assert_column_equal(csv[key], expected, key)
+
+
+def test_two_trackers_with_different_names_do_not_collide(tmp_path: Path) -> None:
+    fast = TrainingDynamics(name="fast", ema_decay=0.1, **QUIET)
+    slow = TrainingDynamics(name="slow", ema_decay=0.9, **QUIET)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer = make_trainer(tmp_path, max_epochs=2, callbacks=[fast, slow, checkpoint], enable_checkpointing=True)
+    trainer.fit(Classifier(), train_loader(ClassificationDataset(SIZE)))
+
+    assert fast.state_key != slow.state_key
+    assert "fast/mean_loss" in trainer.logged_metrics
+    assert "slow/mean_loss" in trainer.logged_metrics
+    # Same visits, different averaging: the tables are separate.
+    assert torch.equal(fast.signals()["loss"], slow.signals()["loss"])
+    assert not torch.allclose(fast.signals()["loss_ema"], slow.signals()["loss_ema"])
+
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)["callbacks"]
+    assert fast.state_key in saved
+    assert slow.state_key in saved
+    for original in (fast, slow):
+        restored = TrainingDynamics(name=original.name, ema_decay=original.ema_decay)
+        restored.load_state_dict(saved[original.state_key])
+        assert_signals_equal(restored.signals(), original.signals())
+
+
+def test_two_trackers_with_the_same_name_are_refused() -> None:
+    with pytest.raises(RuntimeError, match=r"state_key` must be unique"):
+        make_trainer(callbacks=[TrainingDynamics(name="same"), TrainingDynamics(name="same", ema_decay=0.5)])
+
+
+class ReturnsMeanLosses(Classifier):
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        out = super().training_step(batch, batch_idx)
+        return {**out, "losses": out["losses"].mean()}
+
+
+class ReturnsTensor(Classifier):
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        return super().training_step(batch, batch_idx)["loss"]
+
+
+class ReturnsFloatTargets(Classifier):
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        out = super().training_step(batch, batch_idx)
+        return {**out, "targets": out["targets"].float()}
+
+
+class ForgetsTargets(Classifier):
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        out = super().training_step(batch, batch_idx)
+        return {key: value for key, value in out.items() if key != "targets"}
+
+
+class ShiftsIds(Classifier):
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        return {**super().training_step(batch, batch_idx), "index": batch["index"] + 100}
+
+
+@pytest.mark.parametrize(
+    ("module", "error", "message"),
+    [
+        (ReturnsMeanLosses, ValueError, r"'losses' has shape \(\), expected \(8,\)"),
+        # Lightning wraps a bare loss tensor as {"loss": loss}.
+        (ReturnsTensor, ValueError, r"training_step outputs have no 'losses' \(keys: \['loss'\]\)"),
+        (ReturnsFloatTargets, TypeError, r"'targets' must hold integer class ids"),
+        (ForgetsTargets, ValueError, r"have 'logits' but no 'targets'"),
+        (ShiftsIds, ValueError, r"Example ids must be in \[0, 37\), got ids from 1\d\d to 1\d\d"),
+    ],
+)
+def test_wrong_training_step_return_raises_at_the_first_batch(
+    module: type[Classifier], error: type[Exception], message: str
+) -> None:
+    model = module()
+    with pytest.raises(error, match=message):
+        make_trainer(max_epochs=2, callbacks=[TrainingDynamics(**QUIET)]).fit(
+            model, train_loader(ClassificationDataset(SIZE))
+        )
+    assert model.steps == 1
+
+
+def test_unwrapped_dataset_raises_at_the_first_batch() -> None:
+    model = Classifier()
+    loader = DataLoader(ClassificationDataset(SIZE), batch_size=8)
+    with pytest.raises(ValueError, match=r"Cannot find the example ids.*Wrap the dataset in WithIndex"):
+        make_trainer(max_epochs=1, callbacks=[TrainingDynamics(**QUIET)]).fit(model, loader)
+    assert model.steps == 1
+
+
+def test_num_examples_that_disagree_with_the_dataset_raise_at_start() -> None:
+    model = Classifier()
+    with pytest.raises(ValueError, match=r"tracks 40 examples but the training dataset has 37"):
+        make_trainer(max_epochs=1, callbacks=[TrainingDynamics(num_examples=40, **QUIET)]).fit(
+            model, train_loader(ClassificationDataset(SIZE))
+        )
+    assert model.steps == 0
