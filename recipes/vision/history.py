@@ -1,0 +1,127 @@
+"""`EpochHistory`: per-epoch validation metrics against cumulative sample passes, for comparing curricula."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+__all__ = ["EpochHistory"]
+
+_STATE_VERSION = 1
+
+
+class EpochHistory(Callback):
+    """Record, each epoch, the cumulative sample passes, the validation metrics and the elapsed time.
+
+    Curricula and pruning policies train on epochs of different lengths, so accuracy against the
+    epoch number compares unequal amounts of work. This callback counts the training passes
+    (examples in the training batches, summed over ranks) and logs ``monitor`` with
+    ``step = cumulative sample passes`` under ``tag``: in TensorBoard's scalar view the runs then
+    line up by compute. Every epoch also appends a record (a dict of numbers) to `records`.
+
+    Args:
+        monitor: the validation metric logged against sample passes.
+        tag: the name it is logged under.
+        metrics: the metrics copied from ``trainer.callback_metrics`` into each record.
+        on_record: called with each new record (``lightning-curricula compare`` advances its
+            progress bar with it).
+
+    Example:
+        >>> history = EpochHistory()
+        >>> history.records
+        []
+
+    Note:
+        Passes are counted from the length of ``outputs["losses"]`` of each ``training_step`` and
+        all-reduced (as integers) once per epoch, so they include the padding repeats of a DDP
+        sampler, exactly like ``TrainingDynamics``' ``sample_passes``. The records and the count are
+        in the checkpoint, so a resumed run continues them.
+    """
+
+    def __init__(
+        self,
+        *,
+        monitor: str = "val/acc",
+        tag: str = "val/acc_by_sample_passes",
+        metrics: tuple[str, ...] = ("val/acc", "val/loss", "train/loss"),
+        on_record: Callable[[dict[str, float]], None] | None = None,
+    ) -> None:
+        self.monitor = monitor
+        self.tag = tag
+        self.metrics = metrics
+        self.on_record = on_record
+        self.records: list[dict[str, float]] = []
+        self.sample_passes = 0
+        self._epoch_passes = 0
+        self._elapsed = 0.0
+        self._started = 0.0
+        self._validated_epoch = -1
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started = time.perf_counter() - self._elapsed
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_passes = 0
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if isinstance(outputs, Mapping) and isinstance(outputs.get("losses"), torch.Tensor):
+            self._epoch_passes += int(outputs["losses"].shape[0])
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated_epoch = trainer.current_epoch
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        count = torch.tensor(self._epoch_passes, dtype=torch.long, device=pl_module.device)
+        self.sample_passes += int(trainer.strategy.reduce(count, reduce_op="sum"))
+        self._elapsed = time.perf_counter() - self._started
+        record: dict[str, float] = {
+            "epoch": float(trainer.current_epoch),
+            "sample_passes": float(self.sample_passes),
+            "seconds": self._elapsed,
+        }
+        validated = self._validated_epoch == trainer.current_epoch
+        for name in self.metrics:
+            value = trainer.callback_metrics.get(name)
+            if value is not None and (validated or not name.startswith("val/")):
+                record[name] = float(value)
+        self.records.append(record)
+        monitored = record.get(self.monitor)
+        if trainer.is_global_zero and monitored is not None and math.isfinite(monitored):
+            for logger in trainer.loggers:
+                logger.log_metrics({self.tag: monitored}, step=self.sample_passes)
+        if self.on_record is not None:
+            self.on_record(record)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": _STATE_VERSION,
+            "sample_passes": self.sample_passes,
+            "elapsed": self._elapsed,
+            "records": [dict(record) for record in self.records],
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("version") != _STATE_VERSION:
+            raise ValueError(
+                f"EpochHistory state has version {state_dict.get('version')!r}, expected {_STATE_VERSION}."
+            )
+        self.sample_passes = int(state_dict["sample_passes"])
+        self._elapsed = float(state_dict["elapsed"])
+        self.records = [dict(record) for record in state_dict["records"]]
