@@ -1,0 +1,157 @@
+"""How well learned difficulty agrees with the known one: Spearman rank correlations, logged at fit end.
+
+`DifficultyReport` compares each learned per-example signal (the tracker's ``loss``, ``loss_mean``,
+``loss_ema``; the module's ``initial_loss`` and ``ifd`` when it computed them) with a known
+difficulty column of the training data (reasoning-gym's ``difficulty``), logs one scalar per pair
+(``rank_correlation/<signal>``), and writes every score per example to ``example_scores.parquet``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_curricula import WithIndex, find_dynamics
+
+__all__ = ["DifficultyReport", "average_ranks", "spearman"]
+
+_TRACKED = ("loss", "loss_mean", "loss_ema")
+
+
+def average_ranks(values: Tensor) -> Tensor:
+    """Ranks ``1..N`` of ``values`` (float64), tied values sharing the mean of their ranks.
+
+    Example:
+        >>> average_ranks(torch.tensor([10.0, 30.0, 20.0, 10.0]))
+        tensor([1.5000, 4.0000, 3.0000, 1.5000], dtype=torch.float64)
+    """
+    ordered, order = torch.sort(values.double(), stable=True)
+    _, group, counts = torch.unique_consecutive(ordered, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()
+    mean_rank = ends - (counts.double() - 1) / 2
+    ranks = torch.empty(values.numel(), dtype=torch.float64)
+    ranks[order] = mean_rank[group]
+    return ranks
+
+
+def spearman(x: Tensor, y: Tensor) -> float:
+    """Spearman's rank correlation of ``x`` and ``y`` over the pairs where both are finite (ties averaged).
+
+    NaN when fewer than two pairs remain or either side is constant.
+
+    Example:
+        >>> round(spearman(torch.tensor([1.0, 2.0, 3.0, float("nan")]), torch.tensor([0.1, 0.5, 0.4, 0.0])), 6)
+        0.5
+    """
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}.")
+    both = x.isfinite() & y.isfinite()
+    if int(both.sum()) < 2:
+        return math.nan
+    rx, ry = average_ranks(x[both]), average_ranks(y[both])
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denominator = float(rx.norm() * ry.norm())
+    return float((rx * ry).sum()) / denominator if denominator > 0 else math.nan
+
+
+class DifficultyReport(Callback):
+    """At fit end, the rank correlation of each learned difficulty signal with a known difficulty.
+
+    Reads the known difficulty from the column ``column`` of the training dataset (the dataset inside
+    the train loader's `WithIndex`), the tracked signals from the Trainer's `TrainingDynamics`, and
+    the scores the module computed itself from its ``example_scores`` attribute (a mapping of name to
+    ``(N,)`` tensor, such as ``ifd``). Logs ``rank_correlation/<signal>`` to every logger, a
+    text table to TensorBoard, and writes ``example_scores.parquet`` (ids, the known columns, every
+    signal) to the logger's folder (or ``export_dir``). The last correlations are kept in
+    `correlations`.
+
+    Args:
+        column: the known difficulty column.
+        export: write the parquet file.
+        export_dir: where to write it; the first logger's ``log_dir`` by default.
+        dynamics_name: which tracker, when the Trainer has several.
+
+    Note:
+        Under DDP the tables are identical on every rank; rank 0 logs and writes.
+    """
+
+    def __init__(
+        self,
+        column: str = "difficulty",
+        *,
+        export: bool = True,
+        export_dir: str | None = None,
+        dynamics_name: str | None = None,
+    ) -> None:
+        self.column = column
+        self.export = export
+        self.export_dir = export_dir
+        self.dynamics_name = dynamics_name
+        self.correlations: dict[str, float] = {}
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        dataset = _source_dataset(trainer)
+        if dataset is None or self.column not in getattr(dataset, "column_names", ()):
+            rank_zero_warn(
+                f"DifficultyReport: the training data has no {self.column!r} column; no correlations to report."
+            )
+            return
+        known = torch.tensor(list(dataset[self.column]), dtype=torch.float64)
+        learned = self.learned_scores(trainer, pl_module)
+        self.correlations = {name: spearman(values, known) for name, values in learned.items()}
+        if not trainer.is_global_zero:
+            return
+        metrics = {f"rank_correlation/{name}": value for name, value in self.correlations.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("rank_correlation", self.table(), trainer.global_step)
+        rank_zero_info(f"Rank correlation of the learned signals with {self.column!r}:\n{self.table()}")
+        folder = self.export_dir or (trainer.loggers[0].log_dir if trainer.loggers else None)
+        if self.export and folder is not None:
+            self.write(Path(folder) / "example_scores.parquet", dataset, learned)
+
+    def learned_scores(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor]:
+        """The learned per-example scores: the tracker's loss signals and the module's ``example_scores``."""
+        scores: dict[str, Tensor] = {}
+        dynamics = find_dynamics(trainer, self.dynamics_name)
+        if dynamics is not None and dynamics.has_tables:
+            signals = dynamics.signals()
+            scores |= {name: signals[name].double() for name in _TRACKED if name in signals}
+        extra: Mapping[str, Tensor] = getattr(pl_module, "example_scores", {}) or {}
+        scores |= {name: values.double().cpu() for name, values in extra.items()}
+        return scores
+
+    def table(self) -> str:
+        """The correlations as a Markdown table."""
+        rows = [f"| {name} | {value:.3f} |" for name, value in self.correlations.items()]
+        return "\n".join([f"| signal | Spearman vs {self.column} |", "|---|---|", *rows])
+
+    def write(self, path: Path, dataset: Any, learned: Mapping[str, Tensor]) -> None:
+        """Write ids, the known difficulty columns and the learned scores as parquet."""
+        import datasets
+
+        known: Sequence[str] = [c for c in dataset.column_names if c.startswith("difficulty") or c == "source_index"]
+        columns: dict[str, Any] = {"index": list(range(len(dataset)))}
+        columns |= {c: list(dataset[c]) for c in known}
+        columns |= {name: values.tolist() for name, values in learned.items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        datasets.Dataset.from_dict(columns).to_parquet(str(path))
+        rank_zero_info(f"Wrote the per-example scores to {path}.")
+
+
+def _source_dataset(trainer: pl.Trainer) -> Any:
+    loader = trainer.train_dataloader
+    dataset = getattr(loader, "dataset", None)
+    return dataset.dataset if isinstance(dataset, WithIndex) else dataset
