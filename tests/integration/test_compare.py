@@ -1,0 +1,189 @@
+"""`lightning-curricula compare` on tiny data: outputs, TensorBoard logs, resuming, refusals and bad names."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from recipes import compare
+from recipes.compare import RunResult, accuracy_figure, main, summarize
+
+ARGS = ["--policies", "full", "curriculum", "--seeds", "0", "--max-epochs", "2", "--fast-dev"]
+# --fast-dev trains on 256 images; the curriculum's second epoch takes the easiest ceil(0.7 * 256).
+PASSES = {"full": [256, 512], "curriculum": [256, 256 + 180]}
+
+
+def run(output: Path, *args: str) -> int:
+    return main(["compare", *args, "--output", str(output)])
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("compare") / "out"
+    assert run(output, *ARGS) == 0
+    return output
+
+
+def results(output: Path) -> dict[str, dict[str, Any]]:
+    return {policy: json.loads((output / "results" / policy / "seed_0.json").read_text()) for policy in PASSES}
+
+
+def test_summary_table_and_csv(comparison: Path) -> None:
+    markdown = (comparison / "summary.md").read_text()
+    table = [line for line in markdown.splitlines() if line.startswith("| ") and "---" not in line]
+    assert table[0].startswith("| policy | seeds | final test acc (%) | best test acc (%) | sample passes")
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]] for line in table[1:]}
+    assert list(rows) == ["full", "curriculum"]
+    for cells in rows.values():
+        seeds, final, best, passes, passes_ratio, wall, wall_ratio = cells
+        assert seeds == "1"
+        assert 0.0 <= float(final) <= float(best) <= 100.0
+        assert float(passes_ratio) <= 1.0
+        assert float(wall) > 0
+        assert float(wall_ratio) > 0
+    assert rows["full"][3] == "512"
+    assert rows["full"][4] == "1.00"
+    assert rows["curriculum"][3] == "436"
+    assert "test split doubles as the validation set" in markdown
+
+    with (comparison / "summary.csv").open() as file:
+        summary = {row["policy"]: row for row in csv.DictReader(file)}
+    assert list(summary) == ["full", "curriculum"]
+    stored = results(comparison)
+    for policy, row in summary.items():
+        assert float(row["final_acc_mean"]) == pytest.approx(stored[policy]["final_acc"])
+        assert float(row["best_acc_mean"]) == pytest.approx(stored[policy]["best_acc"])
+        assert math.isnan(float(row["final_acc_std"]))  # one seed
+        assert float(row["sample_passes"]) == PASSES[policy][-1]
+        assert float(row["wall_seconds"]) == pytest.approx(stored[policy]["wall_seconds"])
+    assert float(summary["curriculum"]["passes_ratio"]) == pytest.approx(436 / 512)
+
+
+def test_tensorboard_logs_accuracy_by_passes_and_hparams(comparison: Path) -> None:
+    stored = results(comparison)
+    for policy, passes in PASSES.items():
+        log_dir = comparison / "tensorboard" / policy / "seed_0"
+        assert list(log_dir.glob("events.out.tfevents.*"))
+        events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0})
+        events.Reload()
+        tags = set(events.Tags()["scalars"])
+        assert {"val/acc", "val/loss", "train/loss", "dynamics/sample_passes", "hparams/final_test_acc"} <= tags
+        by_passes = events.Scalars("test/acc_by_sample_passes")
+        assert [event.step for event in by_passes] == passes
+        expected = [epoch["val/acc"] for epoch in stored[policy]["epochs"]]
+        assert [event.value for event in by_passes] == pytest.approx(expected)
+        assert events.Scalars("hparams/final_test_acc")[-1].value == pytest.approx(stored[policy]["final_acc"])
+        start = events.summary_metadata["_hparams_/session_start_info"].plugin_data.content
+        hparams = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info.hparams
+        assert hparams["policy"].string_value == policy
+        assert hparams["seed"].number_value == 0
+        assert hparams["policy_class"].string_value == ("FullData" if policy == "full" else "Curriculum")
+
+
+def test_figure_plots_accuracy_against_passes(comparison: Path) -> None:
+    png = (comparison / "accuracy_vs_passes.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    from matplotlib.image import imread
+
+    assert imread(str(comparison / "accuracy_vs_passes.png")).shape[:2] == (540, 840)  # 7 x 4.5 in at 120 dpi
+    stored = [RunResult(**result) for result in results(comparison).values()]
+    figure = accuracy_figure(stored, ["full", "curriculum"])
+    axes = figure.axes[0]
+    curves = {container.get_label(): container.lines[0] for container in axes.containers}  # errorbar containers
+    assert list(curves) == ["full", "curriculum"]
+    assert [text.get_text() for text in axes.get_legend().get_texts()] == ["full", "curriculum"]
+    for result in stored:
+        x, y = curves[result.policy].get_data()
+        assert list(x) == pytest.approx([p / 256 for p in PASSES[result.policy]])
+        assert list(y) == pytest.approx([100 * epoch["val/acc"] for epoch in result.epochs])
+    assert "sample passes" in axes.get_xlabel()
+
+
+def test_second_invocation_skips_finished_runs(comparison: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def must_not_run(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(compare, "_run_one", must_not_run)
+    monkeypatch.setattr(compare, "_preflight", must_not_run)
+    before = {path: path.stat().st_mtime_ns for path in (comparison / "results").rglob("*.json")}
+    assert run(comparison, *ARGS) == 0
+    assert {path: path.stat().st_mtime_ns for path in (comparison / "results").rglob("*.json")} == before
+
+
+def test_more_seeds_extend_the_comparison(comparison: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    output = tmp_path / "extended"
+    shutil.copytree(comparison, output)
+    trained = []
+
+    def fake_run(options: compare.CompareOptions, policy: str, seed: int, progress: Any) -> RunResult:
+        trained.append((policy, seed))
+        original = results(output)[policy]
+        return RunResult(**{**original, "seed": seed, "final_acc": original["final_acc"] + 0.1})
+
+    monkeypatch.setattr(compare, "_run_one", fake_run)
+    monkeypatch.setattr(compare, "_preflight", lambda options, policies: None)
+    assert run(output, *ARGS[:3], "--seeds", "0", "1", *ARGS[5:]) == 0
+    assert trained == [("full", 1), ("curriculum", 1)]
+    assert json.loads((output / "comparison.json").read_text())["seeds"] == [0, 1]
+    assert "± 7.07" in (output / "summary.md").read_text()  # stdev of (a, a + 0.1) in percent
+
+
+def test_refuses_a_different_comparison(comparison: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(comparison, *ARGS[:-2], "3", "--fast-dev") == 2
+    error = capsys.readouterr().err
+    assert "holds a different comparison" in error
+    assert "max_epochs: stored 2, now 3" in error
+    assert "another --output" in error
+    assert run(comparison, *ARGS, "--dataset", "digits") == 2
+    assert "dataset: stored 'embedded', now 'digits'" in capsys.readouterr().err
+    unrelated = tmp_path / "unrelated"
+    unrelated.mkdir()
+    (unrelated / "notes.txt").write_text("mine")
+    assert run(unrelated, *ARGS) == 2
+    assert "holds no comparison.json" in capsys.readouterr().err
+
+
+def test_refuses_a_policy_that_cannot_run_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "impossible"
+    assert run(output, "--policies", "infobatch", "--max-epochs", "2", "--fast-dev") == 2
+    assert "policy 'infobatch' cannot run with --max-epochs 2" in capsys.readouterr().err
+    assert not (output / "results").exists()
+    assert not (output / "comparison.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--policies", "full", "nonsense"], "unknown policies ['nonsense']; valid: anti_curriculum, bandit"),
+        (["--dataset", "cifar10"], "Unknown dataset 'cifar10'; valid: embedded, fashion_mnist, digits"),
+        (["--max-epochs", "0"], "--max-epochs must be at least 1"),
+    ],
+)
+def test_bad_arguments_fail_at_once(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def result(policy: str, seed: int, final: float, passes: int, wall: float) -> RunResult:
+    return RunResult(policy, seed, final, final, passes, wall, 100, 10, "CPU", [])
+
+
+def test_summarize_ratios_and_spread() -> None:
+    runs = [result("full", 0, 0.9, 600, 10.0), result("full", 1, 0.8, 600, 14.0), result("random", 0, 0.7, 300, 6.0)]
+    full, random = summarize(runs, ["full", "random"])
+    assert (full.final_acc_mean, full.final_acc_std) == pytest.approx((0.85, math.sqrt(0.005)))
+    assert (random.passes_ratio, random.wall_ratio) == pytest.approx((0.5, 0.5))
+    assert math.isnan(random.final_acc_std)
+    (alone,) = summarize(runs[2:], ["random"])
+    assert math.isnan(alone.passes_ratio)
+    assert math.isnan(alone.wall_ratio)
