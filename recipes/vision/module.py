@@ -120,7 +120,7 @@ class VisionClassifier(pl.LightningModule):
         logits = self(batch["image"])
         losses = F.cross_entropy(logits, targets, reduction="none")
         loss = weighted_mean(losses, batch.get("weight"))
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=targets.numel())
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=targets.numel(), sync_dist=True)
         return {"loss": loss, "losses": losses, "logits": logits, "targets": targets}
 
     @override
