@@ -1,0 +1,219 @@
+"""`InstructionDataModule`: instruction data, held-out easy and hard splits, and the curriculum's train loader."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+from typing_extensions import override
+
+from lightning_curricula import Policy, WithIndex, curriculum_dataloader
+from recipes.llm.data import (
+    CausalLMCollator,
+    Scorer,
+    Truncation,
+    load_instruction_dataset,
+    load_reasoning_gym,
+    make_scorer,
+    prepare_dataset,
+    split_by_difficulty,
+)
+from recipes.llm.model import SMOLLM2, load_tokenizer
+from recipes.llm.policies import ScoreCurriculum
+
+if TYPE_CHECKING:
+    import datasets
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = ["REASONING_GYM_PREFIX", "InstructionDataModule"]
+
+log = logging.getLogger(__name__)
+
+#: ``dataset="reasoning_gym:<task>"`` generates that reasoning-gym task.
+REASONING_GYM_PREFIX = "reasoning_gym:"
+
+
+class InstructionDataModule(pl.LightningDataModule):
+    """Instruction data for `CausalLMFineTuner`: tokenised training rows and held-out splits.
+
+    **Sources** (``dataset``):
+
+    - ``"reasoning_gym:<task>"`` (the offline default ``reasoning_gym:basic_arithmetic``):
+      ``train_size`` generated problems with a known ``difficulty`` (`load_reasoning_gym`, seed
+      ``seed``), and a held-out pool of ``eval_size`` more (another seed, questions seen in training
+      removed), whose easiest and hardest ``eval_fraction`` are the ``easy`` and ``hard`` validation
+      splits. Answers are graded by reasoning-gym's checker.
+    - a local ``.json`` / ``.jsonl`` / ``.parquet`` / ``.csv`` file, a ``save_to_disk`` folder, or a hub
+      name (`load_instruction_dataset`): ``eval_size`` random rows are held out (seeded); with a
+      ``difficulty`` column they are split into ``easy`` and ``hard`` as above, else they form one
+      ``heldout`` split. Answers are graded by `normalized_match`.
+
+    Rows are tokenised by `prepare_dataset` (see it for the over-long rule). The train loader is
+    `curriculum_dataloader` with ``policy``. A `ScoreCurriculum` without scores is given the
+    column named by its ``score`` (``difficulty``), or the module's ``example_scores`` of that name
+    (``ifd``, ``initial_loss``; set ``fit_start_scores: true`` on the model).
+
+    Args:
+        dataset: the source, see above.
+        tokenizer: a tokenizer or a name for `load_tokenizer`.
+        train_size: training examples (generated, or the first ones of the shuffled source; ``0``: all).
+        eval_size: held-out examples before the easy / hard split.
+        eval_fraction: the share of the held-out pool in each of ``easy`` and ``hard``, in ``(0, 0.5]``.
+        seed: seed of the generation and of the held-out draw.
+        task_config: reasoning-gym config overrides (``min_terms``, ``max_terms``, ...).
+        levels: reasoning-gym difficulty levels (see `load_reasoning_gym`).
+        split: the source's split.
+        max_length: see `prepare_dataset`.
+        truncation: see `prepare_dataset`.
+        shape: see `prepare_dataset`.
+        system_prompt: see `to_conversation`.
+        batch_size: training batch size per rank.
+        eval_batch_size: validation batch size per rank.
+        num_workers: ``DataLoader`` workers.
+        policy: what to plan each epoch (`FullData` by default).
+        plan_seed: seed of the plans (by default ``seed``).
+    """
+
+    def __init__(
+        self,
+        dataset: str = f"{REASONING_GYM_PREFIX}basic_arithmetic",
+        tokenizer: str | PreTrainedTokenizerBase = SMOLLM2,
+        *,
+        train_size: int = 1000,
+        eval_size: int = 256,
+        eval_fraction: float = 0.25,
+        seed: int = 0,
+        task_config: dict[str, Any] | None = None,
+        levels: list[dict[str, Any]] | None = None,
+        split: str = "train",
+        max_length: int = 128,
+        truncation: Truncation = "prompt",
+        shape: str | None = None,
+        system_prompt: str | None = None,
+        batch_size: int = 16,
+        eval_batch_size: int = 32,
+        num_workers: int = 0,
+        policy: Policy | None = None,
+        plan_seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        if train_size < 0 or eval_size < 0 or batch_size < 1 or eval_batch_size < 1:
+            raise ValueError(
+                f"train_size and eval_size must be >= 0 and the batch sizes >= 1, got {train_size}, {eval_size}, "
+                f"{batch_size} and {eval_batch_size}."
+            )
+        self.save_hyperparameters(ignore=["tokenizer", "policy"])
+        self.source = dataset
+        self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        self.train_size = train_size
+        self.eval_size = eval_size
+        self.eval_fraction = eval_fraction
+        self.seed = seed
+        self.task_config = dict(task_config or {})
+        self.levels = levels
+        self.split = split
+        self.max_length = max_length
+        self.truncation: Truncation = truncation
+        self.shape = shape
+        self.system_prompt = system_prompt
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.policy = policy
+        self.plan_seed = seed if plan_seed is None else plan_seed
+        self.scorer: Scorer | None = None
+        self.train_dataset: datasets.Dataset | None = None
+        self.val_datasets: dict[str, datasets.Dataset] = {}
+
+    @property
+    def val_split_names(self) -> list[str]:
+        """Names of the validation splits, in the order of `val_dataloader`."""
+        return list(self.val_datasets)
+
+    @override
+    def setup(self, stage: str) -> None:
+        if self.train_dataset is not None:
+            return
+        train_rows, held_out = self._rows()
+        self.train_dataset = self._prepare(train_rows)
+        if "difficulty" in held_out.column_names and len(held_out) >= 2:
+            easy, hard = split_by_difficulty(held_out, self.eval_fraction)
+            self.val_datasets = {"easy": self._prepare(easy), "hard": self._prepare(hard)}
+        elif len(held_out):
+            self.val_datasets = {"heldout": self._prepare(held_out)}
+
+    def _rows(self) -> tuple[datasets.Dataset, datasets.Dataset]:
+        if self.source.startswith(REASONING_GYM_PREFIX):
+            task = self.source[len(REASONING_GYM_PREFIX) :]
+            self.scorer = make_scorer(task)
+            train = load_reasoning_gym(task, self.train_size or 1000, self.seed, levels=self.levels, **self.task_config)
+            if not self.eval_size:
+                return train, train.select([])
+            pool = load_reasoning_gym(
+                task, self.eval_size, self.seed + 1_000_003, levels=self.levels, **self.task_config
+            )
+            seen = set(train["question"])
+            fresh = [i for i, question in enumerate(pool["question"]) if question not in seen]
+            if len(fresh) < len(pool):
+                log.info("Removed %d held-out questions that are also training questions.", len(pool) - len(fresh))
+            return train, pool.select(fresh)
+        self.scorer = make_scorer()
+        rows = load_instruction_dataset(self.source, split=self.split)
+        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(self.seed)).tolist()
+        held_out = order[: self.eval_size]
+        rest = order[self.eval_size :]
+        train = rest[: self.train_size] if self.train_size else rest
+        return rows.select(sorted(train)), rows.select(sorted(held_out))
+
+    def _prepare(self, rows: datasets.Dataset) -> datasets.Dataset:
+        prepared, _ = prepare_dataset(
+            rows,
+            self.tokenizer,
+            max_length=self.max_length,
+            shape=self.shape,
+            system_prompt=self.system_prompt,
+            truncation=self.truncation,
+        )
+        return prepared
+
+    def bound_policy(self) -> Policy | None:
+        """The policy, a `ScoreCurriculum` given its scores (a column of the data, or the module's example scores)."""
+        policy = self.policy
+        if not isinstance(policy, ScoreCurriculum) or policy.scores is not None or policy.order == "random":
+            return policy
+        assert self.train_dataset is not None
+        if policy.score in self.train_dataset.column_names:
+            return policy.with_scores(torch.tensor(list(self.train_dataset[policy.score]), dtype=torch.float32))
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        computed = getattr(module, "example_scores", {}) or {}
+        if policy.score not in computed:
+            raise ValueError(
+                f"ScoreCurriculum ranks by {policy.score!r}, which is neither a column of the training data "
+                f"({self.train_dataset.column_names}) nor a score the model computed ({sorted(computed)}); for "
+                "'ifd' or 'initial_loss' set fit_start_scores: true on the model."
+            )
+        return policy.with_scores(computed[policy.score])
+
+    @override
+    def train_dataloader(self) -> DataLoader[Any]:
+        assert self.train_dataset is not None, "setup() builds the training data"
+        return curriculum_dataloader(
+            WithIndex(self.train_dataset),
+            self.trainer,
+            self.bound_policy(),
+            seed=self.plan_seed,
+            batch_size=self.batch_size,
+            collate_fn=CausalLMCollator(int(self.tokenizer.pad_token_id)),
+            num_workers=self.num_workers,
+        )
+
+    @override
+    def val_dataloader(self) -> list[DataLoader[Any]]:
+        collate = CausalLMCollator(int(self.tokenizer.pad_token_id), generation=True)
+        return [
+            DataLoader(split, batch_size=self.eval_batch_size, collate_fn=collate, num_workers=self.num_workers)  # type: ignore[arg-type]
+            for split in self.val_datasets.values()
+        ]

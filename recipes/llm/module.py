@@ -1,0 +1,429 @@
+"""`CausalLMFineTuner`: supervised fine-tuning of a causal LM on response tokens, with per-example losses.
+
+It follows the `TrainingDynamics` contract for sequence models: ``training_step`` returns ``losses``,
+one number per sequence (the mean loss over its response tokens), and the example ids come from
+``batch["index"]``. The loss it optimises is `weighted_token_mean`: the plain mean over the batch's
+response tokens when the plan's weights are 1, so turning a curriculum on changes nothing until it
+reweights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from torch.nn import functional as F
+from typing_extensions import override
+
+from lightning_curricula import CurriculumSampler, weighted_token_mean
+from lightning_curricula.signals import instruction_following_difficulty
+from recipes.llm.data import IGNORE_INDEX, CausalLMCollator, Scorer, make_scorer, response_only
+from recipes.llm.model import SMOLLM2, load_causal_lm, load_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["CausalLMFineTuner", "WarmupCosine", "sequence_losses", "token_losses"]
+
+log = logging.getLogger(__name__)
+
+
+def token_losses(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-token losses of next-token prediction and the mask of tokens that carry one.
+
+    Position ``t`` predicts token ``t + 1``: the logits are shifted left and the labels right, and
+    ``cross_entropy(reduction="none")`` (in float32) gives a ``(B, T - 1)`` table, 0 where the label
+    is ``IGNORE_INDEX``.
+
+    Example:
+        >>> losses, mask = token_losses(torch.zeros(1, 3, 4), torch.tensor([[-100, 2, 3]]))
+        >>> losses, mask
+        (tensor([[1.3863, 1.3863]]), tensor([[True, True]]))
+    """
+    shifted_labels = labels[:, 1:]
+    losses = F.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), shifted_labels, reduction="none", ignore_index=IGNORE_INDEX
+    )
+    return losses, shifted_labels != IGNORE_INDEX
+
+
+def sequence_losses(losses: Tensor, mask: Tensor) -> Tensor:
+    """Mean loss over each sequence's masked tokens: ``(B, T) -> (B,)``; NaN for a sequence without any.
+
+    Example:
+        >>> sequence_losses(torch.tensor([[1.0, 3.0], [2.0, 9.0]]), torch.tensor([[1, 1], [1, 0]]))
+        tensor([2., 2.])
+    """
+    mask = mask.to(losses.dtype)
+    return (losses * mask).sum(1) / mask.sum(1)
+
+
+class WarmupCosine:
+    """Learning-rate factor: linear warm-up, then cosine decay to ``min_ratio`` at ``total_steps``.
+
+    A callable object rather than a lambda, so that ``LambdaLR`` saves ``total_steps`` in checkpoints;
+    `CausalLMFineTuner` sets ``total_steps`` when training starts, from the sampler's plan.
+
+    Example:
+        >>> schedule = WarmupCosine(warmup_ratio=0.1, min_ratio=0.0, total_steps=100)
+        >>> [round(schedule(step), 2) for step in (0, 9, 10, 55, 100)]
+        [0.1, 1.0, 1.0, 0.5, 0.0]
+    """
+
+    def __init__(self, warmup_ratio: float = 0.05, min_ratio: float = 0.1, total_steps: int = 1) -> None:
+        self.warmup_ratio = warmup_ratio
+        self.min_ratio = min_ratio
+        self.total_steps = total_steps
+
+    def __call__(self, step: int) -> float:
+        """The factor of the peak learning rate at optimizer step ``step``."""
+        total = max(self.total_steps, 1)
+        warmup = max(1, round(self.warmup_ratio * total))
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class CausalLMFineTuner(pl.LightningModule):
+    """Fine-tune a causal LM on instruction data, the loss on response tokens only.
+
+    Per batch (from `CausalLMCollator`, with ``index`` and ``weight`` from `WithIndex` and the
+    sampler): token losses by ``cross_entropy(reduction="none")`` on shifted logits and labels; the
+    per-sequence loss (the mean over its response tokens) is returned as ``losses`` for
+    `TrainingDynamics`; the optimised loss is ``weighted_token_mean(token_losses, mask, weight)``.
+
+    - **LoRA**: ``lora_rank > 0`` trains low-rank adapters (``peft``) instead of all weights.
+    - **Schedule**: AdamW with linear warm-up and cosine decay over the run's optimizer steps, taken
+      from ``CurriculumSampler.planned_steps`` (exact for a pruning or paced plan) when training
+      starts, else from ``trainer.estimated_stepping_batches``.
+    - **Validation**, per held-out split (the data module's ``val_split_names``, such as ``easy`` and
+      ``hard``): ``val/<split>/loss`` (mean per-sequence response loss) and, with
+      ``max_new_tokens > 0``, ``val/<split>/accuracy`` (greedy generation graded by ``scorer``: an
+      answer counts when it scores 1) and ``val/<split>/score`` (the mean score).
+    - **IFD** (Li et al. 2024, "From Quantity to Quality"): `compute_example_scores` runs the model
+      in eval mode over the training set twice, with and without the instruction, and keeps per example
+      id ``initial_loss`` (response loss given the prompt), ``response_loss`` (given only a start
+      token) and ``ifd`` (their ratio, `instruction_following_difficulty`). With
+      ``fit_start_scores=True`` it runs once when fitting starts, before the first plan (so a policy
+      may rank by these scores); the values are cached per id, saved in checkpoints, logged (mean
+      and histogram) and exported by `DifficultyReport`.
+
+    Args:
+        model: `SMOLLM2` (the embedded default), a model name, folder or ``.gguf`` file, or a model.
+        tokenizer: the tokenizer or its name; by default the one of ``model`` (required for a model object).
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay on matrices (not on norms and biases).
+        warmup_ratio: share of the steps spent warming up.
+        min_lr_ratio: the final learning rate as a share of ``lr``.
+        lora_rank: LoRA rank; ``0`` fine-tunes every weight.
+        lora_alpha: LoRA scaling numerator.
+        lora_dropout: dropout on the LoRA branch.
+        lora_target_modules: modules that get adapters (``"all-linear"``: every linear layer but the head).
+        gradient_checkpointing: recompute activations in the backward pass (less memory, ~30% slower).
+        max_new_tokens: greedy generation length for accuracy; ``0`` skips generation.
+        scorer: grades a generated answer (see `make_scorer`); by default the data module's
+            ``scorer``, else `normalized_match`.
+        fit_start_scores: compute `compute_example_scores` when fitting starts.
+        score_batch_size: batch size of those passes.
+        dtype: parameter dtype when loading by name.
+
+    Note:
+        **DDP**: each rank scores its share of the ids and one all-reduce joins them, so every rank
+        holds the same scores; validation metrics are reduced across ranks. **Resume**: the example
+        scores and the token count are saved in the checkpoint, and the schedule's step count is in
+        the scheduler's state.
+    """
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel = SMOLLM2,
+        tokenizer: str | PreTrainedTokenizerBase | None = None,
+        *,
+        lr: float = 5e-5,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.05,
+        min_lr_ratio: float = 0.1,
+        lora_rank: int = 0,
+        lora_alpha: float = 16.0,
+        lora_dropout: float = 0.0,
+        lora_target_modules: str | list[str] = "all-linear",
+        gradient_checkpointing: bool = False,
+        max_new_tokens: int = 16,
+        scorer: Scorer | None = None,
+        fit_start_scores: bool = False,
+        score_batch_size: int = 16,
+        dtype: str = "float32",
+    ) -> None:
+        super().__init__()
+        if lr <= 0 or not 0.0 <= warmup_ratio < 1.0 or not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(
+                f"Need lr > 0, warmup_ratio in [0, 1) and min_lr_ratio in [0, 1]; "
+                f"got {lr}, {warmup_ratio}, {min_lr_ratio}."
+            )
+        if lora_rank < 0 or max_new_tokens < 0 or score_batch_size < 1:
+            raise ValueError(
+                f"lora_rank and max_new_tokens must be >= 0 and score_batch_size >= 1, got "
+                f"{lora_rank}, {max_new_tokens} and {score_batch_size}."
+            )
+        if not isinstance(model, str) and tokenizer is None:
+            raise ValueError("A model object needs its tokenizer: pass tokenizer=.")
+        self.save_hyperparameters(ignore=["model", "tokenizer", "scorer"] if not isinstance(model, str) else ["scorer"])
+        if isinstance(tokenizer, str) or tokenizer is None:
+            tokenizer = load_tokenizer(tokenizer if isinstance(tokenizer, str) else str(model))
+        self.tokenizer = tokenizer
+        self.model = load_causal_lm(model, dtype=dtype) if isinstance(model, str) else model
+        if gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.config.use_cache = False
+        if lora_rank > 0:
+            from peft import LoraConfig, get_peft_model
+
+            config = LoraConfig(
+                task_type="CAUSAL_LM",
+                r=lora_rank,
+                lora_alpha=lora_alpha,
+                lora_dropout=lora_dropout,
+                target_modules=lora_target_modules,
+            )
+            self.model = get_peft_model(self.model, config)
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.schedule = WarmupCosine(warmup_ratio, min_lr_ratio)
+        self.max_new_tokens = max_new_tokens
+        self.scorer = scorer
+        self.fit_start_scores = fit_start_scores
+        self.score_batch_size = score_batch_size
+        self.example_scores: dict[str, Tensor] = {}
+        self.tokens_seen = 0
+
+    # ------------------------------------------------------------------------------------ forward
+
+    def token_losses(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(B, T - 1)`` token losses and loss mask of a batch (see `token_losses`)."""
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return token_losses(logits, batch["labels"])
+
+    @override
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        losses, mask = self.token_losses(batch)
+        loss = weighted_token_mean(losses, mask, batch.get("weight"))
+        size = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        # The epoch's token count over all ranks: policies plan examples, so compare them by tokens too.
+        tokens = batch["attention_mask"].sum().float()
+        self.log("train/tokens", tokens, on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True, batch_size=size)
+        return {"loss": loss, "losses": sequence_losses(losses.detach(), mask)}
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        epoch_tokens = self.trainer.callback_metrics.get("train/tokens")
+        self.tokens_seen += int(epoch_tokens) if epoch_tokens is not None else 0
+        self.log("train/tokens_seen", float(self.tokens_seen))
+
+    @override
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        split = self._split_name(dataloader_idx)
+        size = batch["input_ids"].shape[0]
+        losses, mask = self.token_losses(batch)
+        per_sequence = sequence_losses(losses, mask)
+        self.log(f"val/{split}/loss", per_sequence.mean(), batch_size=size, add_dataloader_idx=False, sync_dist=True)
+        if self.max_new_tokens == 0:
+            return
+        predictions = self.generate(batch["prompt_input_ids"], batch["prompt_attention_mask"])
+        scorer = self._scorer()
+        scores = torch.tensor(
+            [
+                scorer(prediction, {"reference": reference, "metadata": metadata})
+                for prediction, reference, metadata in zip(
+                    predictions, batch["reference"], batch["metadata"], strict=True
+                )
+            ],
+            device=self.device,
+        )
+        self.log(
+            f"val/{split}/accuracy",
+            (scores >= 1.0).float().mean(),
+            batch_size=size,
+            add_dataloader_idx=False,
+            sync_dist=True,
+        )
+        self.log(f"val/{split}/score", scores.mean(), batch_size=size, add_dataloader_idx=False, sync_dist=True)
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: Tensor, attention_mask: Tensor) -> list[str]:
+        """Greedy answers to left-padded prompts, decoded without special tokens and stripped."""
+        from transformers import GenerationConfig
+
+        eos = self.tokenizer.eos_token_id
+        config = GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=eos,
+        )
+        output = self.model.generate(input_ids=prompt_ids, attention_mask=attention_mask, generation_config=config)
+        texts = self.tokenizer.batch_decode(output[:, prompt_ids.shape[1] :], skip_special_tokens=True)
+        return [text.strip() for text in texts]
+
+    def _scorer(self) -> Scorer:
+        if self.scorer is None:
+            datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+            self.scorer = getattr(datamodule, "scorer", None) or make_scorer()
+        return self.scorer
+
+    def _split_name(self, dataloader_idx: int) -> str:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        names: Sequence[str] = getattr(datamodule, "val_split_names", ()) or ()
+        return names[dataloader_idx] if dataloader_idx < len(names) else f"split{dataloader_idx}"
+
+    # ------------------------------------------------------------------------------------ IFD
+
+    @torch.no_grad()
+    def compute_example_scores(self, dataset: Any, ids: Sequence[int] | None = None) -> dict[str, Tensor]:
+        """Pre-training difficulty per example id: ``initial_loss``, ``response_loss`` and ``ifd``.
+
+        Two forward passes in eval mode per batch: the training input (prompt and response), and
+        the response alone after the tokenizer's BOS token (its EOS when it has none; see
+        `response_only`), both averaged over the same response tokens. Only ids not scored yet are
+        computed (all of ``ids``, by default every id of ``dataset``); under DDP each rank scores a
+        share and one all-reduce joins them.
+
+        Args:
+            dataset: the `prepare_dataset` rows (the training set; ids are its positions).
+            ids: which ids to score.
+
+        Returns:
+            `example_scores`: name -> ``(N,)`` tensor, NaN for ids never scored.
+        """
+        size = len(dataset)
+        if self.example_scores and next(iter(self.example_scores.values())).numel() != size:
+            raise ValueError(
+                f"The cached example scores cover {next(iter(self.example_scores.values())).numel()} examples, "
+                f"the dataset has {size}."
+            )
+        if not self.example_scores:
+            self.example_scores = {
+                name: torch.full((size,), math.nan) for name in ("initial_loss", "response_loss", "ifd")
+            }
+        wanted = torch.arange(size) if ids is None else torch.as_tensor(list(ids), dtype=torch.long)
+        todo = wanted[self.example_scores["ifd"][wanted].isnan()]
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer is not None else (1, 0)
+        if todo.numel() == 0:
+            return self.example_scores
+        collate = CausalLMCollator(int(self.tokenizer.pad_token_id))
+        start = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
+        values = torch.zeros(2, size, device=self.device)
+        was_training = self.model.training
+        self.model.eval()
+        mine = todo[rank::world].tolist()
+        for first in range(0, len(mine), self.score_batch_size):
+            chunk = mine[first : first + self.score_batch_size]
+            batch = {k: v.to(self.device) for k, v in collate(dataset.__getitems__(chunk)).items()}
+            conditioned = sequence_losses(*self.token_losses(batch))
+            alone = {
+                k: v.to(self.device)
+                for k, v in response_only(batch, int(start), int(self.tokenizer.pad_token_id)).items()
+            }
+            unconditioned = sequence_losses(*self.token_losses(alone))
+            index = torch.tensor(chunk, device=self.device)
+            values[0, index] = conditioned
+            values[1, index] = unconditioned
+        self.model.train(was_training)
+        if world > 1:
+            values = self.trainer.strategy.reduce(values, reduce_op="sum")
+        values = values.cpu()
+        self.example_scores["initial_loss"][todo] = values[0, todo]
+        self.example_scores["response_loss"][todo] = values[1, todo]
+        self.example_scores["ifd"][todo] = instruction_following_difficulty(values[0, todo], values[1, todo])
+        self._log_example_scores()
+        return self.example_scores
+
+    def _log_example_scores(self) -> None:
+        if self._trainer is None:
+            return
+        metrics: dict[str, float] = {}
+        for name, values in self.example_scores.items():
+            finite = values[values.isfinite()]
+            metrics[f"example_scores/{name}_mean"] = float(finite.mean()) if finite.numel() else math.nan
+        for logger in self.trainer.loggers:
+            logger.log_metrics(metrics, step=self.trainer.global_step)
+            if isinstance(logger, TensorBoardLogger):
+                for name, values in self.example_scores.items():
+                    finite = values[values.isfinite()]
+                    if finite.numel():
+                        logger.experiment.add_histogram(f"example_scores/{name}", finite, self.trainer.global_step)
+
+    @override
+    def on_fit_start(self) -> None:
+        if not self.fit_start_scores:
+            return
+        dataset = getattr(self.trainer.datamodule, "train_dataset", None)
+        if dataset is None:
+            raise ValueError("fit_start_scores=True needs a data module with a train_dataset (InstructionDataModule).")
+        self.compute_example_scores(dataset)
+
+    # ------------------------------------------------------------------------------------ optimisation
+
+    @override
+    def configure_optimizers(self) -> Any:
+        trainable = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for _, p in trainable if p.ndim >= 2], "weight_decay": self.weight_decay},
+            {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @override
+    def on_train_start(self) -> None:
+        total = self.planned_steps()
+        self.schedule.total_steps = total
+        for scheduler_config in self.trainer.lr_scheduler_configs:
+            scheduler = scheduler_config.scheduler
+            for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):  # type: ignore[union-attr]
+                group["lr"] = base * self.schedule(scheduler.last_epoch)  # type: ignore[union-attr]
+        log.info(
+            "LR schedule: %d optimizer steps (%d warm-up).", total, max(1, round(self.schedule.warmup_ratio * total))
+        )
+
+    def planned_steps(self) -> int:
+        """Optimizer steps of the whole run: from the `CurriculumSampler` plan when known, else Lightning's estimate."""
+        trainer = self.trainer
+        loader = trainer.train_dataloader
+        sampler = getattr(loader, "sampler", None)
+        total: int | None = None
+        if isinstance(sampler, CurriculumSampler) and loader is not None and getattr(loader, "batch_size", None):
+            try:
+                total = sampler.planned_steps(
+                    int(loader.batch_size),  # type: ignore[attr-defined]
+                    accumulate_grad_batches=trainer.accumulate_grad_batches,
+                    drop_last=bool(getattr(loader, "drop_last", False)),
+                )
+            except ValueError as error:
+                rank_zero_warn(f"{error} The LR schedule uses Lightning's estimate instead.")
+        if total is None:
+            total = int(trainer.estimated_stepping_batches)
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            total = min(total, trainer.max_steps)
+        return max(total, 1)
+
+    # ------------------------------------------------------------------------------------ checkpoint
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["example_scores"] = {name: values.clone() for name, values in self.example_scores.items()}
+        checkpoint["tokens_seen"] = self.tokens_seen
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.example_scores = {name: values.clone() for name, values in checkpoint.get("example_scores", {}).items()}
+        self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
