@@ -286,7 +286,7 @@ def run_comparison(options: CompareOptions) -> list[PolicySummary]:
         ComparisonMismatchError: ``options.output`` holds a comparison with other settings.
         PolicySettingsError: a policy cannot run with these settings (checked before any run starts).
     """
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
     output = options.output
     settings = _settings_record(options)

@@ -475,7 +475,8 @@ def _pixels(images: Any, limit: int) -> Tensor:
     if isinstance(images, _BytesImages):
         rows = images.rows[:limit]
         return torch.frombuffer(bytearray(b"".join(rows)), dtype=torch.uint8).view(len(rows), *images.shape)
-    return images[:limit]
+    pixels: Tensor = images[:limit]
+    return pixels
 
 
 def _channel_statistics(images: Any, shape: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
@@ -535,7 +536,7 @@ def _fixed_stratified_split(labels: Tensor, per_class: int | None, share: float 
     """Test ids: ``per_class`` (or the ``share``) of each class, drawn by a generator fixed at 0."""
     generator = torch.Generator().manual_seed(0)
     chosen = []
-    for label in labels.unique().tolist():
+    for label in torch.unique(labels).tolist():
         members = (labels == label).nonzero().squeeze(1)
         count = per_class if per_class is not None else round(share * members.numel())
         chosen.append(members[torch.randperm(members.numel(), generator=generator)[:count]])
@@ -544,7 +545,7 @@ def _fixed_stratified_split(labels: Tensor, per_class: int | None, share: float 
 
 def _load_digits() -> tuple[Tensor, Tensor]:
     try:
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # type: ignore[import-untyped]
     except ImportError:
         raise ModuleNotFoundError("--data.dataset digits needs scikit-learn: pip install scikit-learn.") from None
     digits = load_digits()
