@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from helpers import make_trainer
@@ -198,3 +199,25 @@ def test_digits_are_upsampled_and_split() -> None:
     assert data.image_shape == (1, 24, 24)
     assert len(data.train_set) + len(data.test_set) == 1797
     assert data.horizontal_flip is False
+
+
+class StopAfterFirstEpoch(pl.Callback):
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.should_stop = True
+
+
+def test_resumed_run_matches_the_uninterrupted_one(tmp_path: Path) -> None:
+    """Plans, augmentation, schedule and the accuracy-by-passes record all continue exactly from a checkpoint."""
+    checkpoints = ["--trainer.enable_checkpointing", "true"]
+    whole = tiny_cli(tmp_path / "whole", "curriculum", epochs=3)
+    whole.trainer.fit(whole.model, datamodule=whole.datamodule)
+    first = tiny_cli(tmp_path / "first", "curriculum", *checkpoints, epochs=3)
+    first.trainer.callbacks.append(StopAfterFirstEpoch())
+    first.trainer.fit(first.model, datamodule=first.datamodule)
+    (checkpoint,) = (tmp_path / "first").rglob("*.ckpt")
+    resumed = tiny_cli(tmp_path / "resumed", "curriculum", *checkpoints, epochs=3)
+    resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(checkpoint))
+    assert [r["sample_passes"] for r in resumed.history.records] == [r["sample_passes"] for r in whole.history.records]
+    assert [r["val/acc"] for r in resumed.history.records] == [r["val/acc"] for r in whole.history.records]
+    for name, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
