@@ -102,7 +102,7 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
         self.num_examples = size
         self._cached: tuple[int, Plan] | None = None
         self._epoch_was_set = False
-        self._sized_since_iter = False
+        self._length: int | None = None  # the first length reported: what the DataLoader's user caches
         self._iterations = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -136,8 +136,10 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
         return plan
 
     def __len__(self) -> int:
-        self._sized_since_iter = True
-        return shard_size(len(self.plan()), self.num_replicas, self.drop_last)
+        length = shard_size(len(self.plan()), self.num_replicas, self.drop_last)
+        if self._length is None:
+            self._length = length
+        return length
 
     def __iter__(self) -> Iterator[tuple[int, float]]:
         epoch = self.plan_epoch
@@ -146,14 +148,19 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
                 f"set_epoch({self.epoch}) but the tracker has synced {epoch} epochs: was the TrainingDynamics "
                 "state restored with the checkpoint, and is the same tracker on the Trainer?"
             )
-        if self.policy.varies_length and self._iterations > 0 and not self._sized_since_iter:
+        plan = self.plan(epoch)
+        # Lightning reads len(dataloader) once per loader (num_training_batches) but asks len() again each
+        # epoch, so only a length that differs from the loader's first one shows a loader that was not re-created.
+        length = shard_size(len(plan), self.num_replicas, self.drop_last)
+        if self._length is None:
+            self._length = length
+        elif self.policy.varies_length and length != self._length:
             raise RuntimeError(
-                f"{type(self.policy).__name__} changes the epoch length, but the DataLoader was not re-created "
-                "for this epoch, so Lightning would cut or pad it: set Trainer(reload_dataloaders_every_n_epochs=1)."
+                f"{type(self.policy).__name__} changes the epoch length ({self._length} to {length} items on this "
+                "rank), but the DataLoader was not re-created for this epoch, so Lightning would cut or pad it: "
+                "set Trainer(reload_dataloaders_every_n_epochs=1)."
             )
         self._iterations += 1
-        self._sized_since_iter = False
-        plan = self.plan(epoch)
         positions = shard_positions(len(plan), self.num_replicas, self.rank, self.drop_last)
         return zip(plan.indices[positions].tolist(), plan.weights[positions].tolist(), strict=True)
 
@@ -209,4 +216,4 @@ def shard_positions(plan_size: int, num_replicas: int, rank: int, drop_last: boo
         (tensor([0, 2, 4]), tensor([1, 3, 0]), tensor([1, 3]))
     """
     total = shard_size(plan_size, num_replicas, drop_last) * num_replicas
-    return torch.arange(rank, total, num_replicas) % plan_size
+    return torch.arange(rank, max(total, rank), num_replicas) % plan_size  # empty when the rank gets nothing

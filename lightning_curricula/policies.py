@@ -188,10 +188,10 @@ def _check_signal(signal: str) -> None:
         raise ValueError(f"Unknown signal {signal!r}; policies rank by one of {sorted(HARDER_WHEN_HIGHER)}.")
 
 
-def _check_warmup(warmup_epochs: int) -> None:
+def _check_warmup(warmup_epochs: int, name: str = "warmup_epochs") -> None:
     if warmup_epochs < 1:
         raise ValueError(
-            f"warmup_epochs must be >= 1 (the first epochs train on all data to score it), got {warmup_epochs!r}."
+            f"{name} must be >= 1 (the first epochs train on all data to score it), got {warmup_epochs!r}."
         )
 
 
@@ -450,7 +450,7 @@ class StaticPruning(Policy):
     ) -> None:
         _check_signal(signal)
         _check_fraction("keep", keep)
-        _check_warmup(score_epochs)
+        _check_warmup(score_epochs, "score_epochs")
         if mode not in ("hard", "easy", "band"):
             raise ValueError(f"mode must be 'hard', 'easy' or 'band', got {mode!r}.")
         if not 0.0 <= band_offset < 1.0 or band_offset + keep > 1.0:
@@ -489,14 +489,16 @@ class StaticPruning(Policy):
             return shuffled_plan(kept, context.generator)
         ranked = easiest_first(context.difficulty(self.signal), hardest=self.mode != "easy")
         if not self.class_balanced or self.labels is None:
-            skip = round(self.band_offset * n)
-            return shuffled_plan(ranked[skip : skip + _fraction_size(self.keep, n)], context.generator)
+            size = _fraction_size(self.keep, n)
+            skip = min(round(self.band_offset * n), n - size)  # rounding must not shrink the band
+            return shuffled_plan(ranked[skip : skip + size], context.generator)
         labels = self.labels[ranked]
         chosen = []
         for label in torch.unique(labels):
             members = ranked[labels == label]
-            skip = round(self.band_offset * members.numel())
-            chosen.append(members[skip : skip + self._class_quota(members.numel())])
+            quota = self._class_quota(members.numel())
+            skip = min(round(self.band_offset * members.numel()), members.numel() - quota)
+            chosen.append(members[skip : skip + quota])
         return shuffled_plan(torch.cat(chosen), context.generator)
 
     def _class_quota(self, count: int) -> int:
@@ -514,7 +516,7 @@ class InfoBatch(Policy):
     - ``budget``: the whole run uses exactly ``round(budget * num_epochs * N)`` sample passes. Pruning
       epochs get sizes that add up to that; the drops come uniformly from the well-learned examples
       first (then from the rest if needed), and each kept example of a group of ``n`` with ``d``
-      dropped gets weight ``n / (n - d)``.
+      dropped gets weight ``n / (n - d)`` (an epoch of one visit draws it from all ``N``, weight ``N``).
 
     Either way the expected weighted loss equals the full-data loss. The first epoch (no scores yet)
     and the last ``anneal`` share of epochs train on all data with weight 1, which the paper found
@@ -564,11 +566,13 @@ class InfoBatch(Policy):
         pruning = [e for e in range(num_epochs) if not self.full_epoch(e, num_epochs)]
         passes = round(self.budget * num_epochs * num_examples) - (num_epochs - len(pruning)) * num_examples
         if not pruning or not len(pruning) <= passes <= len(pruning) * num_examples:
-            lowest = (num_epochs - len(pruning) + (1 if pruning else 0) * 0) / num_epochs
+            full = num_epochs - len(pruning)
+            # Full epochs, plus at least one visit per pruning epoch; rounded up so the stated minimum is enough.
+            lowest = math.ceil(1000 * (full * num_examples + len(pruning)) / (num_epochs * num_examples)) / 1000
+            need = f"the budget must be at least {lowest:.3f}" if pruning else "some epoch must prune"
             raise ValueError(
                 f"budget={self.budget} cannot be met with num_epochs={num_epochs} and anneal={self.anneal}: "
-                f"{num_epochs - len(pruning)} epochs train on all data, so the budget must be at least "
-                f"{lowest:.3f}{'' if pruning else ' and some epoch must prune (lower anneal or add epochs)'}."
+                f"{full} epochs train on all data, so {need} (or lower anneal, or add epochs)."
             )
 
     def epoch_size(self, num_examples: int, epoch: int, num_epochs: int | None) -> int | None:  # noqa: D102
@@ -602,6 +606,8 @@ class InfoBatch(Policy):
         learned = int(well_learned.sum())
         drops = [min(drop, max(learned - 1, 0)), 0]
         drops[1] = drop - drops[0]
+        if drops[1] >= n - learned:  # a single visit cannot stand for both groups: draw it from all, weight n
+            strata, drops = torch.zeros_like(strata), [drop]
         ids, weights = stratified_keep(strata, drops, context.generator)
         return shuffled_plan(ids, context.generator, weights)
 
