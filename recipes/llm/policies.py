@@ -85,7 +85,7 @@ class ScoreCurriculum(Policy):
         self.pacing = pacing
         self.start = start
         self.saturation = saturation
-        self.pace = pacing_function(pacing, start=start, saturation=saturation)
+        pacing_function(pacing, start=start, saturation=saturation)  # validates the pacing now
         self.keep = keep
         self.warmup_epochs = warmup_epochs
         self.needs_num_epochs = keep is None
@@ -116,7 +116,9 @@ class ScoreCurriculum(Policy):
             return max(1, round(self.keep * num_examples))
         if epoch < self.warmup_epochs or num_epochs is None:
             return num_examples
-        share = min(max(self.pace(epoch / num_epochs), 0.0), 1.0)
+        # Built here rather than kept: a closure would make the policy unpicklable (ddp_spawn pickles it).
+        pace = pacing_function(self.pacing, start=self.start, saturation=self.saturation)
+        share = min(max(pace(epoch / num_epochs), 0.0), 1.0)
         return max(1, math.ceil(share * num_examples))
 
     def plan(self, context: EpochContext) -> Plan:  # noqa: D102
