@@ -153,8 +153,8 @@ def test_refuses_a_different_comparison(comparison: Path, tmp_path: Path, capsys
 
 def test_refuses_a_policy_that_cannot_run_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     output = tmp_path / "impossible"
-    assert run(output, "--policies", "infobatch", "--max-epochs", "2", "--fast-dev") == 2
-    assert "policy 'infobatch' cannot run with --max-epochs 2" in capsys.readouterr().err
+    assert run(output, "--policies", "full", "infobatch", "--max-epochs", "1", "--fast-dev") == 2
+    assert "policy 'infobatch' cannot run with --max-epochs 1" in capsys.readouterr().err
     assert not (output / "results").exists()
     assert not (output / "comparison.json").exists()
 
