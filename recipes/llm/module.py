@@ -326,7 +326,8 @@ class CausalLMFineTuner(pl.LightningModule):
         mine = todo[rank::world].tolist()
         for first in range(0, len(mine), self.score_batch_size):
             chunk = mine[first : first + self.score_batch_size]
-            batch = {k: v.to(self.device) for k, v in collate(dataset.__getitems__(chunk)).items()}
+            rows = dataset.__getitems__(chunk) if hasattr(dataset, "__getitems__") else [dataset[i] for i in chunk]
+            batch = {k: v.to(self.device) for k, v in collate(rows).items()}
             conditioned = sequence_losses(*self.token_losses(batch))
             alone = {
                 k: v.to(self.device)

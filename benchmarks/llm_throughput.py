@@ -1,0 +1,202 @@
+"""Training throughput (tokens per second) of the LLM recipe with and without `TrainingDynamics`.
+
+The recipe's `CausalLMFineTuner` fine-tunes SmolLM2-135M-Instruct (the embedded default) on short
+reasoning-gym arithmetic problems. Each run is a ``Trainer.fit`` of ``--warmup + --steps`` optimizer
+steps over the same batches (a `FullData` plan with a fixed seed, so both sides see the same tokens);
+the first ``--warmup`` steps are not timed. Runs are interleaved in one process (baseline, tracked,
+tracked, baseline, ...) so that drifts in machine load hit both sides alike. Reported: tokens per
+second of each side (total tokens / total timed step seconds), the median of the per-pair time
+ratios (tracked / baseline), and the ratio of the fastest runs.
+
+On a shared machine the end-to-end ratio is dominated by load changes between runs (one step of
+SmolLM2 on two CPU cores takes seconds), so the script also times what the tracker adds to each
+step in isolation: ``read_step_outputs`` + ``TrainingDynamics.update`` on a batch of the same size,
+as ``on_train_batch_end`` calls them, and reports the bound ``1 + tracker seconds / fastest step``.
+
+The tracked side adds ``TrainingDynamics(log_histograms=False, plot_every_n_epochs=0)``: the
+per-step ``update`` (a few tensor ops and one ``index_add_``) and the epoch-end derivation; both
+sides run with ``logger=False``.
+
+Examples:
+    python benchmarks/llm_throughput.py                          # SmolLM2-135M, CPU, defaults
+    python benchmarks/llm_throughput.py --model tiny-random-llama --steps 20   # a quick check of the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the recipes package, when run as a script
+from lightning_curricula import TrainingDynamics, read_step_outputs  # noqa: E402
+from recipes.llm.datamodule import InstructionDataModule  # noqa: E402
+from recipes.llm.model import SMOLLM2, load_causal_lm, load_tokenizer  # noqa: E402
+from recipes.llm.module import CausalLMFineTuner  # noqa: E402
+
+
+class StepTimer(Callback):
+    """Wall-clock seconds and tokens of every training step after the first ``warmup``."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.seconds: list[float] = []
+        self.tokens: list[int] = []
+        self._start = 0.0
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # on_train_batch_end runs after the optimizer step and after TrainingDynamics.update (callbacks in order).
+        elapsed = time.perf_counter() - self._start
+        if trainer.global_step > self.warmup:
+            self.seconds.append(elapsed)
+            self.tokens.append(int(batch["attention_mask"].sum()))
+
+
+def run_once(
+    model: Any, tokenizer: Any, data: InstructionDataModule, args: argparse.Namespace, *, tracked: bool
+) -> dict[str, Any]:
+    timer = StepTimer(args.warmup)
+    callbacks: list[Callback] = [TrainingDynamics(log_histograms=False, plot_every_n_epochs=0)] if tracked else []
+    callbacks.append(timer)  # last, so that the tracker's update is inside the timed step
+    module = CausalLMFineTuner(model, tokenizer, lr=1e-5, max_new_tokens=0)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        max_steps=args.warmup + args.steps,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        reload_dataloaders_every_n_epochs=1,
+    )
+    trainer.fit(module, datamodule=data)
+    return {"tracked": tracked, "seconds": sum(timer.seconds), "tokens": sum(timer.tokens), "steps": len(timer.seconds)}
+
+
+def tracker_step_seconds(num_examples: int, batch_size: int, calls: int = 2000) -> float:
+    """Seconds per training step that the tracker adds: reading the step's outputs and one ``update``."""
+    dynamics = TrainingDynamics(num_examples=num_examples)
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        (
+            {"index": torch.randint(num_examples, (batch_size,), generator=generator)},
+            {"losses": torch.rand(batch_size, generator=generator)},
+        )
+        for _ in range(16)
+    ]
+    for batch, outputs in batches:  # allocate the accumulator
+        dynamics.update(read_step_outputs(outputs, batch))
+    started = time.perf_counter()
+    for call in range(calls):
+        batch, outputs = batches[call % len(batches)]
+        dynamics.update(read_step_outputs(outputs, batch))
+    return (time.perf_counter() - started) / calls
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=SMOLLM2, help="model name for recipes.llm.model.load_causal_lm")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of each run")
+    parser.add_argument("--repeats", type=int, default=3, help="pairs of runs (baseline, tracked)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch.set_num_threads")
+    parser.add_argument("--out", type=Path, default=Path("llm_throughput.json"), help="JSON results")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    logging.getLogger("recipes.llm").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    tokenizer = load_tokenizer(args.model)
+    model = load_causal_lm(args.model)
+    examples = args.batch_size * (args.warmup + args.steps)
+    data = InstructionDataModule(
+        tokenizer=tokenizer,
+        train_size=examples,
+        eval_size=0,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        system_prompt="Answer with the final number only.",
+    )
+    runs: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for repeat in range(args.repeats):
+        order = (False, True) if repeat % 2 == 0 else (True, False)
+        for tracked in order:
+            result = run_once(model, tokenizer, data, args, tracked=tracked)
+            runs.append({"repeat": repeat, **result})
+            rate = result["tokens"] / result["seconds"]
+            print(
+                f"repeat {repeat} {'tracked ' if tracked else 'baseline'}: {rate:8.1f} tokens/s "
+                f"({result['seconds']:.1f} s)"
+            )
+
+    def side(tracked: bool) -> list[dict[str, Any]]:
+        return [run for run in runs if run["tracked"] == tracked]
+
+    ratios = [t["seconds"] / b["seconds"] for b, t in zip(side(False), side(True), strict=True)]
+    summary = {
+        "baseline_tokens_per_s": sum(r["tokens"] for r in side(False)) / sum(r["seconds"] for r in side(False)),
+        "tracked_tokens_per_s": sum(r["tokens"] for r in side(True)) / sum(r["seconds"] for r in side(True)),
+        "median_time_ratio": statistics.median(ratios),
+        "fastest_time_ratio": min(r["seconds"] for r in side(True)) / min(r["seconds"] for r in side(False)),
+        "tokens_per_step": side(False)[0]["tokens"] / side(False)[0]["steps"],
+        "tracker_seconds_per_step": tracker_step_seconds(examples, args.batch_size),
+        "fastest_step_seconds": min(r["seconds"] / r["steps"] for r in runs),
+    }
+    summary["tracker_bound_ratio"] = 1 + summary["tracker_seconds_per_step"] / summary["fastest_step_seconds"]
+    environment = {
+        "model": args.model,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "load_average": os.getloadavg(),
+        "wall_seconds": time.perf_counter() - started,
+    }
+    print(
+        f"\nbaseline {summary['baseline_tokens_per_s']:.1f} tokens/s, tracked {summary['tracked_tokens_per_s']:.1f} "
+        f"tokens/s; time ratio tracked/baseline: median {summary['median_time_ratio']:.3f}, "
+        f"fastest runs {summary['fastest_time_ratio']:.3f} ({summary['tokens_per_step']:.0f} tokens per step)\n"
+        f"tracker alone: {1e6 * summary['tracker_seconds_per_step']:.1f} us per step; fastest step "
+        f"{summary['fastest_step_seconds']:.2f} s; bound on the time ratio: {summary['tracker_bound_ratio']:.6f}"
+    )
+    args.out.write_text(
+        json.dumps(
+            {
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "environment": environment,
+                "summary": summary,
+                "runs": runs,
+            },
+            indent=2,
+        )
+    )
+    print(f"JSON written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
