@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sized
 from typing import TYPE_CHECKING
@@ -161,8 +162,16 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
                 "set Trainer(reload_dataloaders_every_n_epochs=1)."
             )
         self._iterations += 1
-        positions = shard_positions(len(plan), self.num_replicas, self.rank, self.drop_last)
-        return zip(plan.indices[positions].tolist(), plan.weights[positions].tolist(), strict=True)
+        total = length * self.num_replicas
+        if total <= len(plan):  # no padding: the shard is a strided slice of the plan, no gather needed
+            shard = slice(self.rank, total, self.num_replicas)
+            indices, weights = plan.indices[shard], plan.weights[shard]
+        else:
+            positions = shard_positions(len(plan), self.num_replicas, self.rank, self.drop_last)
+            indices, weights = plan.indices[positions], plan.weights[positions]
+        if bool((weights == 1).all()):  # unweighted plan: skip converting N ones to Python floats
+            return zip(indices.tolist(), itertools.repeat(1.0, indices.numel()), strict=True)
+        return zip(indices.tolist(), weights.tolist(), strict=True)
 
     def planned_steps(self, batch_size: int, *, accumulate_grad_batches: int = 1, drop_last: bool = False) -> int:
         """Optimizer steps of the whole run on this rank, for an LR schedule that must end on time.

@@ -1,0 +1,301 @@
+"""Planning cost of every selection policy: one epoch's plan for N examples, on the CPU.
+
+What is timed, for each policy (median of ``--repeats`` runs, wall clock):
+
+- ``policy.plan``: ``policy.plan(EpochContext(...))`` called directly with a signals dict like the one
+  ``TrainingDynamics.signals()`` returns (computed once, outside the timing);
+- ``sampler.plan``: ``CurriculumSampler.plan()`` of a fresh sampler whose tracker holds the same
+  tables: what the sampler pays per epoch (it derives the signal columns with
+  ``dynamics.signals()``, builds the epoch's generator and calls the policy);
+- ``iter W=1`` / ``iter W=8``: ``list(iter(sampler))`` on rank 0 of 1 or 8 ranks, with the plan
+  already cached: picking the rank's shard and converting it to Python ``(index, weight)`` tuples,
+  the part a ``DataLoader`` pays on top of the plan (``first`` in the JSON: the wait for the first
+  item, ``next(iter(sampler))``, which a ``DataLoader`` pays before its first batch).
+
+The synthetic tables are those of a classification run of ``--num-epochs`` epochs after ``--epoch``
+finished epochs, drawn from a seeded ``torch.Generator``: losses from a log-normal, an EMA close to
+them, EL2N and margins consistent with a true-class probability, AUM, correctness and forgetting
+counts, a 0.1% of examples never seen, and a ``last_epoch`` column in which half the data was not
+visited in the last epoch (as after a static pruning at epoch ``--epoch - 1``).
+
+Examples:
+    python benchmarks/planning_cost.py                      # N = 10,000,000
+    python benchmarks/planning_cost.py --n 1000000 --repeats 5 --out /tmp/planning_cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lightning
+import torch
+from torch import Tensor
+
+from lightning_curricula import CurriculumSampler, TrainingDynamics
+from lightning_curricula.policies import (
+    Bandit,
+    Curriculum,
+    EpochContext,
+    FullData,
+    ImportanceSampling,
+    InfoBatch,
+    NoiseAware,
+    Policy,
+    RandomSubset,
+    RandomTwin,
+    SelfPaced,
+    StaticPruning,
+)
+
+TARGET_S = 1.0
+NUM_CLASSES = 10
+
+
+def synthetic_tables(n: int, epoch: int, seed: int) -> dict[str, Tensor]:
+    """The persistent tables of `TrainingDynamics` after ``epoch`` epochs of a classification run."""
+    g = torch.Generator().manual_seed(seed)
+    seen = torch.rand(n, generator=g) >= 0.001  # 0.1% never seen (e.g. lost to non-finite losses)
+    # Half of the data was left out of the last epoch (a pruned epoch): their last epoch is one earlier.
+    in_last = torch.rand(n, generator=g) < 0.5
+    last_epoch = torch.where(in_last, epoch - 1, epoch - 2).int()
+    epochs_seen = torch.where(in_last, epoch, epoch - 1).int()
+    epochs_seen = epochs_seen - (torch.rand(n, generator=g) < 0.2).int()  # some skipped another epoch
+    # True-class probability: most examples learned, a tail of hard and a few mislabeled ones.
+    logit_p = torch.randn(n, generator=g) * 2.0 + 2.0
+    p_true = torch.sigmoid(logit_p)
+    loss = -torch.log(p_true.clamp_min(1e-7))
+    loss_ema = loss * torch.exp(torch.randn(n, generator=g) * 0.2)
+    el2n = (1.0 - p_true) * 2**0.5 * torch.rand(n, generator=g).sqrt()
+    margin = logit_p + torch.randn(n, generator=g) * 0.5
+    correct_epochs = torch.binomial(epochs_seen.float(), p_true, generator=g).int()
+    forgetting = torch.binomial((epochs_seen - 1).clamp_min(0).float(), 0.5 * p_true * (1 - p_true), generator=g)
+    confidence = (p_true + torch.randn(n, generator=g) * 0.05).clamp(0, 1)
+    spread = torch.rand(n, generator=g) * 0.2
+
+    def unseen_int(values: Tensor, fill: int = 0) -> Tensor:
+        return torch.where(seen, values, fill).int()
+
+    def unseen_nan(values: Tensor) -> Tensor:
+        return torch.where(seen, values, float("nan"))
+
+    epochs = epochs_seen.float()
+    return {
+        "visits": unseen_int(epochs_seen),
+        "epochs_seen": unseen_int(epochs_seen),
+        "nonfinite": torch.zeros(n, dtype=torch.int32),
+        "last_epoch": unseen_int(last_epoch, -1),
+        "loss": unseen_nan(loss),
+        "loss_ema": unseen_nan(loss_ema),
+        "loss_sum": torch.where(seen, loss * epochs, 0.0),
+        "margin": unseen_nan(margin),
+        "el2n": unseen_nan(el2n),
+        "margin_sum": torch.where(seen, (margin - 0.3) * epochs, 0.0),
+        "confidence_sum": torch.where(seen, confidence * epochs, 0.0),
+        "confidence_sq_sum": torch.where(seen, (confidence.square() + spread.square()) * epochs, 0.0),
+        "correct_epochs": unseen_int(correct_epochs),
+        "forgetting_events": unseen_int(forgetting),
+        "last_correct": torch.where(seen, (torch.rand(n, generator=g) < p_true).to(torch.int8), -1).to(torch.int8),
+    }
+
+
+def tracker_with(tables: dict[str, Tensor], epoch: int) -> TrainingDynamics:
+    """A `TrainingDynamics` holding ``tables`` as if ``epoch`` epochs had been synced."""
+    n = int(tables["visits"].numel())
+    dynamics = TrainingDynamics(num_examples=n)
+    dynamics.load_state_dict({"version": 1, "num_examples": n, "epochs_tracked": epoch, "tables": tables})
+    return dynamics
+
+
+def policies(n: int, epoch: int, num_epochs: int, seed: int) -> list[tuple[str, Policy]]:
+    """The policies to time, each planning a non-trivial epoch at ``epoch``."""
+    labels = torch.randint(NUM_CLASSES, (n,), generator=torch.Generator().manual_seed(seed + 1))
+    curriculum = Curriculum("loss", order="easy_to_hard")
+    return [
+        ("FullData", FullData()),
+        ("RandomSubset(0.5) dynamic", RandomSubset(0.5)),
+        ("RandomSubset(0.5, static=True)", RandomSubset(0.5, static=True)),
+        ("Curriculum easy_to_hard", curriculum),
+        ("Curriculum hard_to_easy", Curriculum("loss", order="hard_to_easy")),
+        ("Curriculum random", Curriculum("loss", order="random")),
+        ("Curriculum balanced", Curriculum("loss", order="balanced")),
+        ("SelfPaced", SelfPaced("loss")),
+        ("StaticPruning el2n, selection epoch", StaticPruning("el2n", keep=0.5, score_epochs=epoch)),
+        ("StaticPruning el2n, later epoch", StaticPruning("el2n", keep=0.5, score_epochs=epoch - 1)),
+        (
+            "StaticPruning class-balanced, selection",
+            StaticPruning("el2n", keep=0.5, score_epochs=epoch, labels=labels, class_balanced=True),
+        ),
+        ("InfoBatch prune=0.5 (ratio)", InfoBatch(0.5)),
+        ("InfoBatch budget=0.7", InfoBatch(budget=0.7)),
+        ("Bandit(0.5) ucb", Bandit(0.5, strategy="ucb")),
+        ("Bandit(0.5) epsilon_greedy", Bandit(0.5, strategy="epsilon_greedy")),
+        ("ImportanceSampling(0.5)", ImportanceSampling(0.5)),
+        ("NoiseAware(Curriculum) demote", NoiseAware(Curriculum("loss"), mode="demote")),
+        ("NoiseAware(Curriculum) drop", NoiseAware(Curriculum("loss"), mode="drop")),
+        ("RandomTwin(Curriculum)", RandomTwin(curriculum)),
+    ]
+
+
+def measure(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
+    """``(median wall s, median CPU s, last result)`` of ``repeats`` calls of ``fn``.
+
+    CPU time (``time.process_time``: all threads of this process) is reported next to wall time because the
+    machine may be shared: other processes stretch the wall time of the work much more than its CPU time.
+    """
+    walls, cpus = [], []
+    result = None
+    for _ in range(repeats):
+        result = None
+        gc.collect()
+        start, start_cpu = time.perf_counter(), time.process_time()
+        result = fn()
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - start_cpu)
+    return statistics.median(walls), statistics.median(cpus), result
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Time every policy; return the results and the environment."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    n, epoch, num_epochs, seed = args.n, args.epoch, args.num_epochs, args.seed
+    print(f"building synthetic tables for N={n:,} ...", file=sys.stderr)
+    tables = synthetic_tables(n, epoch, seed)
+    signals = tracker_with(tables, epoch).signals()
+    rows = []
+    for name, policy in policies(n, epoch, num_epochs, seed):
+        if args.only and not any(part.lower() in name.lower() for part in args.only):
+            continue
+        print(f"  {name} ...", file=sys.stderr)
+
+        def direct(policy: Policy = policy) -> Any:
+            context = EpochContext(
+                epoch=epoch,
+                num_examples=n,
+                generator=torch.Generator().manual_seed(seed + epoch),
+                seed=seed,
+                num_epochs=num_epochs,
+                signals=signals,
+            )
+            return policy.plan(context)
+
+        direct_s, direct_cpu, plan = measure(direct, args.repeats)
+        size = len(plan)
+        del plan
+        row: dict[str, Any] = {
+            "policy": name,
+            "plan_size": size,
+            "kept_fraction": size / n,
+            "policy_plan_s": direct_s,
+            "policy_plan_cpu_s": direct_cpu,
+        }
+        if not args.no_sampler:
+            dynamics = tracker_with(tables, epoch)
+
+            def sampler_plan(policy: Policy = policy, dynamics: TrainingDynamics = dynamics) -> int:
+                sampler = CurriculumSampler(range(n), policy, dynamics=dynamics, num_epochs=num_epochs, seed=seed)
+                return len(sampler.plan())
+
+            row["sampler_plan_s"], row["sampler_plan_cpu_s"], _ = measure(sampler_plan, args.repeats)
+            for world in (1, 8):
+                sampler = CurriculumSampler(
+                    range(n), policy, dynamics=dynamics, num_epochs=num_epochs, seed=seed, num_replicas=world, rank=0
+                )
+                sampler.plan()  # cached: iterating pays only the shard and the conversion to Python
+
+                def iterate(sampler: CurriculumSampler = sampler) -> int:
+                    sampler._iterations = 0  # each timed call stands for a fresh epoch's first iteration
+                    return len(list(iter(sampler)))
+
+                def first(sampler: CurriculumSampler = sampler) -> Any:
+                    sampler._iterations = 0
+                    return next(iter(sampler))
+
+                row[f"first_w{world}_s"], _, _ = measure(first, args.iter_repeats)
+                row[f"iter_w{world}_s"], row[f"iter_w{world}_cpu_s"], items = measure(iterate, args.iter_repeats)
+                row[f"shard_w{world}"] = items
+                row[f"total_w{world}_s"] = row["sampler_plan_s"] + row[f"iter_w{world}_s"]
+                del sampler
+        row["meets_target"] = row["policy_plan_s"] < TARGET_S and row.get("sampler_plan_s", 0.0) < TARGET_S
+        rows.append(row)
+        gc.collect()
+    return {
+        "n": n,
+        "epoch": epoch,
+        "num_epochs": num_epochs,
+        "repeats": args.repeats,
+        "iter_repeats": args.iter_repeats,
+        "target_s": TARGET_S,
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "load_average": os.getloadavg(),
+        "rows": rows,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    """The results as a markdown table: wall seconds, with CPU seconds in parentheses where measured."""
+    sampler = "sampler_plan_s" in result["rows"][0] if result["rows"] else False
+    head = "| policy | kept | `policy.plan` s |"
+    rule = "|---|---:|---:|"
+    if sampler:
+        head += " `sampler.plan` s | iter W=1 s | iter W=8 s | plan + iter W=1 s | plan + iter W=8 s |"
+        rule += "---:|---:|---:|---:|---:|"
+    lines = [head + " plan < 1 s |", rule + ":---:|"]
+    for row in result["rows"]:
+
+        def cell(key: str, row: dict[str, Any] = row) -> str:
+            return f"{row[key + '_s']:.2f} ({row[key + '_cpu_s']:.2f})"
+
+        line = f"| {row['policy']} | {row['kept_fraction']:.3f} | {cell('policy_plan')} |"
+        if sampler:
+            line += f" {cell('sampler_plan')} | {cell('iter_w1')} | {cell('iter_w8')} |"
+            line += f" {row['total_w1_s']:.2f} | {row['total_w8_s']:.2f} |"
+        lines.append(line + (" yes |" if row["meets_target"] else " no |"))
+    return "\n".join(lines)
+
+
+def main() -> None:  # noqa: D103
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=10_000_000, help="number of examples (default 10,000,000)")
+    parser.add_argument("--epoch", type=int, default=5, help="the epoch planned (epochs already synced)")
+    parser.add_argument("--num-epochs", type=int, default=20, help="the run's max_epochs")
+    parser.add_argument("--repeats", type=int, default=3, help="timed plans per measurement; the median is reported")
+    parser.add_argument("--iter-repeats", type=int, default=1, help="timed iterations over the shard (slow at large N)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--no-sampler", action="store_true", help="time policy.plan only")
+    parser.add_argument("--only", nargs="*", help="time only the policies whose name contains one of these")
+    parser.add_argument("--out", help="write the results as JSON to this path")
+    args = parser.parse_args()
+    if args.epoch < 2 or args.epoch >= args.num_epochs:
+        parser.error("--epoch must be in [2, num_epochs)")
+    result = run(args)
+    print(
+        f"\nN = {result['n']:,}, epoch {result['epoch']} of {result['num_epochs']}, median of {result['repeats']}; "
+        f"torch {result['torch']} with {result['torch_threads']} threads on {result['cpu_count']} CPUs "
+        f"(load average {result['load_average'][0]:.1f}); wall seconds, CPU seconds in parentheses; "
+        f"target: each plan < {TARGET_S:g} s\n"
+    )
+    print(table(result))
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(result, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
