@@ -59,7 +59,7 @@ class InstructionDataModule(pl.LightningDataModule):
     Args:
         dataset: the source, see above.
         tokenizer: a tokenizer or a name for `load_tokenizer`.
-        train_size: training examples (generated, or the first ones of the shuffled source; ``0``: all).
+        train_size: training examples: generated, or the first of the shuffled source (``0``: all of it).
         eval_size: held-out examples before the easy / hard split.
         eval_fraction: the share of the held-out pool in each of ``easy`` and ``hard``, in ``(0, 0.5]``.
         seed: seed of the generation and of the held-out draw.
@@ -149,7 +149,9 @@ class InstructionDataModule(pl.LightningDataModule):
         if self.source.startswith(REASONING_GYM_PREFIX):
             task = self.source[len(REASONING_GYM_PREFIX) :]
             self.scorer = make_scorer(task)
-            train = load_reasoning_gym(task, self.train_size or 1000, self.seed, levels=self.levels, **self.task_config)
+            if not self.train_size:
+                raise ValueError("reasoning-gym data is generated: give train_size > 0 (0 means 'all' for files only).")
+            train = load_reasoning_gym(task, self.train_size, self.seed, levels=self.levels, **self.task_config)
             if not self.eval_size:
                 return train, train.select([])
             pool = load_reasoning_gym(

@@ -175,7 +175,10 @@ class CausalLMFineTuner(pl.LightningModule):
             )
         if not isinstance(model, str) and tokenizer is None:
             raise ValueError("A model object needs its tokenizer: pass tokenizer=.")
-        self.save_hyperparameters(ignore=["model", "tokenizer", "scorer"] if not isinstance(model, str) else ["scorer"])
+        objects = [
+            name for name, value in (("model", model), ("tokenizer", tokenizer)) if not isinstance(value, str | None)
+        ]
+        self.save_hyperparameters(ignore=[*objects, "scorer"])
         if isinstance(tokenizer, str) or tokenizer is None:
             tokenizer = load_tokenizer(tokenizer if isinstance(tokenizer, str) else str(model))
         self.tokenizer = tokenizer
@@ -266,6 +269,7 @@ class CausalLMFineTuner(pl.LightningModule):
         config = GenerationConfig(
             max_new_tokens=self.max_new_tokens,
             do_sample=False,
+            use_cache=True,  # also when training turned the cache off (gradient checkpointing)
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=eos,
         )
