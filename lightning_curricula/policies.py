@@ -373,9 +373,9 @@ class Curriculum(Policy):
             return shuffled_plan(ranked, context.generator)
         ranked = easiest_first(difficulty)
         easy = size // 2
-        hard = size - easy
-        ranked = torch.cat([ranked[:easy], ranked[n - hard :]]) if hard else ranked[:easy]
-        return shuffled_plan(ranked[:size], context.generator)
+        rest = ranked[easy:]  # the hardest of the rest; unseen ids (NaN) come last in both orders
+        hardest = rest[easiest_first(difficulty[rest], hardest=True)[: size - easy]]
+        return shuffled_plan(torch.cat([ranked[:easy], hardest]), context.generator)
 
 
 class SelfPaced(Policy):
@@ -538,16 +538,18 @@ class InfoBatch(Policy):
     - ``prune`` (the paper's knob): each well-learned example is dropped independently with
       probability ``prune``; kept ones get weight ``1 / (1 - prune)``. The epoch size varies.
     - ``budget``: the whole run uses exactly ``round(budget * num_epochs * N)`` sample passes. Pruning
-      epochs get sizes that add up to that; the drops come uniformly from the well-learned examples
-      first (then from the rest if needed), and each kept example of a group of ``n`` with ``d``
-      dropped gets weight ``n / (n - d)`` (an epoch of one visit draws it from all ``N``, weight ``N``).
+      epochs get sizes that add up to that; the drops come uniformly from the well-learned examples,
+      at most a ``prune`` share of them (so their weights stay at most ``1 / (1 - prune)``), and the
+      rest of the drops uniformly from the other examples. Each kept example of a group of ``n`` with
+      ``d`` dropped gets weight ``n / (n - d)`` (an epoch of one visit draws it from all ``N``, weight ``N``).
 
     Either way the expected weighted loss equals the full-data loss. The first epoch (no scores yet)
     and the last ``anneal`` share of epochs train on all data with weight 1, which the paper found
     needed to close the remaining gap.
 
     Args:
-        prune: probability of dropping a well-learned example, in ``[0, 1)``.
+        prune: probability of dropping a well-learned example, in ``[0, 1)``; with ``budget``, the largest
+            share of the well-learned examples dropped in an epoch.
         anneal: share of final epochs on full data, in ``[0, 1)``.
         signal: the score; must be a signal where higher is harder.
         budget: share of full-data sample passes for the whole run, in ``(0, 1]``; overrides ``prune``.
@@ -628,7 +630,7 @@ class InfoBatch(Policy):
             return shuffled_plan(kept, context.generator, weights[kept])
         drop = n - size
         learned = int(well_learned.sum())
-        drops = [min(drop, max(learned - 1, 0)), 0]
+        drops = [min(drop, math.floor(self.prune * learned)), 0]
         drops[1] = drop - drops[0]
         if drops[1] >= n - learned:  # a single visit cannot stand for both groups: draw it from all, weight n
             strata, drops = torch.zeros_like(strata), [drop]

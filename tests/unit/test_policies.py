@@ -192,6 +192,14 @@ def test_curriculum_balanced_takes_both_ends() -> None:
     assert sorted(plan.indices.tolist()) == sorted([9, 1, 5] + [2, 6, 4])
 
 
+def test_curriculum_balanced_hard_half_skips_unseen_examples() -> None:
+    scores = torch.tensor([0.5, math.nan, 0.1, 0.9, 0.3, 0.7, math.nan, 0.2, 0.8, 0.4])
+    policy = Curriculum(order="balanced", start=0.4, saturation=1.0)
+    plan = policy.plan(epoch_context(1, 10, {"loss": scores}, num_epochs=5))
+    # share 0.4 + 0.6 * 0.2 = 0.52 -> 6 visits: the 3 easiest and the 3 hardest seen, no unseen (NaN) id.
+    assert sorted(plan.indices.tolist()) == sorted([2, 7, 4] + [3, 8, 5])
+
+
 def test_curriculum_unseen_examples_come_last() -> None:
     scores = {"loss": torch.tensor([0.5, math.nan, 0.1, math.nan, 0.3])}
     # Share 0.5 + 0.5 * 0.1 = 0.55 of 5 -> 3 visits: the seen ones.
@@ -297,23 +305,27 @@ def test_infobatch_ratio_prunes_only_below_the_mean_and_reweights() -> None:
     assert set(dropped_any) == below  # every well-learned example is dropped sometimes, no other ever
 
 
-def test_infobatch_budget_drops_well_learned_first_with_unbiased_weights() -> None:
-    policy = InfoBatch(budget=0.7, anneal=0.25)
+@pytest.mark.parametrize("prune", [0.5, 0.9])
+def test_infobatch_budget_drops_well_learned_first_up_to_prune_with_unbiased_weights(prune: float) -> None:
+    policy = InfoBatch(prune, budget=0.7, anneal=0.25)
     n, epochs = 12, 8
-    below = (SCORES < SCORES.mean()).nonzero().squeeze(1).tolist()  # 8 well-learned
+    below = set((SCORES < SCORES.mean()).nonzero().squeeze(1).tolist())  # 8 well-learned, 4 others
     for epoch in range(1, 6):
         size = policy.epoch_size(n, epoch, epochs)
         assert size is not None
         plan = policy.plan(epoch_context(epoch, n, {"loss": SCORES}, num_epochs=epochs))
         assert len(plan) == size
-        drop = n - size
-        assert drop <= len(below) - 1  # this budget is met from the well-learned group alone
+        drop = n - size  # 6 or 7 of 12
+        learned_drops = min(drop, math.floor(prune * len(below)))  # 4 at prune 0.5 (weight 2), 7 at 0.9
+        other_drops = drop - learned_drops
         kept = dict(zip(plan.indices.tolist(), plan.weights.tolist(), strict=True))
-        for index in range(n):
-            if index not in below:
-                assert kept[index] == 1.0
-            elif index in kept:
-                assert kept[index] == pytest.approx(len(below) / (len(below) - drop))
+        assert len(below - set(kept)) == learned_drops
+        assert len(set(range(n)) - below - set(kept)) == other_drops
+        for index, weight in kept.items():
+            group, dropped = (len(below), learned_drops) if index in below else (n - len(below), other_drops)
+            assert weight == pytest.approx(group / (group - dropped))
+            if index in below:
+                assert weight <= 1.0 / (1.0 - prune) + 1e-6  # bounded weights, the point of the cap
 
 
 def test_infobatch_anneals_to_full_data_at_the_end() -> None:
