@@ -131,18 +131,30 @@ def _full_plan(num_examples: int, generator: torch.Generator) -> Plan:
     return Plan(torch.randperm(num_examples, generator=generator), torch.ones(num_examples))
 
 
-def _easiest_prefix(difficulty: Tensor, count: int, *, hardest: bool = False) -> Tensor:
-    # easiest_first(difficulty, hardest=hardest)[:count], sorting only the first `count` ids instead of all N.
+def _random_plan(num_examples: int, size: int, generator: torch.Generator) -> Plan:
+    # A uniformly random subset in a random order: the head of one permutation (no second shuffle).
+    return Plan(torch.randperm(num_examples, generator=generator)[:size], torch.ones(size))
+
+
+def _easiest_set(difficulty: Tensor, count: int, *, hardest: bool = False) -> Tensor:
+    # The ids of easiest_first(difficulty, hardest=hardest)[:count], in id order: a selection (kthvalue) and
+    # no sort, for callers that shuffle the set anyway (sorting 10M scores costs more than the whole plan).
     key = -difficulty if hardest else difficulty
     key = torch.nan_to_num(key.float(), nan=math.inf, posinf=math.inf)
     count = min(max(count, 0), key.numel())
-    if count == 0 or 2 * count > key.numel():
-        return torch.sort(key, stable=True).indices[:count]
-    kth = torch.kthvalue(key, count).values  # the count-th smallest key: the prefix ends among its ties
+    if count == 0:
+        return torch.empty(0, dtype=torch.int64)
+    kth = torch.kthvalue(key, count).values  # the count-th smallest key: the set ends among its ties
     chosen = key < kth
     chosen[(key == kth).nonzero().squeeze(1)[: count - int(chosen.sum())]] = True  # ties: lowest ids first
-    ids = chosen.nonzero().squeeze(1)
-    return ids[torch.sort(key[ids], stable=True).indices]
+    return chosen.nonzero().squeeze(1)
+
+
+def _easiest_prefix(difficulty: Tensor, count: int, *, hardest: bool = False) -> Tensor:
+    # easiest_first(difficulty, hardest=hardest)[:count], sorting only the first `count` ids instead of all N.
+    ids = _easiest_set(difficulty, count, hardest=hardest)
+    key = -difficulty[ids] if hardest else difficulty[ids]
+    return ids[torch.sort(torch.nan_to_num(key.float(), nan=math.inf, posinf=math.inf), stable=True).indices]
 
 
 def easiest_first(difficulty: Tensor, *, hardest: bool = False) -> Tensor:
@@ -187,8 +199,7 @@ def stratified_keep(strata: Tensor, drops: list[int], generator: torch.Generator
             continue
         if drop >= members.numel():
             raise ValueError(f"Cannot drop {drop} of the {members.numel()} examples of stratum {stratum}.")
-        dropped = members[torch.randperm(members.numel(), generator=generator)[:drop]]
-        keep[dropped] = False
+        keep[members[torch.randperm(members.numel(), generator=generator)[:drop]]] = False
         weights[members] = members.numel() / (members.numel() - drop)
     ids = keep.nonzero().squeeze(1)
     return ids, weights[ids]
@@ -262,9 +273,7 @@ class RandomSubset(Policy):
     def plan(self, context: EpochContext) -> Plan:  # noqa: D102
         size = _fraction_size(self.fraction, context.num_examples)
         if not self.static:
-            return shuffled_plan(
-                torch.randperm(context.num_examples, generator=context.generator)[:size], context.generator
-            )
+            return _random_plan(context.num_examples, size, context.generator)
         subset = torch.randperm(context.num_examples, generator=torch.Generator().manual_seed(context.seed))[:size]
         return shuffled_plan(subset, context.generator)
 
@@ -290,12 +299,12 @@ class RandomTwin(Policy):
         self.varies_length = policy.varies_length
 
     def plan(self, context: EpochContext) -> Plan:  # noqa: D102
-        size = len(self.policy.plan(context))
+        size = self.policy.epoch_size(context.num_examples, context.epoch, context.num_epochs)
+        if size is None:  # sized by the scores: plan the policy to learn its size
+            size = len(self.policy.plan(context))
         if size <= context.num_examples:
-            ids = torch.randperm(context.num_examples, generator=context.generator)[:size]
-        else:
-            ids = torch.randint(context.num_examples, (size,), generator=context.generator)
-        return Plan(ids, torch.ones(size))
+            return _random_plan(context.num_examples, size, context.generator)
+        return Plan(torch.randint(context.num_examples, (size,), generator=context.generator), torch.ones(size))
 
     def epoch_size(self, num_examples: int, epoch: int, num_epochs: int | None) -> int | None:  # noqa: D102
         return self.policy.epoch_size(num_examples, epoch, num_epochs)
@@ -366,16 +375,17 @@ class Curriculum(Policy):
         if size == n:
             return _full_plan(n, context.generator)
         if self.order == "random":
-            return shuffled_plan(torch.randperm(n, generator=context.generator)[:size], context.generator)
+            return _random_plan(n, size, context.generator)
         difficulty = context.difficulty(self.signal)
         if self.order != "balanced":
-            ranked = _easiest_prefix(difficulty, size, hardest=self.order == "hard_to_easy")
-            return shuffled_plan(ranked, context.generator)
-        ranked = easiest_first(difficulty)
-        easy = size // 2
-        rest = ranked[easy:]  # the hardest of the rest; unseen ids (NaN) come last in both orders
-        hardest = rest[easiest_first(difficulty[rest], hardest=True)[: size - easy]]
-        return shuffled_plan(torch.cat([ranked[:easy], hardest]), context.generator)
+            chosen = _easiest_set(difficulty, size, hardest=self.order == "hard_to_easy")
+            return shuffled_plan(chosen, context.generator)
+        easy = _easiest_set(difficulty, size // 2)
+        rest = torch.ones(n, dtype=torch.bool)
+        rest[easy] = False
+        rest_ids = rest.nonzero().squeeze(1)  # the hardest of the rest; unseen ids (NaN) come last in both orders
+        hardest = rest_ids[_easiest_set(difficulty[rest_ids], size - easy.numel(), hardest=True)]
+        return shuffled_plan(torch.cat([easy, hardest]), context.generator)
 
 
 class SelfPaced(Policy):
@@ -430,7 +440,7 @@ class SelfPaced(Policy):
         chosen = (hardness <= limit) | ~seen
         floor = _fraction_size(self.min_fraction, n)
         if int(chosen.sum()) < floor:
-            chosen[_easiest_prefix(hardness, floor)] = True
+            chosen[_easiest_set(hardness, floor)] = True
         return shuffled_plan(chosen.nonzero().squeeze(1), context.generator)
 
 
@@ -691,11 +701,13 @@ class Bandit(Policy):
             pulls = context.signals["epochs_seen"].float()
             bonus = self.exploration * torch.sqrt(math.log(context.epoch + 1) / pulls)
             value = torch.where(pulls > 0, value + bonus, math.inf)
-            return shuffled_plan(_easiest_prefix(value, size, hardest=True), context.generator)
+            return shuffled_plan(_easiest_set(value, size, hardest=True), context.generator)
         explore = round(self.epsilon * size)
-        ranked = easiest_first(value, hardest=True)
-        greedy, rest = ranked[: size - explore], ranked[size - explore :]
-        explored = rest[torch.randperm(rest.numel(), generator=context.generator)[:explore]]
+        greedy = _easiest_set(value, size - explore, hardest=True)
+        rest = torch.ones(n, dtype=torch.bool)
+        rest[greedy] = False
+        others = rest.nonzero().squeeze(1)
+        explored = others[torch.randperm(others.numel(), generator=context.generator)[:explore]]
         return shuffled_plan(torch.cat([greedy, explored]), context.generator)
 
 
