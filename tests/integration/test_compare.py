@@ -162,7 +162,10 @@ def test_refuses_a_policy_that_cannot_run_before_training(tmp_path: Path, capsys
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--policies", "full", "nonsense"], "unknown policies ['nonsense']; valid: anti_curriculum, bandit"),
+        (["--policies", "full", "nonsense"], "unknown policies ['nonsense'] for the vision recipe; valid: anti_c"),
+        (["--recipe", "llm", "--policies", "static_el2n"], "unknown policies ['static_el2n'] for the llm recipe"),
+        (["--recipe", "llm", "--dataset", "gsm8k"], "Unknown dataset 'gsm8k'; valid: reasoning_gym:<task>"),
+        (["--recipe", "audio"], "argument --recipe: invalid choice: 'audio'"),
         (["--dataset", "cifar10"], "Unknown dataset 'cifar10'; valid: embedded, fashion_mnist, digits"),
         (["--max-epochs", "0"], "--max-epochs must be at least 1"),
     ],
@@ -187,3 +190,41 @@ def test_summarize_ratios_and_spread() -> None:
     (alone,) = summarize(runs[2:], ["random"])
     assert math.isnan(alone.passes_ratio)
     assert math.isnan(alone.wall_ratio)
+
+
+def test_llm_recipe_comparison_reports_hard_accuracy_tokens_and_rank_correlation(tmp_path: Path) -> None:
+    output = tmp_path / "llm"
+    args = ["--recipe", "llm", "--policies", "full", "curriculum_difficulty", "--max-epochs", "2", "--fast-dev"]
+    assert run(output, *args) == 0
+    stored = {
+        policy: json.loads((output / "results" / policy / "seed_0.json").read_text())
+        for policy in ("full", "curriculum_difficulty")
+    }
+    assert stored["full"]["train_examples"] == 32
+    assert stored["full"]["sample_passes"] == 64
+    assert stored["curriculum_difficulty"]["sample_passes"] < 64  # the paced curriculum trains on less
+    for result in stored.values():
+        assert 0.0 <= result["final_acc"] <= result["best_acc"] <= 1.0
+        assert result["extras"]["train/tokens_seen"] > 0
+        assert -1.0 <= result["extras"]["rank_correlation/loss_ema"] <= 1.0
+        assert [epoch["val/hard/accuracy"] for epoch in result["epochs"]][-1] == result["final_acc"]
+    tokens = {policy: result["extras"]["train/tokens_seen"] for policy, result in stored.items()}
+    assert tokens["curriculum_difficulty"] < tokens["full"]
+
+    markdown = (output / "summary.md").read_text()
+    header, _, full_row, curriculum_row = [line for line in markdown.splitlines() if line.startswith("|")][:4]
+    titles = [cell.strip() for cell in header.split("|")[1:-1]]
+    assert titles[2:4] == ["final hard acc (%)", "best hard acc (%)"]
+    assert titles[-4:] == ["easy acc (%)", "hard loss", "tokens", "ρ(loss_ema, difficulty)"]
+    cells = [cell.strip() for cell in full_row.split("|")[1:-1]]
+    assert cells[0] == "full"
+    assert cells[titles.index("tokens")] == f"{stored['full']['extras']['train/tokens_seen']:,.0f}"
+    assert "Recipe `llm`, dataset `reasoning_gym:basic_arithmetic` (--fast-dev)" in markdown
+    with (output / "summary.csv").open() as file:
+        rows = {row["policy"]: row for row in csv.DictReader(file)}
+    assert float(rows["curriculum_difficulty"]["train/tokens_seen_mean"]) == pytest.approx(
+        stored["curriculum_difficulty"]["extras"]["train/tokens_seen"]
+    )
+    events = EventAccumulator(str(output / "tensorboard" / "full" / "seed_0"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [event.step for event in events.Scalars("val/hard_accuracy_by_sample_passes")] == [32, 64]
