@@ -8,6 +8,7 @@ stays there.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -74,12 +75,12 @@ def pacing_function(name: str | Pacing, *, start: float = 0.2, saturation: float
         raise ValueError(f"start must be in (0, 1], got {start!r}.")
     if not 0.0 < saturation <= 1.0:
         raise ValueError(f"saturation must be in (0, 1], got {saturation!r}.")
-    shape = PACING_FUNCTIONS[name]
+    # A partial of a module-level function, not a closure: policies holding it pickle (ddp_spawn, workers).
+    return functools.partial(_pace, name=name, start=start, saturation=saturation)
 
-    def pace(t: float) -> float:
-        x = min(max(t, 0.0) / saturation, 1.0)
-        if name == "geometric":
-            return float(start ** (1.0 - x))
-        return start + (1.0 - start) * shape(x)
 
-    return pace
+def _pace(t: float, *, name: str, start: float, saturation: float) -> float:
+    x = min(max(t, 0.0) / saturation, 1.0)
+    if name == "geometric":
+        return float(start ** (1.0 - x))
+    return start + (1.0 - start) * PACING_FUNCTIONS[name](x)

@@ -116,7 +116,6 @@ class ScoreCurriculum(Policy):
             return max(1, round(self.keep * num_examples))
         if epoch < self.warmup_epochs or num_epochs is None:
             return num_examples
-        # Built here rather than kept: a closure would make the policy unpicklable (ddp_spawn pickles it).
         pace = pacing_function(self.pacing, start=self.start, saturation=self.saturation)
         share = min(max(pace(epoch / num_epochs), 0.0), 1.0)
         return max(1, math.ceil(share * num_examples))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lightning_curricula import Curriculum
 from lightning_curricula.pacing import PACING_FUNCTIONS, pacing_function
 
 START, SATURATION = 0.2, 0.8
@@ -87,3 +89,14 @@ def test_bad_start_or_saturation_raise(kwargs: dict[str, float], message: str) -
 def test_unknown_name_raises_and_lists_the_choices() -> None:
     with pytest.raises(ValueError, match=r"Unknown pacing 'cubic'; choose one of \['exponential', 'geometric'"):
         pacing_function("cubic")
+
+
+@pytest.mark.parametrize("name", sorted(PACING_FUNCTIONS))
+def test_named_pacing_and_a_curriculum_holding_it_pickle(name: str) -> None:
+    pace = pacing_function(name, start=0.3, saturation=0.6)
+    copy = pickle.loads(pickle.dumps(pace))  # ddp_spawn and DataLoader workers pickle the policy
+    assert [copy(t / 10) for t in range(11)] == [pace(t / 10) for t in range(11)]
+    policy = pickle.loads(pickle.dumps(Curriculum(pacing=name, start=0.3, saturation=0.6)))
+    assert [policy.epoch_size(100, epoch, 5) for epoch in range(5)] == [
+        Curriculum(pacing=name, start=0.3, saturation=0.6).epoch_size(100, epoch, 5) for epoch in range(5)
+    ]
