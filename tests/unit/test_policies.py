@@ -499,6 +499,21 @@ def test_random_twin_matches_the_size_with_uniform_ids() -> None:
     assert max(chosen) >= 30  # not the curriculum's easiest share
 
 
+def test_random_twin_of_static_pruning_keeps_its_size_after_the_selection_epoch() -> None:
+    # StaticPruning reads its kept set back from `last_epoch`; the twin's visits are random, so planning the
+    # wrapped policy to learn the size would count every id the twin visited last epoch (a regression:
+    # epochs grew and the planned LR schedule ran out of steps).
+    twin = RandomTwin(StaticPruning("el2n", keep=0.5, score_epochs=1))
+    n = 20
+    last_epoch = torch.zeros(n, dtype=torch.int64)
+    for epoch in range(1, 5):
+        signals = {"el2n": torch.rand(n, generator=torch.Generator().manual_seed(epoch)), "last_epoch": last_epoch}
+        plan = twin.plan(epoch_context(epoch, n, signals, num_epochs=5))
+        assert len(plan) == twin.epoch_size(n, epoch, 5) == 10, epoch
+        last_epoch = last_epoch.clone()
+        last_epoch[plan.indices] = epoch
+
+
 def test_noise_aware_demote_and_drop() -> None:
     signals = {
         "aum": torch.tensor([2.0, -1.0, 0.5, -0.2, 1.0, 0.3]),
