@@ -77,9 +77,7 @@ def read_idx(path: str | Path) -> torch.Tensor:
     dtype = numpy.dtype(_IDX_DTYPES[type_code])
     expected = dtype.itemsize * int(numpy.prod(shape, dtype=numpy.int64))
     if len(data) - header != expected:
-        raise ValueError(
-            f"{path} holds {len(data) - header} data bytes, its header (shape {shape}) says {expected}."
-        )
+        raise ValueError(f"{path} holds {len(data) - header} data bytes, its header (shape {shape}) says {expected}.")
     array = numpy.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
     return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
 
@@ -156,9 +154,7 @@ def load_mnist_5k() -> tuple[torch.Tensor, torch.Tensor]:
     with gzip.open(path, "rt") as file:
         table = numpy.loadtxt(file, delimiter=",", dtype=numpy.int64)
     if table.ndim != 2 or table.shape[1] != _SIDE * _SIDE + 1:
-        raise ValueError(
-            f"{path}: expected {_SIDE * _SIDE + 1} columns (pixels, then the label), got {table.shape}."
-        )
+        raise ValueError(f"{path}: expected {_SIDE * _SIDE + 1} columns (pixels, then the label), got {table.shape}.")
     images = torch.from_numpy(table[:, :-1].astype(numpy.uint8)).reshape(-1, _SIDE, _SIDE)
     labels = torch.from_numpy(table[:, -1].copy())
     return images, labels

@@ -79,6 +79,13 @@ _EMBEDDED_TEST_PER_CLASS = 100
 _STATISTICS_SAMPLE = 10_000
 
 
+#: What `VisionDataModule.setup` and ``train_dataloader`` build: not pickled (each process builds its own).
+_BUILT = frozenset(
+    {"train_set", "val_set", "test_set", "noisy_ids", "clean_labels", "train_labels", "image_shape", "mean", "std"}
+    | {"_augment_generator"}
+)
+
+
 class VisionDataModule(pl.LightningDataModule):
     """Image classification data for the vision recipe, with the curriculum's train loader.
 
@@ -189,6 +196,10 @@ class VisionDataModule(pl.LightningDataModule):
         self.image_size = image_size
         self._num_classes = num_classes
         self._in_channels = in_channels
+        self._clear_data()
+
+    def _clear_data(self) -> None:
+        """The state before `setup` loads the data and ``train_dataloader`` seeds the augmentation."""
         self.train_set: Any = None
         self.val_set: Any = None
         self.test_set: Any = None
@@ -202,6 +213,16 @@ class VisionDataModule(pl.LightningDataModule):
         self.mean = torch.zeros(1)
         self.std = torch.ones(1)
         self._augment_generator = torch.Generator()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # ddp_spawn pickles the data module into every process, and each calls setup() there: send the settings,
+        # not the data (a copy per process for nothing), nor the empty tensors and the generator, which torch's
+        # shared-memory pickling cannot rebuild in the new process.
+        return {name: value for name, value in self.__dict__.items() if name not in _BUILT}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._clear_data()
 
     # ------------------------------------------------------------------------------------------ sizes
 

@@ -89,9 +89,7 @@ class ResNet(nn.Module):
         in_channels: channels of the input images.
     """
 
-    def __init__(
-        self, blocks_per_stage: tuple[int, int, int, int], num_classes: int, in_channels: int
-    ) -> None:
+    def __init__(self, blocks_per_stage: tuple[int, int, int, int], num_classes: int, in_channels: int) -> None:
         super().__init__()
         _check_sizes(num_classes, in_channels)
         self.stem = nn.Sequential(

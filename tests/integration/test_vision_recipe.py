@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -221,3 +222,16 @@ def test_resumed_run_matches_the_uninterrupted_one(tmp_path: Path) -> None:
     assert [r["val/acc"] for r in resumed.history.records] == [r["val/acc"] for r in whole.history.records]
     for name, value in whole.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+
+def test_data_module_pickles_its_settings_not_its_data() -> None:
+    """ddp_spawn pickles the data module into each process, which loads its own data in setup()."""
+    data = VisionDataModule("embedded", seed=3, train_subset=64, test_subset=32, label_noise=0.25)
+    data.setup("fit")
+    copy = pickle.loads(pickle.dumps(data))
+    assert copy.train_set is None
+    assert copy.noisy_ids.numel() == 0
+    assert (copy.dataset, copy.seed, copy.train_subset, copy.label_noise) == ("embedded", 3, 64, 0.25)
+    copy.setup("fit")
+    assert torch.equal(copy.train_labels, data.train_labels)
+    assert torch.equal(copy.noisy_ids, data.noisy_ids)
