@@ -270,6 +270,7 @@ class RunResult:
     device: str
     epochs: list[dict[str, float]] = field(default_factory=list)
     extras: dict[str, float] = field(default_factory=dict)
+    train_seconds: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -286,6 +287,8 @@ class PolicySummary:
     passes_ratio: float
     wall_seconds: float
     wall_ratio: float
+    train_seconds: float
+    train_ratio: float
     extras: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
@@ -634,6 +637,7 @@ def _run_one(options: CompareOptions, policy: str, seed: int, progress: Any) -> 
         device=_device_name(cli.trainer),
         epochs=history.records,
         extras={name: final[name] for name in recipe.extras.values() if name in final},
+        train_seconds=history.records[-1]["train_seconds"] if history.records else math.nan,
     )
     cli.trainer.logger.log_hyperparams(
         _hyperparameters(cli, policy, seed, options),
@@ -642,6 +646,7 @@ def _run_one(options: CompareOptions, policy: str, seed: int, progress: Any) -> 
             "hparams/best_test_acc": result.best_acc,
             "hparams/sample_passes": float(result.sample_passes),
             "hparams/wall_seconds": result.wall_seconds,
+            "hparams/train_seconds": result.train_seconds,
         },
     )
     cli.trainer.logger.finalize("success")
@@ -754,6 +759,7 @@ def summarize(results: Sequence[RunResult], policies: Sequence[str]) -> list[Pol
     full = by_policy.get("full") or []
     full_passes = statistics.fmean(r.sample_passes for r in full) if full else math.nan
     full_wall = statistics.fmean(r.wall_seconds for r in full) if full else math.nan
+    full_train = statistics.fmean(r.train_seconds for r in full) if full else math.nan
     rows = []
     for policy, runs in by_policy.items():
         if not runs:
@@ -762,6 +768,7 @@ def summarize(results: Sequence[RunResult], policies: Sequence[str]) -> list[Pol
         best = _mean_std([r.best_acc for r in runs])
         passes = statistics.fmean(r.sample_passes for r in runs)
         wall = statistics.fmean(r.wall_seconds for r in runs)
+        train = statistics.fmean(r.train_seconds for r in runs)
         extras = {name: _mean_std([r.extras[name] for r in runs if name in r.extras]) for name in runs[0].extras}
         rows.append(
             PolicySummary(
@@ -775,6 +782,8 @@ def summarize(results: Sequence[RunResult], policies: Sequence[str]) -> list[Pol
                 passes_ratio=passes / full_passes,
                 wall_seconds=wall,
                 wall_ratio=wall / full_wall,
+                train_seconds=train,
+                train_ratio=train / full_train,
                 extras=extras,
             )
         )
@@ -802,15 +811,16 @@ def _markdown_table(rows: Sequence[PolicySummary], recipe: Recipe, footnote: str
     extras = [title for title, name in recipe.extras.items() if any(name in row.extras for row in rows)]
     lines = [
         f"| policy | seeds | final {short} (%) | best {short} (%) | sample passes | passes / full "
-        f"| wall-clock (s) | wall-clock / full |{''.join(f' {title} |' for title in extras)}",
-        f"|---|---:|---:|---:|---:|---:|---:|---:|{'---:|' * len(extras)}",
+        f"| wall-clock (s) | wall-clock / full | train time / full |{''.join(f' {title} |' for title in extras)}",
+        f"|---|---:|---:|---:|---:|---:|---:|---:|---:|{'---:|' * len(extras)}",
     ]
     for row in rows:
         cells = [row.extras.get(recipe.extras[title], (math.nan, math.nan)) for title in extras]
         lines.append(
             f"| {row.policy} | {row.seeds} | {_percent(row.final_acc_mean, row.final_acc_std)} "
             f"| {_percent(row.best_acc_mean, row.best_acc_std)} | {row.sample_passes:,.0f} "
-            f"| {_ratio(row.passes_ratio)} | {row.wall_seconds:.1f} | {_ratio(row.wall_ratio)} |"
+            f"| {_ratio(row.passes_ratio)} | {row.wall_seconds:.1f} | {_ratio(row.wall_ratio)} "
+            f"| {_ratio(row.train_ratio)} |"
             + "".join(f" {_extra_cell(title, *cell)} |" for title, cell in zip(extras, cells, strict=True))
         )
     return "\n".join(lines) + "\n\n" + footnote
@@ -826,7 +836,8 @@ def _footnote(options: CompareOptions, results: Sequence[RunResult]) -> str:
         f"{'/'.join(map(str, trains))} training and {'/'.join(map(str, tests))} evaluation examples, "
         f"{options.max_epochs} epochs. {recipe.note} ± is the sample standard deviation over seeds. Sample "
         "passes: training examples processed over the whole run. Wall-clock: `Trainer.fit`, per-epoch "
-        f"evaluation included, on {', '.join(devices)}."
+        f"evaluation included, on {', '.join(devices)}; train time: the same without the evaluation, the part "
+        "a policy can save."
     )
 
 

@@ -14,7 +14,7 @@ from typing_extensions import override
 
 __all__ = ["EpochHistory"]
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 
 
 class EpochHistory(Callback):
@@ -24,7 +24,9 @@ class EpochHistory(Callback):
     epoch number compares unequal amounts of work. This callback counts the training passes
     (examples in the training batches, summed over ranks) and logs ``monitor`` with
     ``step = cumulative sample passes`` under ``tag``: in TensorBoard's scalar view the runs then
-    line up by compute. Every epoch also appends a record (a dict of numbers) to `records`.
+    line up by compute. Every epoch also appends a record (a dict of numbers) to `records`: the
+    epoch, the cumulative ``sample_passes``, the ``seconds`` since training started and the
+    ``train_seconds`` among them (validation excluded: what a policy can save), and ``metrics``.
 
     Args:
         monitor: the validation metric logged against sample passes.
@@ -62,6 +64,8 @@ class EpochHistory(Callback):
         self._epoch_passes = 0
         self._elapsed = 0.0
         self._started = 0.0
+        self._validation_seconds = 0.0
+        self._validation_started = 0.0
         self._validated_epoch = -1
 
     @override
@@ -80,9 +84,14 @@ class EpochHistory(Callback):
             self._epoch_passes += int(outputs["losses"].shape[0])
 
     @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validation_started = time.perf_counter()
+
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._validated_epoch = trainer.current_epoch
+            self._validation_seconds += time.perf_counter() - self._validation_started
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -93,6 +102,7 @@ class EpochHistory(Callback):
             "epoch": float(trainer.current_epoch),
             "sample_passes": float(self.sample_passes),
             "seconds": self._elapsed,
+            "train_seconds": self._elapsed - self._validation_seconds,
         }
         validated = self._validated_epoch == trainer.current_epoch
         for name in self.metrics:
@@ -113,6 +123,7 @@ class EpochHistory(Callback):
             "version": _STATE_VERSION,
             "sample_passes": self.sample_passes,
             "elapsed": self._elapsed,
+            "validation_seconds": self._validation_seconds,
             "records": [dict(record) for record in self.records],
         }
 
@@ -124,4 +135,5 @@ class EpochHistory(Callback):
             )
         self.sample_passes = int(state_dict["sample_passes"])
         self._elapsed = float(state_dict["elapsed"])
+        self._validation_seconds = float(state_dict["validation_seconds"])
         self.records = [dict(record) for record in state_dict["records"]]

@@ -43,12 +43,13 @@ def test_summary_table_and_csv(comparison: Path) -> None:
     rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]] for line in table[1:]}
     assert list(rows) == ["full", "curriculum"]
     for cells in rows.values():
-        seeds, final, best, passes, passes_ratio, wall, wall_ratio = cells
+        seeds, final, best, passes, passes_ratio, wall, wall_ratio, train_ratio = cells
         assert seeds == "1"
         assert 0.0 <= float(final) <= float(best) <= 100.0
         assert float(passes_ratio) <= 1.0
         assert float(wall) > 0
         assert float(wall_ratio) > 0
+        assert float(train_ratio) > 0
     assert rows["full"][3] == "512"
     assert rows["full"][4] == "1.00"
     assert rows["curriculum"][3] == "436"
@@ -64,6 +65,9 @@ def test_summary_table_and_csv(comparison: Path) -> None:
         assert math.isnan(float(row["final_acc_std"]))  # one seed
         assert float(row["sample_passes"]) == PASSES[policy][-1]
         assert float(row["wall_seconds"]) == pytest.approx(stored[policy]["wall_seconds"])
+        assert 0 < stored[policy]["train_seconds"] < stored[policy]["wall_seconds"]  # evaluation left out
+        for epoch in stored[policy]["epochs"]:
+            assert 0 < epoch["train_seconds"] < epoch["seconds"]
     assert float(summary["curriculum"]["passes_ratio"]) == pytest.approx(436 / 512)
 
 
@@ -178,7 +182,7 @@ def test_bad_arguments_fail_at_once(args: list[str], message: str, capsys: pytes
 
 
 def result(policy: str, seed: int, final: float, passes: int, wall: float) -> RunResult:
-    return RunResult(policy, seed, final, final, passes, wall, 100, 10, "CPU", [])
+    return RunResult(policy, seed, final, final, passes, wall, 100, 10, "CPU", [], train_seconds=wall - 4.0)
 
 
 def test_summarize_ratios_and_spread() -> None:
@@ -186,6 +190,7 @@ def test_summarize_ratios_and_spread() -> None:
     full, random = summarize(runs, ["full", "random"])
     assert (full.final_acc_mean, full.final_acc_std) == pytest.approx((0.85, math.sqrt(0.005)))
     assert (random.passes_ratio, random.wall_ratio) == pytest.approx((0.5, 0.5))
+    assert random.train_ratio == pytest.approx(2.0 / 8.0)  # evaluation (4 s per run here) left out
     assert math.isnan(random.final_acc_std)
     (alone,) = summarize(runs[2:], ["random"])
     assert math.isnan(alone.passes_ratio)
