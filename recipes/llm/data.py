@@ -262,7 +262,8 @@ def prepare_dataset(
     """Tokenise instruction data for training: ``input_ids`` and ``labels`` with the prompt masked.
 
     Each kept row has ``input_ids`` (prompt then response tokens), ``labels`` (``IGNORE_INDEX`` on
-    the prompt, the token ids on the response), ``prompt_length``, ``source_index`` (its row in
+    the prompt, the token ids on the response), ``prompt_length``, ``response_length`` and ``length``
+    (token counts after truncation: signals a `ScoreCurriculum` can sort by), ``source_index`` (its row in
     ``dataset``, so exports map back), ``prompt`` (the last prompt message, shown by the tracker's
     hardest-examples view), ``reference`` (the response text, for scoring), and the columns
     in ``keep_columns`` (by default every column whose name starts with ``difficulty``, and
@@ -320,6 +321,8 @@ def prepare_dataset(
         "input_ids": [],
         "labels": [],
         "prompt_length": [],
+        "response_length": [],
+        "length": [],
         "source_index": [],
         "prompt": [],
         "reference": [],
@@ -338,6 +341,8 @@ def prepare_dataset(
         columns["input_ids"].append(cut_prompt + cut_response)
         columns["labels"].append([IGNORE_INDEX] * len(cut_prompt) + cut_response)
         columns["prompt_length"].append(len(cut_prompt))
+        columns["response_length"].append(len(cut_response))
+        columns["length"].append(len(cut_prompt) + len(cut_response))
         columns["source_index"].append(i)
         columns["prompt"].append(conversations[i][0][-1]["content"] if conversations[i][0] else "")
         columns["reference"].append(conversations[i][1])

@@ -123,6 +123,7 @@ def test_labels_mask_the_prompt_and_keep_the_response(fixture, request):
         assert response.startswith(answer)
         assert row["reference"] == answer
         assert tok.eos_token in response
+        assert row["length"] == len(row["input_ids"]) == n + row["response_length"]  # sortable length signals
     assert prepared["source_index"][:] == [0, 1]
 
 
