@@ -197,6 +197,9 @@ class CausalLMFineTuner(pl.LightningModule):
                 target_modules=lora_target_modules,
             )
             self.model = get_peft_model(self.model, config)
+        # from_pretrained returns the model in eval mode, and Lightning keeps each submodule's mode when fitting
+        # starts: train mode, or dropout (LoRA's too) would be silently off during training.
+        self.model.train()
         self.lr = lr
         self.weight_decay = weight_decay
         self.schedule = WarmupCosine(warmup_ratio, min_lr_ratio)

@@ -131,6 +131,13 @@ def test_lora_and_gradient_checkpointing_train_adapters_only(batch, tokenizer):
     assert out["losses"].shape == (6,)
 
 
+def test_a_model_loaded_in_eval_mode_trains_in_train_mode(tokenizer):
+    # from_pretrained returns eval mode, and Lightning keeps submodules' modes: dropout would be off.
+    pytest.importorskip("peft")
+    module = CausalLMFineTuner(tiny_llama(len(tokenizer)).eval(), tokenizer, lora_rank=4, lora_dropout=0.1)
+    assert all(submodule.training for submodule in module.model.modules())
+
+
 def test_tiny_fit_two_epochs_with_a_curriculum(tmp_path, tokenizer):
     data = InstructionDataModule(
         tokenizer=tokenizer,
