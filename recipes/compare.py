@@ -450,10 +450,12 @@ def run_comparison(options: CompareOptions) -> list[PolicySummary]:
 
     output = options.output
     settings = _settings_record(options)
+    # Seed by seed, every policy in turn: a shared machine's speed drifts over a long comparison, and taking
+    # the policies in turn spreads the drift over all of them instead of penalising the last ones.
     pending = [
         (policy, seed)
-        for policy in options.policies
         for seed in options.seeds
+        for policy in options.policies
         if not _result_path(output, policy, seed).is_file()
     ]
     runs = len(options.policies) * len(options.seeds)

@@ -233,3 +233,17 @@ def test_llm_recipe_comparison_reports_hard_accuracy_tokens_and_rank_correlation
     events = EventAccumulator(str(output / "tensorboard" / "full" / "seed_0"), size_guidance={"scalars": 0})
     events.Reload()
     assert [event.step for event in events.Scalars("val/hard_accuracy_by_sample_passes")] == [32, 64]
+
+
+def test_runs_take_the_policies_in_turn_seed_by_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trained = []
+
+    def fake_run(options: compare.CompareOptions, policy: str, seed: int, progress: Any) -> RunResult:
+        trained.append((policy, seed))
+        return result(policy, seed, 0.5, 100, 1.0)
+
+    monkeypatch.setattr(compare, "_run_one", fake_run)
+    monkeypatch.setattr(compare, "_preflight", lambda options, policies: None)
+    assert run(tmp_path / "order", "--policies", "full", "curriculum", "--seeds", "0", "1", "--fast-dev") == 0
+    # A machine that slows down during the comparison slows every policy alike.
+    assert trained == [("full", 0), ("curriculum", 0), ("full", 1), ("curriculum", 1)]
