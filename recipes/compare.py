@@ -104,7 +104,7 @@ class Recipe:
 
     Args:
         name: the ``--recipe`` value.
-        package: the recipe's package; its ``configs/*.yaml`` are the policies, its ``cli`` module has ``cli``.
+        package: the recipe's package, holding ``configs/*.yaml`` (the policies) and the ``cli`` module.
         cli: the name of the recipe's ``LightningCLI`` subclass in ``<package>.cli``.
         default_dataset: ``--data.dataset`` when ``--dataset`` is not given.
         default_policies: the policies compared when ``--policies`` is not given.
@@ -113,7 +113,7 @@ class Recipe:
         metric_label: how tables and plots call it.
         tag: the TensorBoard tag of ``metric`` against sample passes.
         recorded: the metrics the per-epoch records keep (``metric`` first).
-        extras: recorded metrics whose final values join the table, by column title.
+        extras: metrics whose final logged values (or rank correlations) join the table, by column title.
         run_args: arguments of every run.
         fast_dev_args: arguments of ``--fast-dev`` runs (a pipeline check, not a measurement).
         hparams: config keys logged as TensorBoard hyperparameters, by their short names.
