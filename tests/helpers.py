@@ -190,6 +190,27 @@ class LossOnlyClassifier(Classifier):
         return {"loss": losses.mean(), "losses": losses}
 
 
+class RankStateDump(pl.Callback):
+    """Counts each epoch's training batches; subclasses write a rank's final state to ``directory``.
+
+    Under ``ddp_spawn`` the parent's objects are not updated after ``fit``, so each rank saves what
+    it ended with to ``rank<N>.pt`` and the test compares the ranks.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory)
+        self.batches: list[int] = []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.batches.append(0)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self.batches[-1] += 1
+
+    def save(self, trainer: pl.Trainer, state: dict[str, Any]) -> None:
+        torch.save(state, self.directory / f"rank{trainer.global_rank}.pt")
+
+
 def make_trainer(
     tmp_path: Path | str | None = None,
     *,

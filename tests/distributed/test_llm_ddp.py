@@ -4,20 +4,18 @@ InfoBatch plans from the tracker's synced losses and reweights the kept examples
 synced plan, the weighted token loss and the IFD pass across ranks. (The library's `Curriculum` cannot
 be used with ``ddp_spawn``: its pacing closure does not pickle.)
 
-Under ``ddp_spawn`` the parent's objects are not updated after ``fit``, so each rank writes what it
-ended with to a file, and the test compares the ranks with each other and with one process.
+Each rank writes what it ended with to a file (`RankStateDump`), and the test compares the ranks with each
+other and with one process.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import make_trainer
-from lightning.pytorch.callbacks import Callback
+from helpers import RankStateDump, make_trainer
 
 pytest.importorskip("transformers")
 pytest.importorskip("reasoning_gym")
@@ -45,18 +43,8 @@ def module(tokenizer: Any) -> CausalLMFineTuner:
     return CausalLMFineTuner(tiny_llama(len(tokenizer)), tokenizer, lr=1e-3, max_new_tokens=2, fit_start_scores=True)
 
 
-class DumpState(Callback):
+class DumpState(RankStateDump):
     """Each rank writes its tables, example scores, parameters and batch counts at the end of training."""
-
-    def __init__(self, directory: str) -> None:
-        self.directory = Path(directory)
-        self.batches: list[int] = []
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.batches.append(0)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        self.batches[-1] += 1
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert isinstance(pl_module, CausalLMFineTuner)
@@ -72,7 +60,7 @@ class DumpState(Callback):
             "tokens_seen": pl_module.tokens_seen,
             "val_hard_loss": float(trainer.callback_metrics["val/hard/loss"]),
         }
-        torch.save(state, self.directory / f"rank{trainer.global_rank}.pt")
+        self.save(trainer, state)
 
 
 @pytest.fixture(scope="module")

@@ -5,20 +5,18 @@ per epoch), must agree on both ranks and count exactly the planned visits; the c
 the synced tables, so both ranks train on the same plan and end with the same weights, and the
 OneCycle schedule, sized from the rank's share of the plan, ends at the last step.
 
-Under ``ddp_spawn`` the parent's objects are not updated after ``fit``, so each rank writes what it
-ended with to a file, and the test compares the ranks.
+Each rank writes what it ended with to a file (`RankStateDump`), and the test compares the ranks.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import make_trainer
+from helpers import RankStateDump, make_trainer
 
 from lightning_curricula import Curriculum, CurriculumSampler, TrainingDynamics
 from recipes.vision.datamodule import VisionDataModule
@@ -35,18 +33,8 @@ def policy() -> Curriculum:
     return Curriculum(start=0.4, saturation=1.0)  # 75, then ceil(0.6 * 75) = 45 and ceil(0.8 * 75) = 60
 
 
-class DumpState(pl.Callback):
+class DumpState(RankStateDump):
     """Each rank writes its history, tables, parameters, batch counts and learning rate at the end of training."""
-
-    def __init__(self, directory: str) -> None:
-        self.directory = Path(directory)
-        self.batches: list[int] = []
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.batches.append(0)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        self.batches[-1] += 1
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         history = next(c for c in trainer.callbacks if isinstance(c, EpochHistory))
@@ -63,7 +51,7 @@ class DumpState(pl.Callback):
             "global_step": trainer.global_step,
             "total_steps": scheduler.total_steps,  # type: ignore[attr-defined]
         }
-        torch.save(state, self.directory / f"rank{trainer.global_rank}.pt")
+        self.save(trainer, state)
 
 
 @pytest.fixture(scope="module")
