@@ -110,7 +110,8 @@ class Recipe:
         default_policies: the policies compared when ``--policies`` is not given.
         default_epochs: ``--trainer.max_epochs`` when ``--max-epochs`` is not given.
         metric: the accuracy compared, as the recipe logs it after every epoch.
-        metric_label: how tables and plots call it.
+        metric_label: how plots call it.
+        column: how the summary table's columns call it.
         tag: the TensorBoard tag of ``metric`` against sample passes.
         recorded: the metrics the per-epoch records keep (``metric`` first).
         extras: metrics whose final logged values (or rank correlations) join the table, by column title.
@@ -129,6 +130,7 @@ class Recipe:
     default_epochs: int
     metric: str
     metric_label: str
+    column: str
     recorded: tuple[str, ...]
     extras: dict[str, str]
     run_args: tuple[str, ...]
@@ -150,6 +152,7 @@ RECIPES: dict[str, Recipe] = {
         default_epochs=6,
         metric="val/acc",
         metric_label="test accuracy",
+        column="test acc",
         recorded=("val/acc", "val/loss", "train/loss"),
         extras={},
         run_args=("--data.val_size", "0"),  # per-epoch accuracy is on the test split
@@ -178,6 +181,7 @@ RECIPES: dict[str, Recipe] = {
         default_epochs=4,
         metric="val/hard/accuracy",
         metric_label="held-out hard accuracy",
+        column="hard acc",
         recorded=("val/hard/accuracy", "val/easy/accuracy", "val/hard/loss", "train/loss", "train/tokens"),
         extras={
             "easy acc (%)": "val/easy/accuracy",
@@ -809,10 +813,9 @@ def _extra_cell(title: str, mean: float, std: float) -> str:
 
 
 def _markdown_table(rows: Sequence[PolicySummary], recipe: Recipe, footnote: str) -> str:
-    short = "test acc" if recipe.name == "vision" else "hard acc"
     extras = [title for title, name in recipe.extras.items() if any(name in row.extras for row in rows)]
     lines = [
-        f"| policy | seeds | final {short} (%) | best {short} (%) | sample passes | passes / full "
+        f"| policy | seeds | final {recipe.column} (%) | best {recipe.column} (%) | sample passes | passes / full "
         f"| wall-clock (s) | wall-clock / full | train time / full |{''.join(f' {title} |' for title in extras)}",
         f"|---|---:|---:|---:|---:|---:|---:|---:|---:|{'---:|' * len(extras)}",
     ]
