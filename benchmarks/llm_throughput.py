@@ -41,10 +41,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the recipes package, when run as a script
+from lightning_curricula.recipes.llm.datamodule import InstructionDataModule  # noqa: E402
+from lightning_curricula.recipes.llm.model import SMOLLM2, load_causal_lm, load_tokenizer  # noqa: E402
+from lightning_curricula.recipes.llm.module import CausalLMFineTuner  # noqa: E402
+
 from lightning_curricula import TrainingDynamics, read_step_outputs  # noqa: E402
-from recipes.llm.datamodule import InstructionDataModule  # noqa: E402
-from recipes.llm.model import SMOLLM2, load_causal_lm, load_tokenizer  # noqa: E402
-from recipes.llm.module import CausalLMFineTuner  # noqa: E402
 
 
 class StepTimer(Callback):
@@ -116,7 +117,7 @@ def tracker_step_seconds(num_examples: int, batch_size: int, calls: int = 2000) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=SMOLLM2, help="model name for recipes.llm.model.load_causal_lm")
+    parser.add_argument("--model", default=SMOLLM2, help="model name for load_causal_lm")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--steps", type=int, default=4, help="timed steps per run")
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("recipes.llm").setLevel(logging.ERROR)
+    logging.getLogger("lightning_curricula.recipes.llm").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     tokenizer = load_tokenizer(args.model)
     model = load_causal_lm(args.model)

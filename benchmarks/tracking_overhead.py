@@ -47,8 +47,8 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_curricula import TrainingDynamics, WithIndex
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the recipes package, when run as a script
-from recipes.vision.data import FASHION_MNIST_DIR, load_fashion_mnist  # noqa: E402
-from recipes.vision.models import SmallCNN  # noqa: E402
+from lightning_curricula.recipes.vision.data import FASHION_MNIST_DIR, load_fashion_mnist  # noqa: E402
+from lightning_curricula.recipes.vision.models import SmallCNN  # noqa: E402
 
 CPU_TARGET, GPU_TARGET = 1.03, 1.01
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel statistics

@@ -1,7 +1,7 @@
 """``lightning-curricula compare``: run curricula × seeds on a recipe and compare them by compute.
 
-Each run is a recipe's ``LightningCLI`` (``--recipe vision``: `recipes.vision.cli.VisionCLI`, the
-default; ``--recipe llm``: `recipes.llm.cli.LLMRecipeCLI`) with one of the YAML configs shipped in
+Each run is a recipe's ``LightningCLI`` (``--recipe vision``: `lightning_curricula.recipes.vision.cli.VisionCLI`, the
+default; ``--recipe llm``: `lightning_curricula.recipes.llm.cli.LLMRecipeCLI`) with one of the YAML configs shipped in
 ``recipes/<recipe>/configs`` (the policy names are their file names), built with ``run=False`` and
 fitted here, so a comparison run is exactly what ``python -m recipes.<recipe> fit --config ...``
 trains. The accuracy compared is the vision recipe's test accuracy, or the LLM recipe's exact-match
@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recipes.vision.sources import check_dataset_name as check_vision_dataset
+from lightning_curricula.recipes.vision.sources import check_dataset_name as check_vision_dataset
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -145,7 +145,7 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "vision": Recipe(
         name="vision",
-        package="recipes.vision",
+        package="lightning_curricula.recipes.vision",
         cli="VisionCLI",
         default_dataset="embedded",
         default_policies=DEFAULT_POLICIES,
@@ -174,7 +174,7 @@ RECIPES: dict[str, Recipe] = {
     ),
     "llm": Recipe(
         name="llm",
-        package="recipes.llm",
+        package="lightning_curricula.recipes.llm",
         cli="LLMRecipeCLI",
         default_dataset="reasoning_gym:basic_arithmetic",
         default_policies=("full", "random", "curriculum", "curriculum_difficulty", "anti_curriculum"),
@@ -603,7 +603,7 @@ def _build_cli(options: CompareOptions, policy: str, seed: int, *, history: Any,
 
 
 def _run_one(options: CompareOptions, policy: str, seed: int, progress: Any) -> RunResult:
-    from recipes.vision.history import EpochHistory
+    from lightning_curricula.recipes.vision.history import EpochHistory
 
     recipe = RECIPES[options.recipe]
     log_dir = options.output / "tensorboard" / policy / f"seed_{seed}"

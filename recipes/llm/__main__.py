@@ -1,6 +1,6 @@
-"""``python -m recipes.llm fit --config recipes/llm/configs/curriculum.yaml``."""
+"""``python -m lightning_curricula.recipes.llm fit --config recipes/llm/configs/curriculum.yaml``."""
 
-from recipes.llm.cli import main
+from lightning_curricula.recipes.llm.cli import main
 
 if __name__ == "__main__":
     main()

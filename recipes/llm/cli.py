@@ -1,4 +1,6 @@
-"""The LLM recipe's command line: ``python -m recipes.llm fit --config recipes/llm/configs/curriculum.yaml``.
+"""The LLM recipe's command line.
+
+``python -m lightning_curricula.recipes.llm fit --config recipes/llm/configs/curriculum.yaml``.
 
 A ``LightningCLI`` over `CausalLMFineTuner` and `InstructionDataModule`, built like the vision
 recipe's: it always tracks training dynamics (``--dynamics.*`` configures the `TrainingDynamics`
@@ -18,13 +20,13 @@ from typing import Any
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning_curricula.recipes.llm.datamodule import InstructionDataModule
+from lightning_curricula.recipes.llm.module import CausalLMFineTuner
+from lightning_curricula.recipes.llm.report import DifficultyReport
+from lightning_curricula.recipes.vision.history import EpochHistory
 from typing_extensions import override
 
 from lightning_curricula import TrainingDynamics
-from recipes.llm.datamodule import InstructionDataModule
-from recipes.llm.module import CausalLMFineTuner
-from recipes.llm.report import DifficultyReport
-from recipes.vision.history import EpochHistory
 
 __all__ = ["DEFAULT_LOG_DIR", "HISTORY_METRICS", "LLMRecipeCLI", "main"]
 
@@ -122,5 +124,5 @@ class LLMRecipeCLI(LightningCLI):
 
 
 def main(args: ArgsType = None) -> None:
-    """Entry point of ``python -m recipes.llm``."""
+    """Entry point of ``python -m lightning_curricula.recipes.llm``."""
     LLMRecipeCLI(args=args)

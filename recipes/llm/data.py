@@ -166,7 +166,7 @@ def render(prompt: list[Message], response: str, tokenizer: PreTrainedTokenizerB
     ends with ``"### Assistant:\n"`` and the response is followed by the EOS token.
 
     Example:
-        >>> from recipes.llm.model import tiny_tokenizer
+        >>> from lightning_curricula.recipes.llm.model import tiny_tokenizer
         >>> render([{"role": "user", "content": "1 + 1"}], "2", tiny_tokenizer(chat_template=False))
         ('### User:\n1 + 1\n\n### Assistant:\n', '2</s>')
     """

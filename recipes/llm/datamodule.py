@@ -7,11 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
-from typing_extensions import override
-
-from lightning_curricula import Policy, WithIndex, curriculum_dataloader
-from recipes.llm.data import (
+from lightning_curricula.recipes.llm.data import (
     CausalLMCollator,
     Scorer,
     Truncation,
@@ -21,8 +17,12 @@ from recipes.llm.data import (
     prepare_dataset,
     split_by_difficulty,
 )
-from recipes.llm.model import SMOLLM2, load_tokenizer
-from recipes.llm.policies import ScoreCurriculum
+from lightning_curricula.recipes.llm.model import SMOLLM2, load_tokenizer
+from lightning_curricula.recipes.llm.policies import ScoreCurriculum
+from torch.utils.data import DataLoader
+from typing_extensions import override
+
+from lightning_curricula import Policy, WithIndex, curriculum_dataloader
 
 if TYPE_CHECKING:
     import datasets

@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-
-from recipes.llm.data import ensure_pad_token
+from lightning_curricula.recipes.llm.data import ensure_pad_token
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

@@ -18,14 +18,14 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning_curricula.recipes.llm.data import IGNORE_INDEX, CausalLMCollator, Scorer, make_scorer, response_only
+from lightning_curricula.recipes.llm.model import SMOLLM2, load_causal_lm, load_tokenizer
 from torch import Tensor
 from torch.nn import functional as F
 from typing_extensions import override
 
 from lightning_curricula import CurriculumSampler, weighted_token_mean
 from lightning_curricula.signals import instruction_following_difficulty
-from recipes.llm.data import IGNORE_INDEX, CausalLMCollator, Scorer, make_scorer, response_only
-from recipes.llm.model import SMOLLM2, load_causal_lm, load_tokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from lightning_curricula import EpochContext, Plan, Policy, pacing_function
-from lightning_curricula.policies import easiest_first, shuffled_plan
+from lightning_curricula.policies.selection import easiest_first, shuffled_plan
 
 __all__ = ["ScoreCurriculum"]
 

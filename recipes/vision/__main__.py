@@ -1,6 +1,6 @@
-"""``python -m recipes.vision fit --config recipes/vision/configs/infobatch.yaml``: see `recipes.vision.cli`."""
+"""The vision recipe: ``python -m lightning_curricula.recipes.vision fit --config ...`` (see its `cli` module)."""
 
-from recipes.vision.cli import main
+from lightning_curricula.recipes.vision.cli import main
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,6 @@
-"""The vision recipe's command line: ``python -m recipes.vision fit --config recipes/vision/configs/infobatch.yaml``.
+"""The vision recipe's command line.
+
+``python -m lightning_curricula.recipes.vision fit --config recipes/vision/configs/infobatch.yaml``.
 
 A `LightningCLI` over `VisionClassifier` and `VisionDataModule` that always tracks training dynamics
 (the ``--dynamics.*`` options configure the `lightning_curricula.TrainingDynamics` callback), always
@@ -15,12 +17,12 @@ from typing import Any
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning_curricula.recipes.vision.datamodule import VisionDataModule
+from lightning_curricula.recipes.vision.history import EpochHistory
+from lightning_curricula.recipes.vision.module import VisionClassifier
 from typing_extensions import override
 
 from lightning_curricula import TrainingDynamics
-from recipes.vision.datamodule import VisionDataModule
-from recipes.vision.history import EpochHistory
-from recipes.vision.module import VisionClassifier
 
 __all__ = ["VisionCLI", "main"]
 
@@ -103,5 +105,5 @@ class VisionCLI(LightningCLI):
 
 
 def main(args: ArgsType = None) -> None:
-    """Entry point of ``python -m recipes.vision``."""
+    """Entry point of ``python -m lightning_curricula.recipes.vision``."""
     VisionCLI(args=args)

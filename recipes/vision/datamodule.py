@@ -33,6 +33,8 @@ import numpy
 import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.utilities import rank_zero_info
+from lightning_curricula.recipes.vision.data import FASHION_MNIST_DIR, load_fashion_mnist, load_mnist_5k
+from lightning_curricula.recipes.vision.sources import LOCAL_DATASETS, check_dataset_name, is_hub_name
 from torch import Tensor
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
@@ -40,8 +42,6 @@ from typing_extensions import override
 
 from lightning_curricula import curriculum_dataloader
 from lightning_curricula.policies import Policy
-from recipes.vision.data import FASHION_MNIST_DIR, load_fashion_mnist, load_mnist_5k
-from recipes.vision.sources import LOCAL_DATASETS, check_dataset_name, is_hub_name
 
 __all__ = [
     "LOCAL_DATASETS",

@@ -10,13 +10,13 @@ import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+from lightning_curricula.recipes.vision.models import SmallCNN, resnet18
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from lightning_curricula import CurriculumSampler, weighted_mean
-from recipes.vision.models import SmallCNN, resnet18
 
 __all__ = ["VisionClassifier"]
 

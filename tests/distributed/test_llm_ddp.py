@@ -20,12 +20,13 @@ from helpers import RankStateDump, make_trainer
 pytest.importorskip("transformers")
 pytest.importorskip("reasoning_gym")
 
+from lightning_curricula.recipes.llm.data import ensure_pad_token  # noqa: E402
+from lightning_curricula.recipes.llm.datamodule import InstructionDataModule  # noqa: E402
+from lightning_curricula.recipes.llm.model import tiny_llama, tiny_tokenizer  # noqa: E402
+from lightning_curricula.recipes.llm.module import CausalLMFineTuner  # noqa: E402
+
 from lightning_curricula import TrainingDynamics  # noqa: E402
 from lightning_curricula.policies import InfoBatch  # noqa: E402
-from recipes.llm.data import ensure_pad_token  # noqa: E402
-from recipes.llm.datamodule import InstructionDataModule  # noqa: E402
-from recipes.llm.model import tiny_llama, tiny_tokenizer  # noqa: E402
-from recipes.llm.module import CausalLMFineTuner  # noqa: E402
 
 WORLD_SIZE = 2
 EPOCHS = 3

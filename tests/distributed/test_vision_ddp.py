@@ -17,11 +17,11 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from helpers import RankStateDump, make_trainer
+from lightning_curricula.recipes.vision.datamodule import VisionDataModule
+from lightning_curricula.recipes.vision.history import EpochHistory
+from lightning_curricula.recipes.vision.module import VisionClassifier
 
 from lightning_curricula import Curriculum, CurriculumSampler, TrainingDynamics
-from recipes.vision.datamodule import VisionDataModule
-from recipes.vision.history import EpochHistory
-from recipes.vision.module import VisionClassifier
 
 WORLD_SIZE = 2
 EPOCHS = 3

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lightning_curricula.recipes import compare
+from lightning_curricula.recipes.compare import RunResult, accuracy_figure, main, summarize
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
-
-from recipes import compare
-from recipes.compare import RunResult, accuracy_figure, main, summarize
 
 ARGS = ["--policies", "full", "curriculum", "--seeds", "0", "--max-epochs", "2", "--fast-dev"]
 # --fast-dev trains on 256 images; the curriculum's second epoch takes the easiest ceil(0.7 * 256).

@@ -19,16 +19,16 @@ datasets = pytest.importorskip("datasets")
 
 import lightning.pytorch as pl  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
+from lightning_curricula.recipes.llm.cli import LLMRecipeCLI  # noqa: E402
+from lightning_curricula.recipes.llm.data import CausalLMCollator, ensure_pad_token, load_reasoning_gym, prepare_dataset  # noqa: E402
+from lightning_curricula.recipes.llm.datamodule import InstructionDataModule  # noqa: E402
+from lightning_curricula.recipes.llm.model import SMOLLM2, TINY, tiny_llama, tiny_tokenizer  # noqa: E402
+from lightning_curricula.recipes.llm.module import CausalLMFineTuner, sequence_losses, token_losses  # noqa: E402
+from lightning_curricula.recipes.llm.policies import ScoreCurriculum  # noqa: E402
+from lightning_curricula.recipes.llm.report import DifficultyReport  # noqa: E402
 
 from lightning_curricula import CurriculumSampler, TrainingDynamics, weighted_token_mean  # noqa: E402
 from lightning_curricula.policies import Curriculum  # noqa: E402
-from recipes.llm.cli import LLMRecipeCLI  # noqa: E402
-from recipes.llm.data import CausalLMCollator, ensure_pad_token, load_reasoning_gym, prepare_dataset  # noqa: E402
-from recipes.llm.datamodule import InstructionDataModule  # noqa: E402
-from recipes.llm.model import SMOLLM2, TINY, tiny_llama, tiny_tokenizer  # noqa: E402
-from recipes.llm.module import CausalLMFineTuner, sequence_losses, token_losses  # noqa: E402
-from recipes.llm.policies import ScoreCurriculum  # noqa: E402
-from recipes.llm.report import DifficultyReport  # noqa: E402
 
 CONFIGS = sorted((Path(__file__).parents[2] / "recipes" / "llm" / "configs").glob("*.yaml"))
 
@@ -225,7 +225,7 @@ def test_cli_fits_the_tiny_model(tmp_path):
 
 
 def _needs_smollm2():
-    from recipes.llm.model import smollm2_gguf_path
+    from lightning_curricula.recipes.llm.model import smollm2_gguf_path
 
     try:
         smollm2_gguf_path()
@@ -236,7 +236,7 @@ def _needs_smollm2():
 @pytest.mark.slow
 def test_embedded_smollm2_loads_and_prefers_the_right_answer():
     _needs_smollm2()
-    from recipes.llm.model import cached_smollm2, load_causal_lm, load_tokenizer
+    from lightning_curricula.recipes.llm.model import cached_smollm2, load_causal_lm, load_tokenizer
 
     started = time.perf_counter()
     model, tokenizer = load_causal_lm(SMOLLM2), load_tokenizer(SMOLLM2)
@@ -258,9 +258,8 @@ def test_embedded_smollm2_loads_and_prefers_the_right_answer():
 @pytest.mark.slow
 def test_cached_checkpoint_equals_the_dequantized_gguf():
     _needs_smollm2()
+    from lightning_curricula.recipes.llm.model import load_causal_lm, smollm2_gguf_path
     from transformers import AutoModelForCausalLM
-
-    from recipes.llm.model import load_causal_lm, smollm2_gguf_path
 
     gguf = smollm2_gguf_path()
     direct = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

@@ -13,11 +13,15 @@ import pytest
 import torch
 from helpers import make_trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning_curricula.recipes.vision import datamodule as vision_data
+from lightning_curricula.recipes.vision.cli import VisionCLI, main
+from lightning_curricula.recipes.vision.datamodule import (
+    VisionDataModule,
+    flip_labels,
+    random_crop,
+    random_horizontal_flip,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from recipes.vision import datamodule as vision_data
-from recipes.vision.cli import VisionCLI, main
-from recipes.vision.datamodule import VisionDataModule, flip_labels, random_crop, random_horizontal_flip
 
 CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "vision" / "configs"
 TINY = ["--data.train_subset", "96", "--data.test_subset", "48", "--data.batch_size", "32"]
@@ -56,7 +60,7 @@ def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_fit_subcommand_end_to_end(tmp_path: Path) -> None:
-    """`python -m recipes.vision fit --config ...` in-process: TensorBoard logs, config and checkpoint written."""
+    """`python -m lightning_curricula.recipes.vision fit --config ...` in-process: logs, config and checkpoint."""
     main(
         [
             "fit",

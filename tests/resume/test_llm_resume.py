@@ -18,12 +18,13 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 pytest.importorskip("transformers")
 pytest.importorskip("reasoning_gym")
 
+from lightning_curricula.recipes.llm.data import ensure_pad_token  # noqa: E402
+from lightning_curricula.recipes.llm.datamodule import InstructionDataModule  # noqa: E402
+from lightning_curricula.recipes.llm.model import tiny_llama, tiny_tokenizer  # noqa: E402
+from lightning_curricula.recipes.llm.module import CausalLMFineTuner  # noqa: E402
+
 from lightning_curricula import TrainingDynamics  # noqa: E402
 from lightning_curricula.policies import Curriculum  # noqa: E402
-from recipes.llm.data import ensure_pad_token  # noqa: E402
-from recipes.llm.datamodule import InstructionDataModule  # noqa: E402
-from recipes.llm.model import tiny_llama, tiny_tokenizer  # noqa: E402
-from recipes.llm.module import CausalLMFineTuner  # noqa: E402
 
 EPOCHS = 3
 

@@ -12,8 +12,7 @@ import torch
 pytest.importorskip("transformers")
 datasets = pytest.importorskip("datasets")
 
-from lightning_curricula import CurriculumSampler, EpochContext, TrainingDynamics  # noqa: E402
-from recipes.llm.data import (  # noqa: E402
+from lightning_curricula.recipes.llm.data import (  # noqa: E402
     IGNORE_INDEX,
     CausalLMCollator,
     detect_shape,
@@ -27,10 +26,12 @@ from recipes.llm.data import (  # noqa: E402
     to_conversation,
     truncate,
 )
-from recipes.llm.model import tiny_tokenizer  # noqa: E402
-from recipes.llm.module import WarmupCosine  # noqa: E402
-from recipes.llm.policies import ScoreCurriculum  # noqa: E402
-from recipes.llm.report import average_ranks, spearman  # noqa: E402
+from lightning_curricula.recipes.llm.model import tiny_tokenizer  # noqa: E402
+from lightning_curricula.recipes.llm.module import WarmupCosine  # noqa: E402
+from lightning_curricula.recipes.llm.policies import ScoreCurriculum  # noqa: E402
+from lightning_curricula.recipes.llm.report import average_ranks, spearman  # noqa: E402
+
+from lightning_curricula import CurriculumSampler, EpochContext, TrainingDynamics  # noqa: E402
 
 QA = {"question": ["Calculate 2 + 3.", "Calculate 12 * 7 - 4."], "answer": ["5", "80"]}
 
@@ -130,7 +131,7 @@ def test_labels_mask_the_prompt_and_keep_the_response(fixture, request):
 def test_tokenizer_without_pad_token_gets_eos(caplog):
     tok = tiny_tokenizer()
     assert tok.pad_token is None
-    with caplog.at_level(logging.INFO, logger="recipes.llm.data"):
+    with caplog.at_level(logging.INFO, logger="lightning_curricula.recipes.llm.data"):
         prepare_dataset(datasets.Dataset.from_dict(QA), tok)
     assert tok.pad_token == tok.eos_token
     assert "no pad token" in caplog.text
@@ -154,7 +155,7 @@ def test_too_long_examples_are_cut_as_documented_and_logged(tokenizer, caplog):
     rows = datasets.Dataset.from_dict({"question": [long_question, "Calculate 1 + 1."], "answer": ["1770", "2"]})
     full, _ = prepare_dataset(rows, tokenizer, max_length=512)
     response_length = len(full[0]["input_ids"]) - full[0]["prompt_length"]
-    with caplog.at_level(logging.WARNING, logger="recipes.llm.data"):
+    with caplog.at_level(logging.WARNING, logger="lightning_curricula.recipes.llm.data"):
         cut, counts = prepare_dataset(rows, tokenizer, max_length=40)
     assert counts.prompt_truncated == 1
     assert counts.response_truncated == 0
@@ -171,7 +172,7 @@ def test_too_long_examples_are_cut_as_documented_and_logged(tokenizer, caplog):
 def test_fully_truncated_response_is_dropped_and_counted(tokenizer, caplog):
     long_question = "Calculate " + " + ".join(str(i) for i in range(60)) + "."
     rows = datasets.Dataset.from_dict({"question": ["Calculate 1 + 1.", long_question], "answer": ["2", "1770"]})
-    with caplog.at_level(logging.WARNING, logger="recipes.llm.data"):
+    with caplog.at_level(logging.WARNING, logger="lightning_curricula.recipes.llm.data"):
         prepared, counts = prepare_dataset(rows, tokenizer, max_length=40, truncation="right")
     assert counts.dropped == [1]
     assert len(prepared) == 1
@@ -232,7 +233,7 @@ def test_local_json_and_parquet_files(tmp_path, tokenizer):
 
 def test_reasoning_gym_difficulty_comes_from_metadata_with_a_spread():
     pytest.importorskip("reasoning_gym")
-    from recipes.llm.data import load_reasoning_gym
+    from lightning_curricula.recipes.llm.data import load_reasoning_gym
 
     rows = load_reasoning_gym("basic_arithmetic", size=200, seed=3)
     difficulty = torch.tensor(list(rows["difficulty"]))
@@ -251,7 +252,7 @@ def test_reasoning_gym_difficulty_comes_from_metadata_with_a_spread():
 
 def test_reasoning_gym_levels_and_tasks_without_per_example_difficulty():
     pytest.importorskip("reasoning_gym")
-    from recipes.llm.data import load_reasoning_gym
+    from lightning_curricula.recipes.llm.data import load_reasoning_gym
 
     with pytest.raises(ValueError, match="no per-example difficulty"):
         load_reasoning_gym("simple_equations", size=4, seed=0)
@@ -264,7 +265,7 @@ def test_reasoning_gym_levels_and_tasks_without_per_example_difficulty():
 
 def test_reasoning_gym_scorer_and_fallback():
     pytest.importorskip("reasoning_gym")
-    from recipes.llm.data import load_reasoning_gym, make_scorer
+    from lightning_curricula.recipes.llm.data import load_reasoning_gym, make_scorer
 
     rows = load_reasoning_gym("basic_arithmetic", size=3, seed=1)
     score = make_scorer("basic_arithmetic")

@@ -36,7 +36,7 @@ from lightning_curricula import (
     SelfPaced,
     StaticPruning,
 )
-from lightning_curricula.policies import sampling_probabilities
+from lightning_curricula.policies.selection import sampling_probabilities
 
 NUM_CLASSES = 3
 

@@ -1,0 +1,100 @@
+"""The policy interface: a `Plan` of example ids and weights, the `EpochContext` a policy reads, and `Policy`."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from lightning_curricula.ranking import HARDER_WHEN_HIGHER, difficulty_scores
+
+__all__ = ["EpochContext", "Plan", "Policy", "check_fraction", "check_signal", "check_warmup", "fraction_size"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One epoch's visits: example ``indices`` in order (int64) and a ``weight`` per visit (float32)."""
+
+    indices: Tensor
+    weights: Tensor
+
+    def __len__(self) -> int:
+        return int(self.indices.numel())
+
+
+@dataclass(frozen=True)
+class EpochContext:
+    """Everything a policy may read to plan one epoch."""
+
+    epoch: int
+    num_examples: int
+    generator: torch.Generator
+    seed: int = 0
+    num_epochs: int | None = None
+    signals: Mapping[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def progress(self) -> float:
+        """Share of training done when this epoch starts: ``epoch / num_epochs``."""
+        if self.num_epochs is None:
+            raise ValueError("This policy needs num_epochs: pass num_epochs to CurriculumSampler.")
+        return self.epoch / self.num_epochs
+
+    def difficulty(self, signal: str) -> Tensor:
+        """Scores where higher is harder (see `difficulty_scores`); NaN for unseen examples."""
+        if not self.signals:
+            raise ValueError(
+                f"No tracked signals at epoch {self.epoch}: a policy that ranks by {signal!r} needs a "
+                "TrainingDynamics tracker passed to CurriculumSampler and at least one warm-up epoch."
+            )
+        return difficulty_scores(self.signals, signal)
+
+
+class Policy(ABC):
+    """Base class: `plan` one epoch, and say in advance how large it will be when that is known."""
+
+    #: Tracked signals the policy reads (it then needs a `TrainingDynamics`).
+    signals: tuple[str, ...] = ()
+    #: Whether it needs ``num_epochs`` (pacing, annealing, whole-run budgets).
+    needs_num_epochs: bool = False
+    #: Whether the plan size can change from one epoch to the next.
+    varies_length: bool = True
+
+    @abstractmethod
+    def plan(self, context: EpochContext) -> Plan:
+        """The plan for ``context.epoch``."""
+
+    def epoch_size(self, num_examples: int, epoch: int, num_epochs: int | None) -> int | None:
+        """Number of visits planned for ``epoch``, or ``None`` when it depends on the scores."""
+        return None
+
+    def validate(self, num_examples: int, num_epochs: int | None) -> None:
+        """Raise ``ValueError`` at setup if the policy cannot run on this dataset and schedule."""
+        if self.needs_num_epochs and num_epochs is None:
+            raise ValueError(
+                f"{type(self).__name__} needs num_epochs: pass num_epochs=max_epochs to CurriculumSampler."
+            )
+
+
+def fraction_size(fraction: float, num_examples: int) -> int:
+    return max(1, round(fraction * num_examples))
+
+
+def check_fraction(name: str, value: float) -> None:
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}.")
+
+
+def check_signal(signal: str) -> None:
+    if signal not in HARDER_WHEN_HIGHER:
+        raise ValueError(f"Unknown signal {signal!r}; policies rank by one of {sorted(HARDER_WHEN_HIGHER)}.")
+
+
+def check_warmup(warmup_epochs: int, name: str = "warmup_epochs") -> None:
+    if warmup_epochs < 1:
+        raise ValueError(
+            f"{name} must be >= 1 (the first epochs train on all data to score it), got {warmup_epochs!r}."
+        )
