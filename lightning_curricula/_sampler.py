@@ -13,6 +13,7 @@ from torch.utils.data import DistributedSampler
 
 from lightning_curricula._distributed import world_and_rank
 from lightning_curricula.policies import EpochContext, FullData, Plan, Policy
+from lightning_curricula.policies._base import epoch_generator
 
 if TYPE_CHECKING:
     from lightning_curricula._dynamics import TrainingDynamics
@@ -24,7 +25,7 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
     """Yield ``(index, weight)`` pairs for this rank's shard of the epoch's `Plan`.
 
     The plan of epoch ``e`` is ``policy.plan(...)`` of ``(seed, e, the tracker's synced signals)``,
-    with a private ``torch.Generator`` seeded with ``seed + e``: every rank computes the same plan
+    with a private ``torch.Generator`` seeded from the pair ``(seed, e)``: every rank computes the same plan
     without communicating, and every rank yields the same number of items. Wrap the dataset in
     `WithIndex` so each item carries its ``index`` and ``weight``, and compute the loss as
     ``weighted_mean(losses, batch["weight"])``.
@@ -125,7 +126,7 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
         context = EpochContext(
             epoch=epoch,
             num_examples=self.num_examples,
-            generator=torch.Generator().manual_seed(self.seed + epoch),
+            generator=epoch_generator(self.seed, epoch),
             seed=self.seed,
             num_epochs=self.num_epochs,
             signals=signals,

@@ -12,7 +12,7 @@ Weights are 1 unless a policy reweights to stay unbiased (InfoBatch, importance 
 is then ``weighted_mean(losses, batch["weight"])``.
 """
 
-from lightning_curricula.policies._base import EpochContext, Plan, Policy
+from lightning_curricula.policies._base import EpochContext, Plan, Policy, derived_seed, epoch_generator
 from lightning_curricula.policies.baselines import FullData, RandomSubset, RandomTwin
 from lightning_curricula.policies.curricula import Curriculum, SelfPaced
 from lightning_curricula.policies.noise import NoiseAware
@@ -40,7 +40,9 @@ __all__ = [
     "RandomTwin",
     "SelfPaced",
     "StaticPruning",
+    "derived_seed",
     "easiest_first",
+    "epoch_generator",
     "sampling_probabilities",
     "shuffled_plan",
     "stratified_keep",

@@ -11,7 +11,56 @@ from torch import Tensor
 
 from lightning_curricula.ranking import HARDER_WHEN_HIGHER, difficulty_scores
 
-__all__ = ["EpochContext", "Plan", "Policy", "check_fraction", "check_signal", "check_warmup", "fraction_size"]
+__all__ = [
+    "EpochContext",
+    "Plan",
+    "Policy",
+    "check_fraction",
+    "check_signal",
+    "check_warmup",
+    "derived_seed",
+    "epoch_generator",
+    "fraction_size",
+]
+
+_MASK64 = (1 << 64) - 1
+
+
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed that mixes ``parts`` (such as ``(seed, epoch)``) so that no two tuples share a stream.
+
+    ``seed + epoch`` would make seed 1's epoch ``e`` replay seed 0's epoch ``e + 1``. Each part is
+    folded in with the SplitMix64 finaliser, a bijection on 64-bit words, so tuples of values below
+    ``2**32`` never collide, and nearby tuples give unrelated seeds.
+
+    Examples:
+        >>> derived_seed(1, 0) != derived_seed(0, 1)
+        True
+        >>> derived_seed(3, 7) == derived_seed(3, 7)
+        True
+    """
+    state = 0x9E3779B97F4A7C15
+    for part in parts:
+        state = _splitmix64((state ^ (part & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64)
+    return state >> 1
+
+
+def _splitmix64(value: int) -> int:
+    value = (value + 0x9E3779B97F4A7C15) & _MASK64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return value ^ (value >> 31)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The private generator of ``epoch``'s plan: seeded from the pair ``(seed, epoch)`` by `derived_seed`.
+
+    Examples:
+        >>> a, b = epoch_generator(1, 0), epoch_generator(0, 1)
+        >>> torch.equal(torch.randperm(8, generator=a), torch.randperm(8, generator=b))
+        False
+    """
+    return torch.Generator().manual_seed(derived_seed(seed, epoch))
 
 
 @dataclass(frozen=True)

@@ -331,3 +331,11 @@ def test_planned_steps_raise_when_sizes_depend_on_the_scores() -> None:
         sampler.planned_steps(batch_size=4)
     with pytest.raises(ValueError, match="planned_steps needs num_epochs"):
         CurriculumSampler(range(20)).planned_steps(batch_size=4)
+
+
+def test_plans_of_different_seeds_do_not_replay_each_other() -> None:
+    # Regression: the generator was seeded with seed + epoch, so (seed 1, epoch e) replayed (seed 0, epoch e + 1).
+    first = CurriculumSampler(range(50), seed=0)
+    second = CurriculumSampler(range(50), seed=1)
+    for epoch in range(3):
+        assert not torch.equal(first.plan(epoch + 1).indices, second.plan(epoch).indices)
