@@ -31,6 +31,7 @@ from lightning_curricula import (
     curriculum_dataloader,
     weighted_mean,
 )
+from lightning_curricula.policies import epoch_generator
 
 
 class FixedPlan(Policy):
@@ -59,11 +60,11 @@ def epoch_context(
     num_epochs: int | None = None,
     seed: int = 0,
 ) -> EpochContext:
-    """The context `CurriculumSampler` builds: a private generator seeded with ``seed + epoch``."""
+    """The context `CurriculumSampler` builds: a private generator seeded from the pair ``(seed, epoch)``."""
     return EpochContext(
         epoch=epoch,
         num_examples=num_examples,
-        generator=torch.Generator().manual_seed(seed + epoch),
+        generator=epoch_generator(seed, epoch),
         seed=seed,
         num_epochs=num_epochs,
         signals=dict(signals or {}),
