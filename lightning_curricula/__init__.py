@@ -6,6 +6,7 @@ what it sees next (`CurriculumSampler` with a policy from `lightning_curricula.p
 
 from lightning_curricula._dynamics import TrainingDynamics
 from lightning_curricula._loader import curriculum_dataloader, find_dynamics
+from lightning_curricula._online import OnlineBatchSelection, find_online_selection
 from lightning_curricula._sampler import CurriculumSampler
 from lightning_curricula._step_outputs import StepOutputs, read_step_outputs
 from lightning_curricula._visualize import data_map_figure
@@ -29,6 +30,8 @@ from lightning_curricula.policies import (
     StaticPruning,
 )
 from lightning_curricula.ranking import HARDER_WHEN_HIGHER, difficulty_scores, select_indices
+from lightning_curricula.reference import FrozenReference, ReferenceLosses, irreducible_losses, vocabulary_size
+from lightning_curricula.step_selection import Selection, excess_loss, reducible_loss
 
 __version__ = "0.1.0"
 
@@ -62,4 +65,14 @@ __all__ = [
     "select_indices",
     "weighted_mean",
     "weighted_token_mean",
+    # Selection inside the step (issue 9)
+    "FrozenReference",
+    "OnlineBatchSelection",
+    "ReferenceLosses",
+    "Selection",
+    "excess_loss",
+    "find_online_selection",
+    "irreducible_losses",
+    "reducible_loss",
+    "vocabulary_size",
 ]

@@ -1,0 +1,134 @@
+"""`OnlineBatchSelection` in a real CPU `Trainer`: the same training as a plain loop that selects by hand,
+cost counters and once-per-epoch logging, and automatic / manual optimisation, gradient accumulation and
+mixed precision with every method."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import ClassificationDataset, Classifier, make_trainer, train_loader
+from online_helpers import RecordingLogger, SelectiveClassifier, per_example_loss
+from torch.nn import functional as F
+
+from lightning_curricula import OnlineBatchSelection, find_online_selection, irreducible_losses
+from lightning_curricula.step_selection import kept_count, reducible_loss, top_k_selection
+
+SIZE = 37
+BATCH = 8
+BATCH_SIZES = [8, 8, 8, 8, 5]
+
+
+def fit(model: SelectiveClassifier, selection: OnlineBatchSelection, *, epochs: int = 2, **kwargs: object) -> None:
+    trainer = make_trainer(max_epochs=epochs, callbacks=[selection], **kwargs)  # type: ignore[arg-type]
+    trainer.fit(model, train_loader(ClassificationDataset(SIZE), batch_size=BATCH))
+
+
+def test_training_equals_a_plain_loop_that_selects_by_hand() -> None:
+    model = SelectiveClassifier()
+    fit(model, OnlineBatchSelection(keep=0.5), epochs=2)
+
+    reference = Classifier()
+    optimizer = torch.optim.SGD(reference.parameters(), lr=reference.lr, momentum=reference.momentum)
+    loader = train_loader(ClassificationDataset(SIZE), batch_size=BATCH)
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        for batch in loader:
+            with torch.no_grad():
+                kept = top_k_selection(per_example_loss(reference, batch), 0.5).positions
+            optimizer.zero_grad()
+            F.cross_entropy(reference(batch["x"][kept]), batch["y"][kept]).backward()
+            optimizer.step()
+    for got, want in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_counts_and_logs_once_per_epoch() -> None:
+    logger = RecordingLogger()
+    selection = OnlineBatchSelection(keep=0.5, name="sb")
+    model = SelectiveClassifier()
+    fit(model, selection, epochs=2, logger=logger)
+    kept = sum(kept_count(size, 0.5) for size in BATCH_SIZES)  # 4 * 4 + 3 = 19
+    assert [len(ids) for ids in model.kept_ids[:5]] == [4, 4, 4, 4, 3]
+    records = [metrics for _, metrics in logger.records if "sb/kept_share" in metrics]
+    assert len(records) == 2  # one write per epoch
+    assert records[-1] == {
+        "sb/scored_examples": 37.0,
+        "sb/kept_examples": float(kept),
+        "sb/kept_share": kept / 37,
+        "sb/forward_only_passes": 2.0 * (37 - kept),
+        "sb/backward_passes": 2.0 * kept,
+    }
+    assert selection.calls == 10
+    assert selection.state_dict()["totals"].tolist() == [74, 38, 0, 0, 10]
+
+
+@pytest.mark.parametrize("method", ["top_k", "percentile", "random"])
+@pytest.mark.parametrize(
+    "options",
+    [{"manual": True}, {"accumulate_grad_batches": 2}, {"precision": "bf16-mixed"}],
+    ids=["manual", "accumulate", "bf16"],
+)
+def test_methods_with_manual_optimisation_accumulation_and_mixed_precision(method: str, options: dict) -> None:
+    manual = bool(options.pop("manual", False))
+    model = SelectiveClassifier(manual=manual)
+    before = [p.detach().clone() for p in model.parameters()]
+    selection = OnlineBatchSelection(keep=0.3, method=method, unbiased=method == "percentile", seed=3)  # type: ignore[arg-type]
+    fit(model, selection, epochs=1, **options)
+    assert [len(ids) for ids in model.kept_ids] == [kept_count(size, 0.3) for size in BATCH_SIZES]
+    for scored, kept in zip(model.scored_ids, model.kept_ids, strict=True):
+        assert set(kept) <= set(scored)
+        assert len(set(kept)) == len(kept)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert selection.epoch_metrics["backward_passes"] == sum(kept_count(size, 0.3) for size in BATCH_SIZES)
+
+
+def test_rho_loss_keeps_the_top_reducible_losses_of_each_batch() -> None:
+    holdout = Classifier(seed=7)
+    reference = irreducible_losses(holdout, ClassificationDataset(SIZE), per_example_loss, batch_size=5)
+    model = SelectiveClassifier(reference=reference, lr=0.0)  # frozen: the scores are known in advance
+    fit(model, OnlineBatchSelection(keep=0.5), epochs=1)
+    dataset = ClassificationDataset(SIZE)
+    losses = per_example_loss(Classifier(), {"x": dataset.x, "y": dataset.y}).detach()
+    scores = reducible_loss(losses, reference.losses)
+    for scored, kept in zip(model.scored_ids, model.kept_ids, strict=True):
+        ids = torch.tensor(scored)
+        assert kept == ids[top_k_selection(scores[ids], 0.5).positions].tolist()
+
+
+def test_bad_options_fail_at_construction_naming_the_value() -> None:
+    with pytest.raises(ValueError, match=r"keep must be a share in \(0, 1\], got 1.5"):
+        OnlineBatchSelection(keep=1.5)
+    with pytest.raises(ValueError, match="method must be one of .* got 'loss'"):
+        OnlineBatchSelection(keep=0.5, method="loss")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unbiased=True reweights the 'percentile' method only, got method='top_k'"):
+        OnlineBatchSelection(keep=0.5, unbiased=True)
+    with pytest.raises(ValueError, match="seed must be a non-negative integer, got -1"):
+        OnlineBatchSelection(keep=0.5, seed=-1)
+    with pytest.raises(ValueError, match="Token selection takes method in .* has 'percentile'"):
+        OnlineBatchSelection(keep=0.5, method="percentile").select_tokens(torch.ones(1, 2), torch.ones(1, 2))
+    with pytest.raises(ValueError, match=r"keep must be a share in \(0, 1\], got 0"):
+        OnlineBatchSelection(keep=0.5).select(torch.ones(3), keep=0)
+
+
+def test_find_and_resume_checks(tmp_path: Path) -> None:
+    trainer = make_trainer(callbacks=[])
+    with pytest.raises(ValueError, match=r"Expected one OnlineBatchSelection in trainer.callbacks, found 0"):
+        find_online_selection(trainer)
+    state = OnlineBatchSelection(keep=0.5, method="random", seed=1).state_dict()
+    with pytest.raises(
+        ValueError, match="checkpoint has method 'random' and seed 1, this run has method 'random' and seed 2"
+    ):
+        OnlineBatchSelection(keep=0.5, method="random", seed=2).load_state_dict(state)
+    path = tmp_path / "state.pt"
+    torch.save(state, path)
+    assert torch.load(path, weights_only=True)["version"] == 1
+
+
+def test_token_selection_counts_tokens() -> None:
+    selection = OnlineBatchSelection(keep=0.5, name="rho1")
+    scores = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    kept = selection.select_tokens(scores, torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    assert kept.tolist() == [[False, False, True], [True, True, False]]
+    assert selection.state_dict()["epoch"].tolist() == [2, 2, 5, 3, 1]

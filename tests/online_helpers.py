@@ -1,0 +1,88 @@
+"""Test modules for selection inside the step: a classifier that scores, selects and trains on the kept part.
+
+`SelectiveClassifier` follows the pattern of the method cards: a no-grad scoring forward (the loss, or the
+reducible loss against `ReferenceLosses`), `OnlineBatchSelection.select`, and a forward + backward of
+the kept examples only, with automatic or manual optimisation. It records the ids it trained on.
+`RecordingLogger` keeps what the callback writes to the Trainer's loggers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from helpers import Classifier
+from lightning.pytorch.loggers import Logger
+from torch import Tensor
+from torch.nn import functional as F
+
+from lightning_curricula import OnlineBatchSelection, ReferenceLosses, find_online_selection, weighted_mean
+from lightning_curricula.step_selection import reducible_loss
+
+
+def per_example_loss(model: torch.nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
+    """The unreduced cross-entropy of a dict batch ``{"x", "y"}``: what `irreducible_losses` calls."""
+    return F.cross_entropy(model(batch["x"]), batch["y"], reduction="none")
+
+
+class SelectiveClassifier(Classifier):
+    """`Classifier` that trains, each step, only on the examples `OnlineBatchSelection` keeps.
+
+    Args:
+        reference: score by the reducible loss against these irreducible losses (RHO-LOSS); by the loss
+            (Selective Backprop) when ``None``.
+        manual: manual optimisation (one optimizer step per batch) instead of automatic.
+        kwargs: passed to `Classifier`.
+    """
+
+    def __init__(self, *, reference: ReferenceLosses | None = None, manual: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reference = reference
+        self.automatic_optimization = not manual
+        self.kept_ids: list[list[int]] = []  # per step, the ids trained on
+        self.scored_ids: list[list[int]] = []
+
+    def scores(self, batch: Mapping[str, Tensor]) -> Tensor:
+        with torch.no_grad():
+            losses = per_example_loss(self, batch)
+        if self.reference is None:
+            return losses
+        return reducible_loss(losses, self.reference.lookup(batch["index"]))
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor | None:  # type: ignore[override]
+        selection: OnlineBatchSelection = find_online_selection(self.trainer)
+        kept = selection.select(self.scores(batch))
+        self.scored_ids.append(batch["index"].tolist())
+        self.kept_ids.append(batch["index"][kept.positions].tolist())
+        x, y = batch["x"][kept.positions], batch["y"][kept.positions]
+        loss = weighted_mean(F.cross_entropy(self(x), y, reduction="none"), kept.weights)
+        if self.automatic_optimization:
+            return loss
+        optimizer = self.optimizers()
+        optimizer.zero_grad()  # type: ignore[union-attr]
+        self.manual_backward(loss)
+        optimizer.step()  # type: ignore[union-attr]
+        return None
+
+
+class RecordingLogger(Logger):
+    """A logger that keeps every ``(step, metrics)`` it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[tuple[int | None, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "recording"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.records.append((step, dict(metrics)))
