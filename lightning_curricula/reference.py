@@ -174,7 +174,7 @@ def irreducible_losses(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn, num_workers=num_workers)
     was_training = model.training
     model.eval()
-    parts = []
+    parts: list[Tensor] = []
     try:
         with torch.no_grad():
             for batch in loader:
