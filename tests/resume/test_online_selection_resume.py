@@ -1,0 +1,79 @@
+"""Crash at the start of epoch k, resume from the epoch-end checkpoint: selection inside the step continues exactly.
+
+RHO-LOSS with Selective Backprop's probabilistic selection: the reference losses come from a file written
+once, the random stream from the callback's checkpointed state. The resumed run trains on the same examples
+after the crash and ends with the same parameters and counters as the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from helpers import ClassificationDataset, Classifier, make_trainer, train_loader
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from online_helpers import SelectiveClassifier, per_example_loss
+
+from lightning_curricula import OnlineBatchSelection, ReferenceLosses, irreducible_losses
+
+EPOCHS = 4
+SIZE = 37
+STEPS_PER_EPOCH = 5
+
+
+class SimulatedCrash(RuntimeError):
+    pass
+
+
+class CrashAt(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise SimulatedCrash(f"crash at the start of epoch {self.epoch}")
+
+
+def fit(
+    root: Path, reference_file: Path, *, crash_at: int | None = None, ckpt_path: Path | None = None
+) -> tuple[SelectiveClassifier, OnlineBatchSelection]:
+    model = SelectiveClassifier(reference=ReferenceLosses.load(reference_file), lr=0.2)
+    selection = OnlineBatchSelection(keep=0.4, method="percentile", beta=2.0, unbiased=True, seed=11)
+    checkpoints = ModelCheckpoint(
+        dirpath=root / "checkpoints", filename="{epoch}", every_n_epochs=1, save_top_k=-1, save_on_train_epoch_end=True
+    )
+    callbacks: list[Callback] = [selection, checkpoints]
+    if crash_at is not None:
+        callbacks.append(CrashAt(crash_at))
+    trainer = make_trainer(root, max_epochs=EPOCHS, callbacks=callbacks, enable_checkpointing=True)
+    trainer.fit(model, train_loader(ClassificationDataset(SIZE), batch_size=8), ckpt_path=ckpt_path)
+    return model, selection
+
+
+@pytest.mark.parametrize("crash_epoch", [1, 3])
+def test_crash_and_resume_equals_the_uninterrupted_run(tmp_path: Path, crash_epoch: int) -> None:
+    holdout = Classifier(seed=5)
+    irreducible_losses(holdout, ClassificationDataset(SIZE), per_example_loss).save(tmp_path / "reference.pt")
+
+    straight, straight_selection = fit(tmp_path / "straight", tmp_path / "reference.pt")
+
+    root = tmp_path / "crashed"
+    with pytest.raises(SimulatedCrash):
+        fit(root, tmp_path / "reference.pt", crash_at=crash_epoch)
+    resumed, resumed_selection = fit(
+        root, tmp_path / "reference.pt", ckpt_path=root / "checkpoints" / f"epoch={crash_epoch - 1}.ckpt"
+    )
+
+    assert resumed.kept_ids == straight.kept_ids[crash_epoch * STEPS_PER_EPOCH :]
+    for got, want in zip(resumed.parameters(), straight.parameters(), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert resumed_selection.calls == straight_selection.calls == EPOCHS * STEPS_PER_EPOCH
+    assert torch.equal(resumed_selection.state_dict()["totals"], straight_selection.state_dict()["totals"])
+    assert resumed_selection.epoch_metrics == straight_selection.epoch_metrics
+    # The probabilistic selection really is random: the epochs do not replay the first one's picks.
+    assert (
+        straight.kept_ids[crash_epoch * STEPS_PER_EPOCH :]
+        != straight.kept_ids[: (EPOCHS - crash_epoch) * STEPS_PER_EPOCH]
+    )
