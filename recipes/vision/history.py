@@ -27,6 +27,9 @@ class EpochHistory(Callback):
     line up by compute. Every epoch also appends a record (a dict of numbers) to `records`: the
     epoch, the cumulative ``sample_passes``, the ``seconds`` since training started and the
     ``train_seconds`` among them (validation excluded: what a policy can save), and ``metrics``.
+    When the data module flipped labels (its ``noisy_ids``), the record also has ``noisy_share``: the
+    share of this epoch's trained examples whose label was flipped (logged as ``train/noisy_share``),
+    which shows whether a policy chases or avoids the noise.
 
     Args:
         monitor: the validation metric logged against sample passes.
@@ -41,8 +44,9 @@ class EpochHistory(Callback):
         []
 
     Note:
-        Passes are counted from the length of ``outputs["losses"]`` of each ``training_step`` and
-        all-reduced (as integers) once per epoch, so they include the padding repeats of a DDP
+        Passes are counted from the length of ``outputs["losses"]`` of each ``training_step`` (and
+        the flipped ones among them from ``outputs["index"]``, else ``batch["index"]``) and
+        all-reduced (as integers, in one collective) once per epoch, so they include the padding repeats of a DDP
         sampler, exactly like ``TrainingDynamics``' ``sample_passes``. The records and the count are
         in the checkpoint, so a resumed run continues them.
     """
@@ -67,14 +71,23 @@ class EpochHistory(Callback):
         self._validation_seconds = 0.0
         self._validation_started = 0.0
         self._validated_epoch = -1
+        self._noisy: torch.Tensor | None = None  # bool mask by example id, when labels were flipped
+        self._epoch_noisy: torch.Tensor | None = None
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._started = time.perf_counter() - self._elapsed
+        data = getattr(trainer, "datamodule", None)
+        noisy_ids = getattr(data, "noisy_ids", None)
+        train_set = getattr(data, "train_set", None)
+        if isinstance(noisy_ids, torch.Tensor) and noisy_ids.numel() and train_set is not None:
+            self._noisy = torch.zeros(len(train_set), dtype=torch.bool, device=pl_module.device)
+            self._noisy[noisy_ids.to(pl_module.device)] = True
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_passes = 0
+        self._epoch_noisy = None
 
     @override
     def on_train_batch_end(
@@ -82,6 +95,10 @@ class EpochHistory(Callback):
     ) -> None:
         if isinstance(outputs, Mapping) and isinstance(outputs.get("losses"), torch.Tensor):
             self._epoch_passes += int(outputs["losses"].shape[0])
+            if self._noisy is not None:
+                index = outputs.get("index", batch.get("index") if isinstance(batch, Mapping) else None)
+                noisy = self._noisy[index].sum()  # stays on the device: no sync per step
+                self._epoch_noisy = noisy if self._epoch_noisy is None else self._epoch_noisy + noisy
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -95,8 +112,10 @@ class EpochHistory(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        count = torch.tensor(self._epoch_passes, dtype=torch.long, device=pl_module.device)
-        self.sample_passes += int(trainer.strategy.reduce(count, reduce_op="sum"))
+        noisy = self._epoch_noisy if self._epoch_noisy is not None else torch.tensor(0, device=pl_module.device)
+        counts = torch.stack([torch.tensor(self._epoch_passes, device=pl_module.device), noisy]).long()
+        passes, noisy_passes = trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        self.sample_passes += int(passes)
         self._elapsed = time.perf_counter() - self._started
         record: dict[str, float] = {
             "epoch": float(trainer.current_epoch),
@@ -104,6 +123,11 @@ class EpochHistory(Callback):
             "seconds": self._elapsed,
             "train_seconds": self._elapsed - self._validation_seconds,
         }
+        if self._noisy is not None:
+            record["noisy_share"] = noisy_passes / passes if passes else math.nan
+            if trainer.is_global_zero:
+                for logger in trainer.loggers:
+                    logger.log_metrics({"train/noisy_share": record["noisy_share"]}, step=trainer.global_step)
         validated = self._validated_epoch == trainer.current_epoch
         for name in self.metrics:
             value = trainer.callback_metrics.get(name)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import time
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -10,18 +12,22 @@ import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+from lightning_curricula.recipes.vision.holdout import holdout_losses
 from lightning_curricula.recipes.vision.models import SmallCNN, resnet18
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from lightning_curricula import CurriculumSampler, weighted_mean
+from lightning_curricula import CurriculumSampler, OnlineBatchSelection, weighted_mean
+from lightning_curricula.reference import ReferenceLosses
+from lightning_curricula.step_selection import reducible_loss
 
 __all__ = ["VisionClassifier"]
 
 ModelName = Literal["small_cnn", "resnet18"]
 Schedule = Literal["onecycle", "cosine", "constant"]
+SelectionScore = Literal["loss", "reducible_loss"]
 
 
 class VisionClassifier(pl.LightningModule):
@@ -52,6 +58,14 @@ class VisionClassifier(pl.LightningModule):
         schedule: ``"onecycle"`` (warm-up then cosine annealing), ``"cosine"`` (per step, from ``lr``
             down to 0) or ``"constant"``.
         warmup_share: share of the steps spent warming up under ``"onecycle"``.
+        selection_score: what an `lightning_curricula.OnlineBatchSelection` on the Trainer ranks by:
+            ``"loss"`` (Selective Backprop) or ``"reducible_loss"`` (RHO-LOSS: the loss minus the
+            irreducible loss). Without such a callback every example of the batch is trained on.
+        irreducible_losses: a file saved by `lightning_curricula.ReferenceLosses.save` with one
+            irreducible loss per training id; with ``selection_score="reducible_loss"`` and no file,
+            `holdout_losses` trains two small models on the halves of the training set when fitting
+            starts (timed, logged as ``selection/holdout_seconds`` and saved in the log folder).
+        holdout_epochs: epochs of each of those holdout models.
 
     Example:
         >>> module = VisionClassifier(num_classes=10, in_channels=1)
@@ -59,7 +73,13 @@ class VisionClassifier(pl.LightningModule):
         torch.Size([2, 10])
 
     Note:
-        On CUDA the model and its inputs use ``channels_last`` (faster convolutions with tensor cores);
+        **Selection inside the step**: with an `OnlineBatchSelection` on the Trainer, each step
+        scores the batch with a forward in eval mode and without gradients (no batch-norm statistics
+        are updated by it), keeps the callback's share, and trains on the kept examples only; the
+        ``losses``, ``logits``, ``targets`` and ``index`` returned (and tracked) are those of the kept
+        examples. The random twin (``method: random``) pays the same scoring forward, so that it differs
+        from Selective Backprop and RHO-LOSS only by its rule. On CUDA the model and its inputs use
+        ``channels_last`` (faster convolutions with tensor cores);
         add ``--trainer.precision bf16-mixed`` for mixed precision. Under DDP each rank's
         ``planned_steps`` counts its own shard, so the schedule ends on time on every rank.
     """
@@ -75,6 +95,9 @@ class VisionClassifier(pl.LightningModule):
         weight_decay: float = 5e-4,
         schedule: Schedule = "onecycle",
         warmup_share: float = 0.2,
+        selection_score: SelectionScore = "loss",
+        irreducible_losses: str | None = None,
+        holdout_epochs: int = 2,
     ) -> None:
         super().__init__()
         if model not in ("small_cnn", "resnet18"):
@@ -87,10 +110,16 @@ class VisionClassifier(pl.LightningModule):
             )
         if not 0.0 < warmup_share < 1.0:
             raise ValueError(f"warmup_share must be in (0, 1), got {warmup_share!r}.")
+        if selection_score not in ("loss", "reducible_loss"):
+            raise ValueError(f"selection_score must be 'loss' or 'reducible_loss', got {selection_score!r}.")
+        if holdout_epochs < 1:
+            raise ValueError(f"holdout_epochs must be >= 1, got {holdout_epochs!r}.")
+        if irreducible_losses is not None and not Path(irreducible_losses).is_file():
+            raise ValueError(
+                f"irreducible_losses={irreducible_losses!r} is not a file (save one with ReferenceLosses.save)."
+            )
         self.save_hyperparameters()
-        self.model: nn.Module = (
-            SmallCNN(num_classes, in_channels) if model == "small_cnn" else resnet18(num_classes, in_channels)
-        )
+        self.model = self._make_model(model, num_classes, in_channels)
         self.lr = lr
         self.momentum = momentum
         self.weight_decay = weight_decay
@@ -99,6 +128,12 @@ class VisionClassifier(pl.LightningModule):
         self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.channels_last = False
+        self.selection_score = selection_score
+        self.irreducible_path = irreducible_losses
+        self.holdout_epochs = holdout_epochs
+        self.selection: OnlineBatchSelection | None = None
+        self.irreducible: ReferenceLosses | None = None
+        self.holdout_seconds = 0.0
 
     @override
     def setup(self, stage: str) -> None:
@@ -106,6 +141,64 @@ class VisionClassifier(pl.LightningModule):
             # Set on the CPU before the strategy moves the model; .to(device) keeps the memory format.
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             self.channels_last = True
+        found = [c for c in self.trainer.callbacks if isinstance(c, OnlineBatchSelection)]  # type: ignore[attr-defined]
+        if len(found) > 1:
+            raise ValueError(f"The vision recipe takes one OnlineBatchSelection, the Trainer has {len(found)}.")
+        self.selection = found[0] if found else None
+        if self.selection is None and self.selection_score == "reducible_loss":
+            raise ValueError(
+                "selection_score='reducible_loss' ranks examples for an OnlineBatchSelection, but the Trainer has "
+                "none: add one to trainer.callbacks (see recipes/vision/configs/rho_loss.yaml)."
+            )
+
+    @override
+    def on_fit_start(self) -> None:
+        if self.selection_score != "reducible_loss" or self.irreducible is not None:
+            return  # not RHO-LOSS, or restored from the checkpoint
+        if self.irreducible_path is not None:
+            self.irreducible = ReferenceLosses.load(self.irreducible_path)
+        else:
+            self.irreducible = self._train_holdout_models()
+        self.irreducible.check_size(len(self.trainer.datamodule.train_set))  # type: ignore[attr-defined]
+
+    def _train_holdout_models(self) -> ReferenceLosses:
+        data = self.trainer.datamodule  # type: ignore[attr-defined]
+        hparams = self.hparams
+        start = time.perf_counter()
+        reference = holdout_losses(
+            data.train_set,
+            lambda: self._make_model(hparams["model"], hparams["num_classes"], hparams["in_channels"]),
+            mean=data.mean,
+            std=data.std,
+            epochs=self.holdout_epochs,
+            batch_size=data.batch_size,
+            lr=self.lr,
+            seed=data.run_seed,
+            device=self.device,
+        )
+        self.holdout_seconds = time.perf_counter() - start
+        rank_zero_info(f"Trained the RHO-LOSS holdout models in {self.holdout_seconds:.1f} s.")
+        for logger in self.trainer.loggers:
+            logger.log_metrics({"selection/holdout_seconds": self.holdout_seconds}, step=0)
+        if self.trainer.is_global_zero and self.trainer.log_dir is not None:
+            reference.save(Path(self.trainer.log_dir) / "irreducible_losses.pt")
+        return reference
+
+    @staticmethod
+    def _make_model(model: str, num_classes: int, in_channels: int) -> nn.Module:
+        return SmallCNN(num_classes, in_channels) if model == "small_cnn" else resnet18(num_classes, in_channels)
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.irreducible is not None:  # a resumed RHO-LOSS run scores with the same losses, not retrained ones
+            checkpoint["irreducible_losses"] = self.irreducible.losses.clone()
+            checkpoint["holdout_seconds"] = self.holdout_seconds
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "irreducible_losses" in checkpoint:
+            self.irreducible = ReferenceLosses(checkpoint["irreducible_losses"])
+            self.holdout_seconds = float(checkpoint["holdout_seconds"])
 
     @override
     def forward(self, images: Tensor) -> Tensor:
@@ -116,12 +209,28 @@ class VisionClassifier(pl.LightningModule):
 
     @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        if self.selection is not None:
+            batch = self._selected(batch, self.selection)
         targets = batch["label"]
         logits = self(batch["image"])
         losses = F.cross_entropy(logits, targets, reduction="none")
         loss = weighted_mean(losses, batch.get("weight"))
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=targets.numel(), sync_dist=True)
-        return {"loss": loss, "losses": losses, "logits": logits, "targets": targets}
+        return {"loss": loss, "losses": losses, "logits": logits, "targets": targets, "index": batch["index"]}
+
+    def _selected(self, batch: dict[str, Tensor], selection: OnlineBatchSelection) -> dict[str, Tensor]:
+        """The kept part of ``batch``: scored by a forward in eval mode without gradients, then selected."""
+        self.model.eval()
+        with torch.no_grad():
+            scores = F.cross_entropy(self(batch["image"]), batch["label"], reduction="none")
+        self.model.train()
+        if self.irreducible is not None:
+            scores = reducible_loss(scores, self.irreducible.lookup(batch["index"]))
+        kept = selection.select(scores)
+        part = {key: value[kept.positions] for key, value in batch.items()}
+        weights = kept.weights.to(scores.device)
+        part["weight"] = weights * part["weight"] if "weight" in part else weights
+        return part
 
     @override
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

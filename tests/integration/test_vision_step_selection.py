@@ -1,0 +1,164 @@
+"""The vision recipe with selection inside the step: Selective Backprop, RHO-LOSS, their random twin, noise share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning_curricula.recipes.vision.cli import VisionCLI
+from lightning_curricula.recipes.vision.holdout import holdout_losses
+from lightning_curricula.recipes.vision.models import SmallCNN
+from lightning_curricula.recipes.vision.module import VisionClassifier
+
+from lightning_curricula import OnlineBatchSelection, ReferenceLosses, TrainingDynamics
+
+CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "vision" / "configs"
+TINY = ["--data.train_subset", "96", "--data.test_subset", "32", "--data.batch_size", "32"]
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+QUIET += ["--trainer.num_sanity_val_steps", "0", "--trainer.accelerator", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class BatchSizes(Callback):
+    """Records the size of every trained batch (the kept examples) and the ids it trained on."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.ids: list[list[int]] = []
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.sizes.append(int(outputs["losses"].numel()))
+        self.ids.append(outputs["index"].tolist())
+
+
+def cli(
+    tmp_path: Path, config: str, *extra: str, epochs: int = 2, callbacks: list[Callback] | None = None
+) -> VisionCLI:
+    args = ["--config", str(CONFIGS / f"{config}.yaml"), "--trainer.max_epochs", str(epochs), *TINY, *QUIET]
+    args += ["--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path), *extra]
+    return VisionCLI(args=args, run=False, trainer_defaults={"callbacks": callbacks or []})
+
+
+def tracker(cli: VisionCLI) -> TrainingDynamics:
+    return next(c for c in cli.trainer.callbacks if isinstance(c, TrainingDynamics))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("config", ["selective_backprop", "rho_loss", "random_step"])
+def test_steps_train_on_half_of_each_batch_and_the_tracker_sees_only_those(tmp_path: Path, config: str) -> None:
+    sizes = BatchSizes()
+    run = cli(tmp_path, config, "--trainer.enable_checkpointing", "false", callbacks=[sizes])
+    run.trainer.fit(run.model, run.datamodule)
+    assert sizes.sizes == [16, 16, 16] * 2  # batches of 32, half kept
+    table = tracker(run).signals()
+    assert int(table["visits"].sum()) == sum(sizes.sizes)
+    trained = torch.tensor([i for ids in sizes.ids for i in ids])
+    assert torch.equal(torch.bincount(trained, minlength=96).int(), table["visits"].int())
+    selection = next(c for c in run.trainer.callbacks if isinstance(c, OnlineBatchSelection))  # type: ignore[attr-defined]
+    assert selection.epoch_metrics["kept_share"] == 0.5
+    assert selection.epoch_metrics["forward_only_passes"] == selection.epoch_metrics["backward_passes"] == 96
+
+
+def test_selective_backprop_prefers_high_losses(tmp_path: Path) -> None:
+    # Deterministic top-k on the loss: every kept example's scoring loss is at least every dropped one's.
+    run = cli(tmp_path, "selective_backprop", "--trainer.enable_checkpointing", "false", epochs=1)
+    kept_losses: list[tuple[torch.Tensor, torch.Tensor]] = []
+    module = run.model
+    selection = OnlineBatchSelection(keep=0.25, method="top_k")
+    original = selection.select
+
+    def spy(scores: torch.Tensor, **kwargs: Any) -> Any:
+        chosen = original(scores, **kwargs)
+        kept_losses.append((scores.clone(), chosen.positions.clone()))
+        return chosen
+
+    selection.select = spy  # type: ignore[method-assign]
+    run.trainer.callbacks = [c for c in run.trainer.callbacks if not isinstance(c, OnlineBatchSelection)]  # type: ignore[attr-defined]
+    run.trainer.callbacks.append(selection)  # type: ignore[attr-defined]
+    run.trainer.fit(module, run.datamodule)
+    assert kept_losses
+    for scores, positions in kept_losses:
+        dropped = torch.ones(scores.numel(), dtype=torch.bool)
+        dropped[positions] = False
+        assert positions.numel() == 8
+        assert scores[positions].min() >= scores[dropped].max()
+
+
+def test_rho_loss_trains_its_holdout_models_once_and_resumes_exactly(tmp_path: Path) -> None:
+    every_epoch = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_top_k=-1, filename="{epoch}")
+    first = cli(tmp_path / "first", "rho_loss", "--trainer.logger", "true", callbacks=[every_epoch])
+    first.trainer.fit(first.model, first.datamodule)
+    reference = first.model.irreducible
+    assert reference is not None
+    assert len(reference) == 96
+    assert bool(reference.losses.isfinite().all())
+    assert first.model.holdout_seconds > 0
+    saved = ReferenceLosses.load(Path(first.trainer.log_dir) / "irreducible_losses.pt")  # type: ignore[arg-type]
+    assert torch.equal(saved.losses, reference.losses)
+    # Crash after epoch 0, resume: the holdout models are not retrained, and the run ends where the first ended.
+    resumed = cli(tmp_path / "second", "rho_loss")
+    resumed.model._train_holdout_models = lambda: pytest.fail("the holdout models were trained again")  # type: ignore[method-assign]
+    resumed.trainer.fit(resumed.model, resumed.datamodule, ckpt_path=str(tmp_path / "checkpoints" / "epoch=0.ckpt"))
+    assert resumed.model.irreducible is not None
+    assert torch.equal(resumed.model.irreducible.losses, reference.losses)
+    for name, value in first.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+
+def test_rho_loss_reads_a_saved_reference_and_checks_its_size(tmp_path: Path) -> None:
+    path = tmp_path / "reference.pt"
+    ReferenceLosses(torch.zeros(95)).save(path)
+    run = cli(tmp_path, "rho_loss", "--model.irreducible_losses", str(path), "--trainer.enable_checkpointing", "false")
+    with pytest.raises(ValueError, match="95 losses but the training dataset has 96"):
+        run.trainer.fit(run.model, run.datamodule)
+
+
+def test_reducible_loss_without_a_selection_callback_fails_at_setup(tmp_path: Path) -> None:
+    run = cli(tmp_path, "full", "--model.selection_score", "reducible_loss", "--trainer.enable_checkpointing", "false")
+    with pytest.raises(ValueError, match="has none: add one to trainer.callbacks"):
+        run.trainer.fit(run.model, run.datamodule)
+
+
+def test_bad_selection_options_fail_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="selection_score must be 'loss' or 'reducible_loss', got 'gradient'"):
+        VisionClassifier(selection_score="gradient")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="missing.pt' is not a file"):
+        VisionClassifier(selection_score="reducible_loss", irreducible_losses=str(tmp_path / "missing.pt"))
+    with pytest.raises(ValueError, match="holdout_epochs must be >= 1, got 0"):
+        VisionClassifier(holdout_epochs=0)
+
+
+def test_holdout_losses_come_from_the_model_that_did_not_see_the_example() -> None:
+    images = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.arange(40) % 2
+    data = [{"image": image, "label": label} for image, label in zip(images, labels, strict=True)]
+    mean, std = torch.tensor([0.5]), torch.tensor([0.25])
+    first = holdout_losses(data, lambda: SmallCNN(2, 1), mean=mean, std=std, epochs=1, batch_size=8, seed=3)
+    again = holdout_losses(data, lambda: SmallCNN(2, 1), mean=mean, std=std, epochs=1, batch_size=8, seed=3)
+    assert torch.equal(first.losses, again.losses)  # seeded: the same losses on every rank and on resume
+    assert bool(first.losses.isfinite().all())
+    assert first.losses.numel() == 40
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        holdout_losses(data, lambda: SmallCNN(2, 1), mean=mean, std=std, epochs=0)
+
+
+def test_noisy_share_is_the_flipped_share_of_the_trained_examples(tmp_path: Path) -> None:
+    run = cli(tmp_path, "selective_backprop", "--data.label_noise", "0.25", "--trainer.enable_checkpointing", "false")
+    sizes = BatchSizes()
+    run.trainer.callbacks.append(sizes)  # type: ignore[attr-defined]
+    run.trainer.fit(run.model, run.datamodule)
+    noisy = set(run.datamodule.noisy_ids.tolist())
+    per_epoch = [sizes.ids[:3], sizes.ids[3:]]
+    for record, batches in zip(run.history.records, per_epoch, strict=True):
+        trained = [i for ids in batches for i in ids]
+        assert record["noisy_share"] == pytest.approx(sum(i in noisy for i in trained) / len(trained))
