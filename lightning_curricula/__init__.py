@@ -32,6 +32,7 @@ from lightning_curricula.policies import (
 from lightning_curricula.ranking import HARDER_WHEN_HIGHER, difficulty_scores, select_indices
 from lightning_curricula.reference import FrozenReference, ReferenceLosses, irreducible_losses, vocabulary_size
 from lightning_curricula.step_selection import Selection, excess_loss, reducible_loss
+from lightning_curricula.streams import ShardedStream, StreamDynamics, stable_id
 
 __version__ = "0.1.0"
 
@@ -75,4 +76,7 @@ __all__ = [
     "irreducible_losses",
     "reducible_loss",
     "vocabulary_size",
+    "ShardedStream",
+    "StreamDynamics",
+    "stable_id",
 ]

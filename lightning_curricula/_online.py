@@ -115,8 +115,9 @@ class OnlineBatchSelection(Callback):
         self.rank = 0
         self.calls = 0
         self.epoch_metrics: dict[str, float] = {}
-        self._epoch = torch.zeros(_ROWS, dtype=torch.int64)  # counts since the epoch began, this rank
-        self._totals = torch.zeros(_ROWS, dtype=torch.int64)  # all ranks, finished epochs
+        # Python ints, not tensors: ddp_spawn moves a callback's CPU tensors to memory shared by all ranks.
+        self._epoch = [0] * _ROWS  # counts since the epoch began, this rank
+        self._totals = [0] * _ROWS  # all ranks, finished epochs
 
     # ----------------------------------------------------------------------------------- selecting
 
@@ -178,9 +179,10 @@ class OnlineBatchSelection(Callback):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The one collective of the epoch: five integers summed over ranks (int64, never packed into floats).
-        epoch = trainer.strategy.reduce(self._epoch.to(pl_module.device, copy=True), reduce_op="sum").cpu()
-        self._totals += epoch
-        self._epoch.zero_()
+        counts = torch.tensor(self._epoch, dtype=torch.int64, device=pl_module.device)
+        epoch = [int(value) for value in trainer.strategy.reduce(counts, reduce_op="sum").tolist()]
+        self._totals = [total + value for total, value in zip(self._totals, epoch, strict=True)]
+        self._epoch = [0] * _ROWS
         self.epoch_metrics = _metrics(epoch, self._totals)
         if trainer.is_global_zero:
             # Identical on every rank already: written by rank 0 to the loggers, not synced again by self.log.
@@ -196,8 +198,8 @@ class OnlineBatchSelection(Callback):
             "method": self.method,
             "seed": self.seed,
             "calls": self.calls,
-            "totals": self._totals.clone(),
-            "epoch": self._epoch.clone(),
+            "totals": list(self._totals),
+            "epoch": list(self._epoch),
         }
 
     @override
@@ -214,12 +216,12 @@ class OnlineBatchSelection(Callback):
                 f"and seed {self.seed}."
             )
         self.calls = int(state_dict["calls"])
-        self._totals = state_dict["totals"].clone()
-        self._epoch = state_dict["epoch"].clone()
+        self._totals = [int(value) for value in state_dict["totals"]]
+        self._epoch = [int(value) for value in state_dict["epoch"]]
 
 
-def _metrics(epoch: Tensor, totals: Tensor) -> dict[str, float]:
-    scored, kept = int(epoch[_SCORED]), int(epoch[_KEPT])
+def _metrics(epoch: list[int], totals: list[int]) -> dict[str, float]:
+    scored, kept = epoch[_SCORED], epoch[_KEPT]
     metrics = {
         "scored_examples": float(scored),
         "kept_examples": float(kept),
@@ -227,12 +229,12 @@ def _metrics(epoch: Tensor, totals: Tensor) -> dict[str, float]:
         "forward_only_passes": float(totals[_SCORED] - totals[_KEPT]),
         "backward_passes": float(totals[_KEPT]),
     }
-    if int(totals[_SCORED_TOKENS]):
-        tokens = int(epoch[_SCORED_TOKENS])
+    if totals[_SCORED_TOKENS]:
+        tokens = epoch[_SCORED_TOKENS]
         metrics |= {
             "scored_tokens": float(tokens),
             "kept_tokens": float(epoch[_KEPT_TOKENS]),
-            "kept_token_share": int(epoch[_KEPT_TOKENS]) / tokens if tokens else 1.0,
+            "kept_token_share": epoch[_KEPT_TOKENS] / tokens if tokens else 1.0,
         }
     return metrics
 

@@ -61,7 +61,7 @@ def test_counts_and_logs_once_per_epoch() -> None:
         "sb/backward_passes": 2.0 * kept,
     }
     assert selection.calls == 10
-    assert selection.state_dict()["totals"].tolist() == [74, 38, 0, 0, 10]
+    assert selection.state_dict()["totals"] == [74, 38, 0, 0, 10]
 
 
 @pytest.mark.parametrize("method", ["top_k", "percentile", "random"])
@@ -131,4 +131,4 @@ def test_token_selection_counts_tokens() -> None:
     scores = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
     kept = selection.select_tokens(scores, torch.tensor([[1, 1, 1], [1, 1, 0]]))
     assert kept.tolist() == [[False, False, True], [True, True, False]]
-    assert selection.state_dict()["epoch"].tolist() == [2, 2, 5, 3, 1]
+    assert selection.state_dict()["epoch"] == [2, 2, 5, 3, 1]
