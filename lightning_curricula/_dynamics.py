@@ -500,6 +500,9 @@ def _dataset_size(trainer: pl.Trainer) -> int | None:
     dataset = getattr(loader, "dataset", None)
     if isinstance(loader, Mapping) or dataset is None:
         return None
+    examples = getattr(dataset, "num_examples", None)  # a stream of batches knows its examples (ShardedStream)
+    if isinstance(examples, int):
+        return examples
     try:
         return len(dataset)
     except TypeError:

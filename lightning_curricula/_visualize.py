@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+from torch.utils.data import IterableDataset
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -105,8 +106,8 @@ def _maybe_data_map(signals: dict[str, Tensor], seen: Tensor, epoch: int) -> Fig
 
 def _log_hardest(dynamics: TrainingDynamics, trainer: pl.Trainer, writer: Any, step: int) -> None:
     dataset = getattr(trainer.train_dataloader, "dataset", None)
-    if dynamics.num_hardest == 0 or dataset is None:
-        return
+    if dynamics.num_hardest == 0 or dataset is None or isinstance(dataset, IterableDataset):
+        return  # a stream cannot be indexed by example id
     scores = dynamics.difficulty(dynamics.hardest_by)
     ids = dynamics.select(dynamics.hardest_by, k=dynamics.num_hardest)
     if ids.numel() == 0:

@@ -114,6 +114,14 @@ class ShardedStream(IterableDataset[Any]):
         names = getattr(self.source, "column_names", None)
         return list(names) if isinstance(names, Sequence) and not isinstance(names, str) else None
 
+    @property
+    def num_examples(self) -> int | None:
+        """The examples of an epoch over all ranks: the source's length ``N``, or ``None`` when it has none."""
+        try:
+            return len(self.source)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+
     def __len__(self) -> int:
         """Batches per rank, ``ceil(N / round_size)``, when the source has a length ``N``."""
         return math.ceil(len(self.source) / self.round_size)  # type: ignore[arg-type]

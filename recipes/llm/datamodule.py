@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
@@ -19,10 +20,10 @@ from lightning_curricula.recipes.llm.data import (
 )
 from lightning_curricula.recipes.llm.model import SMOLLM2, load_tokenizer
 from lightning_curricula.recipes.llm.policies import ScoreCurriculum
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
-from lightning_curricula import Policy, WithIndex, curriculum_dataloader
+from lightning_curricula import FullData, Policy, ShardedStream, WithIndex, curriculum_dataloader
 
 if TYPE_CHECKING:
     import datasets
@@ -75,6 +76,13 @@ class InstructionDataModule(pl.LightningDataModule):
         num_workers: ``DataLoader`` workers.
         policy: what to plan each epoch (`FullData` by default).
         plan_seed: seed of the plans (by default ``seed``).
+        streaming: read the training rows as a stream (a Hugging Face ``IterableDataset``, shuffled per
+            epoch from ``plan_seed`` with a ``shuffle_buffer``-row buffer) through
+            `lightning_curricula.ShardedStream`: every row once per epoch over ranks and workers, equal
+            batch counts on every rank. Rows keep their stable ``index`` (their position in the
+            prepared data). Epoch policies need the whole dataset by id and are refused; selection inside
+            the step (Rho-1) works.
+        shuffle_buffer: rows in the stream's shuffle buffer.
     """
 
     def __init__(
@@ -98,6 +106,8 @@ class InstructionDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         policy: Policy | None = None,
         plan_seed: int | None = None,
+        streaming: bool = False,
+        shuffle_buffer: int = 1000,
     ) -> None:
         super().__init__()
         if train_size < 0 or eval_size < 0 or batch_size < 1 or eval_batch_size < 1:
@@ -105,6 +115,13 @@ class InstructionDataModule(pl.LightningDataModule):
                 f"train_size and eval_size must be >= 0 and the batch sizes >= 1, got {train_size}, {eval_size}, "
                 f"{batch_size} and {eval_batch_size}."
             )
+        if streaming and policy is not None and not isinstance(policy, FullData):
+            raise ValueError(
+                f"streaming=True reads the rows in stream order, so an epoch policy cannot choose them; got "
+                f"{type(policy).__name__}. Use policy FullData (or none), or streaming=False."
+            )
+        if shuffle_buffer < 1:
+            raise ValueError(f"shuffle_buffer must be >= 1, got {shuffle_buffer!r}.")
         self.save_hyperparameters(ignore=["tokenizer", "policy"])
         self.source = dataset
         self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
@@ -124,6 +141,8 @@ class InstructionDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.policy = policy
         self.plan_seed = seed if plan_seed is None else plan_seed
+        self.streaming = streaming
+        self.shuffle_buffer = shuffle_buffer
         self.scorer: Scorer | None = None
         self.train_dataset: datasets.Dataset | None = None
         self.val_datasets: dict[str, datasets.Dataset] = {}
@@ -202,6 +221,8 @@ class InstructionDataModule(pl.LightningDataModule):
     @override
     def train_dataloader(self) -> DataLoader[Any]:
         assert self.train_dataset is not None, "setup() builds the training data"
+        if self.streaming:
+            return self._stream_loader(self.train_dataset)
         return curriculum_dataloader(
             WithIndex(self.train_dataset),
             self.trainer,
@@ -212,6 +233,23 @@ class InstructionDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
         )
 
+    def _stream_loader(self, rows: datasets.Dataset) -> DataLoader[Any]:
+        trainer = self.trainer
+        assert trainer is not None
+        indexed = rows.add_column("index", list(range(len(rows))))
+        stream = indexed.to_iterable_dataset(num_shards=min(len(rows), 64)).shuffle(
+            seed=self.plan_seed, buffer_size=self.shuffle_buffer
+        )
+        sharded = ShardedStream(
+            _SizedStream(stream, len(rows)),
+            batch_size=self.batch_size,
+            collate_fn=CausalLMCollator(int(self.tokenizer.pad_token_id)),
+            num_replicas=trainer.world_size,
+            rank=trainer.global_rank,
+        )
+        sharded.set_epoch(trainer.current_epoch)  # a new shuffle each epoch, the same on every rank and on resume
+        return DataLoader(sharded, batch_size=None, num_workers=self.num_workers)
+
     @override
     def val_dataloader(self) -> list[DataLoader[Any]]:
         collate = CausalLMCollator(int(self.tokenizer.pad_token_id), generation=True)
@@ -219,3 +257,21 @@ class InstructionDataModule(pl.LightningDataModule):
             DataLoader(split, batch_size=self.eval_batch_size, collate_fn=collate, num_workers=self.num_workers)  # type: ignore[arg-type]
             for split in self.val_datasets.values()
         ]
+
+
+class _SizedStream(IterableDataset[Any]):
+    """A Hugging Face stream of known length (the prepared rows), so that epochs and LR schedules have a size."""
+
+    def __init__(self, stream: datasets.IterableDataset, length: int) -> None:
+        self.stream = stream
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.stream)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle: the stream's shuffle is seeded from its seed and this epoch."""
+        self.stream.set_epoch(epoch)

@@ -9,6 +9,7 @@ reweights.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -24,8 +25,10 @@ from torch import Tensor
 from torch.nn import functional as F
 from typing_extensions import override
 
-from lightning_curricula import CurriculumSampler, weighted_token_mean
+from lightning_curricula import CurriculumSampler, FrozenReference, OnlineBatchSelection, weighted_token_mean
+from lightning_curricula.reference import vocabulary_size
 from lightning_curricula.signals import instruction_following_difficulty
+from lightning_curricula.step_selection import excess_loss
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -134,6 +137,12 @@ class CausalLMFineTuner(pl.LightningModule):
         fit_start_scores: compute `compute_example_scores` when fitting starts.
         score_batch_size: batch size of those passes.
         dtype: parameter dtype when loading by name.
+        token_reference: Rho-1's reference for selection inside the step (with an
+            `lightning_curricula.OnlineBatchSelection` on the Trainer, which then keeps the share of
+            each batch's response tokens with the highest excess loss, the trained model's token loss
+            minus the reference's): ``"initial"``, the model before fine-tuning (with LoRA the base
+            model with its adapters off, at no extra memory; otherwise a frozen copy), or a model name,
+            folder or ``.gguf`` file with the same vocabulary. ``None``: no token selection.
 
     Note:
         **DDP**: each rank scores its share of the ids and one all-reduce joins them, so every rank
@@ -161,6 +170,7 @@ class CausalLMFineTuner(pl.LightningModule):
         fit_start_scores: bool = False,
         score_batch_size: int = 16,
         dtype: str = "float32",
+        token_reference: str | None = None,
     ) -> None:
         super().__init__()
         if lr <= 0 or not 0.0 <= warmup_ratio < 1.0 or not 0.0 <= min_lr_ratio <= 1.0:
@@ -197,6 +207,13 @@ class CausalLMFineTuner(pl.LightningModule):
                 target_modules=lora_target_modules,
             )
             self.model = get_peft_model(self.model, config)
+        self.token_reference = token_reference
+        self.reference: FrozenReference | None = None
+        if token_reference is not None and not (token_reference == "initial" and lora_rank > 0):
+            initial = token_reference == "initial"
+            source = copy.deepcopy(self.model) if initial else load_causal_lm(token_reference, dtype=dtype)
+            self.reference = FrozenReference(source, vocab_size=vocabulary_size(self.model))
+        self.selection: OnlineBatchSelection | None = None
         # from_pretrained returns the model in eval mode, and Lightning keeps each submodule's mode when fitting
         # starts: train mode, or dropout (LoRA's too) would be silently off during training.
         self.model.train()
@@ -217,10 +234,40 @@ class CausalLMFineTuner(pl.LightningModule):
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return token_losses(logits, batch["labels"])
 
+    def reference_token_losses(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """``(B, T - 1)`` token losses of Rho-1's reference (no gradients, eval mode)."""
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if self.reference is not None:
+            logits = self.reference(**inputs).logits
+        else:  # "initial" with LoRA: the base model is the model with its adapters off
+            training = self.model.training
+            self.model.eval()
+            with torch.no_grad(), self.model.disable_adapter():  # type: ignore[operator]
+                logits = self.model(**inputs).logits
+            self.model.train(training)
+        return token_losses(logits, batch["labels"])[0]
+
+    @override
+    def setup(self, stage: str) -> None:
+        found = [c for c in self.trainer.callbacks if isinstance(c, OnlineBatchSelection)]  # type: ignore[attr-defined]
+        if len(found) > 1:
+            raise ValueError(f"The LLM recipe takes one OnlineBatchSelection, the Trainer has {len(found)}.")
+        self.selection = found[0] if found else None
+        if (self.selection is None) != (self.token_reference is None):
+            raise ValueError(
+                "Token selection (Rho-1) needs both an OnlineBatchSelection in trainer.callbacks and "
+                f"model.token_reference; got {len(found)} callback(s) and token_reference={self.token_reference!r} "
+                "(see recipes/llm/configs/rho1.yaml)."
+            )
+
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
         losses, mask = self.token_losses(batch)
-        loss = weighted_token_mean(losses, mask, batch.get("weight"))
+        trained = mask
+        if self.selection is not None:  # Rho-1: the loss on the tokens with the highest excess loss only
+            scores = excess_loss(losses.detach(), self.reference_token_losses(batch))
+            trained = self.selection.select_tokens(scores, mask)
+        loss = weighted_token_mean(losses, trained, batch.get("weight"))
         size = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         # The epoch's token count over all ranks: policies plan examples, so compare them by tokens too.

@@ -152,6 +152,9 @@ class DifficultyReport(Callback):
 
 
 def _source_dataset(trainer: pl.Trainer) -> Any:
+    rows = getattr(getattr(trainer, "datamodule", None), "train_dataset", None)  # also when read as a stream
+    if rows is not None:
+        return rows
     loader = trainer.train_dataloader
     dataset = getattr(loader, "dataset", None)
     return dataset.dataset if isinstance(dataset, WithIndex) else dataset
