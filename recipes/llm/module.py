@@ -3,8 +3,9 @@
 It follows the `TrainingDynamics` contract for sequence models: ``training_step`` returns ``losses``,
 one number per sequence (the mean loss over its response tokens), and the example ids come from
 ``batch["index"]``. The loss it optimises is `weighted_token_mean`: the plain mean over the batch's
-response tokens when the plan's weights are 1, so turning a curriculum on changes nothing until it
-reweights.
+response tokens, and for a policy that reweights (InfoBatch, importance sampling) the weighted sum over
+a fixed token count (the batch size times the mean loss tokens per sequence), which stays unbiased when
+sequence length and difficulty are related.
 """
 
 from __future__ import annotations
@@ -24,13 +25,27 @@ from torch import Tensor
 from torch.nn import functional as F
 from typing_extensions import override
 
-from lightning_curricula import CurriculumSampler, weighted_token_mean
+from lightning_curricula import (
+    CurriculumSampler,
+    ImportanceSampling,
+    InfoBatch,
+    NoiseAware,
+    Policy,
+    weighted_token_mean,
+)
 from lightning_curricula.signals import instruction_following_difficulty
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["CausalLMFineTuner", "WarmupCosine", "sequence_losses", "token_losses"]
+__all__ = [
+    "CausalLMFineTuner",
+    "WarmupCosine",
+    "loss_tokens_per_sequence",
+    "reweights",
+    "sequence_losses",
+    "token_losses",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +78,29 @@ def sequence_losses(losses: Tensor, mask: Tensor) -> Tensor:
     """
     mask = mask.to(losses.dtype)
     return (losses * mask).sum(1) / mask.sum(1)
+
+
+def reweights(policy: Policy | None) -> bool:
+    """Whether ``policy`` gives visits weights other than 1 (InfoBatch, importance sampling, or those wrapped).
+
+    Example:
+        >>> reweights(InfoBatch(0.5)), reweights(NoiseAware(ImportanceSampling(0.5))), reweights(None)
+        (True, True, False)
+    """
+    inner = policy.policy if isinstance(policy, NoiseAware) else policy
+    return isinstance(inner, InfoBatch | ImportanceSampling)
+
+
+def loss_tokens_per_sequence(labels: Sequence[Sequence[int]]) -> float:
+    """The mean number of tokens that carry a loss per sequence: labels after the first that are not ignored.
+
+    Example:
+        >>> loss_tokens_per_sequence([[-100, 5, 6], [-100, -100, 7, 8, 9]])
+        2.5
+    """
+    if not labels:
+        raise ValueError("loss_tokens_per_sequence needs at least one sequence.")
+    return sum(sum(label != IGNORE_INDEX for label in row[1:]) for row in labels) / len(labels)
 
 
 class WarmupCosine:
@@ -98,7 +136,8 @@ class CausalLMFineTuner(pl.LightningModule):
     Per batch (from `CausalLMCollator`, with ``index`` and ``weight`` from `WithIndex` and the
     sampler): token losses by ``cross_entropy(reduction="none")`` on shifted logits and labels; the
     per-sequence loss (the mean over its response tokens) is returned as ``losses`` for
-    `TrainingDynamics`; the optimised loss is ``weighted_token_mean(token_losses, mask, weight)``.
+    `TrainingDynamics`; the optimised loss is ``weighted_token_mean(token_losses, mask, weight)``, over
+    the fixed ``token_count`` of `reweighting_token_count` when the policy `reweights`.
 
     - **LoRA**: ``lora_rank > 0`` trains low-rank adapters (``peft``) instead of all weights.
     - **Schedule**: AdamW with linear warm-up and cosine decay over the run's optimizer steps, taken
@@ -209,6 +248,8 @@ class CausalLMFineTuner(pl.LightningModule):
         self.score_batch_size = score_batch_size
         self.example_scores: dict[str, Tensor] = {}
         self.tokens_seen = 0
+        #: The fixed denominator of `weighted_token_mean` when the policy reweights (set when training starts).
+        self.token_count: float | None = None
 
     # ------------------------------------------------------------------------------------ forward
 
@@ -220,7 +261,7 @@ class CausalLMFineTuner(pl.LightningModule):
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
         losses, mask = self.token_losses(batch)
-        loss = weighted_token_mean(losses, mask, batch.get("weight"))
+        loss = weighted_token_mean(losses, mask, batch.get("weight"), token_count=self.token_count)
         size = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         # The epoch's token count over all ranks: policies plan examples, so compare them by tokens too.
@@ -393,6 +434,7 @@ class CausalLMFineTuner(pl.LightningModule):
 
     @override
     def on_train_start(self) -> None:
+        self.token_count = self.reweighting_token_count()
         total = self.planned_steps()
         self.schedule.total_steps = total
         for scheduler_config in self.trainer.lr_scheduler_configs:
@@ -402,6 +444,23 @@ class CausalLMFineTuner(pl.LightningModule):
         log.info(
             "LR schedule: %d optimizer steps (%d warm-up).", total, max(1, round(self.schedule.warmup_ratio * total))
         )
+
+    def reweighting_token_count(self) -> float | None:
+        """``batch_size * loss_tokens_per_sequence(train labels)`` when the sampler's policy reweights, else ``None``.
+
+        The batch's own token count would bias the loss of a reweighted plan (see `weighted_token_mean`).
+        """
+        loader = self.trainer.train_dataloader
+        sampler = getattr(loader, "sampler", None)
+        if not isinstance(sampler, CurriculumSampler) or not reweights(sampler.policy):
+            return None
+        dataset = getattr(self.trainer.datamodule, "train_dataset", None)
+        if dataset is None or not getattr(loader, "batch_size", None):
+            raise ValueError(
+                f"{type(sampler.policy).__name__} reweights, and an unbiased token loss needs the data module's "
+                "train_dataset (with labels) and a DataLoader with a batch_size."
+            )
+        return int(loader.batch_size) * loss_tokens_per_sequence(dataset["labels"])  # type: ignore[attr-defined]
 
     def planned_steps(self) -> int:
         """Optimizer steps of the whole run: from the `CurriculumSampler` plan when known, else Lightning's estimate."""
