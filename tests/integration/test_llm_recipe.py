@@ -159,7 +159,8 @@ def test_tiny_fit_two_epochs_with_a_curriculum(tmp_path, tokenizer):
     assert signals["epochs_seen"].tolist().count(2) == math.ceil(0.75 * 40)  # epoch 1 trains on the easiest 75%
     seen_twice = signals["epochs_seen"] == 2
     assert signals["loss"][seen_twice].isfinite().all()
-    assert trainer.global_step == module.schedule.total_steps == 5 + 4  # the LR schedule ends with the plan
+    assert trainer.global_step == module.total_steps == 5 + 4  # the LR schedule ends with the plan
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 * 0.1)  # at min_lr_ratio on time
     assert module.token_count is None  # no reweighting: the usual token mean
     assert data.val_split_names == ["easy", "hard"]
     metrics = trainer.callback_metrics

@@ -27,7 +27,6 @@ from lightning_curricula.recipes.llm.data import (  # noqa: E402
     truncate,
 )
 from lightning_curricula.recipes.llm.model import tiny_tokenizer  # noqa: E402
-from lightning_curricula.recipes.llm.module import WarmupCosine  # noqa: E402
 from lightning_curricula.recipes.llm.policies import ScoreCurriculum  # noqa: E402
 from lightning_curricula.recipes.llm.report import average_ranks, spearman  # noqa: E402
 
@@ -333,15 +332,6 @@ def test_score_curriculum_validation_and_binding():
     assert len(random.plan(_context(0, 10))) == 5
     with pytest.raises(ValueError, match="order"):
         ScoreCurriculum(order="sideways")
-
-
-def test_warmup_cosine():
-    schedule = WarmupCosine(warmup_ratio=0.1, min_ratio=0.1, total_steps=20)
-    values = [schedule(step) for step in range(21)]
-    assert values[0] == pytest.approx(0.5)
-    assert values[1] == pytest.approx(1.0)
-    assert values[-1] == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(values[1:], values[2:], strict=False))
 
 
 def test_spearman_with_ties_matches_scipy():
