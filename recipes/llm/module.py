@@ -126,8 +126,8 @@ class CausalLMFineTuner(pl.LightningModule):
       id ``initial_loss`` (response loss given the prompt), ``response_loss`` (given only a start
       token) and ``ifd`` (their ratio, `instruction_following_difficulty`). With
       ``fit_start_scores=True`` it runs once when fitting starts (in ``configure_optimizers``), before
-      the first plan (so a policy may rank by these scores); the values are cached per id, saved in checkpoints, logged (mean
-      and histogram) and exported by `DifficultyReport`.
+      the first plan (so a policy may rank by these scores); the values are cached per id, saved in
+      checkpoints, logged (mean and histogram) and exported by `DifficultyReport`.
 
     Args:
         model: `SMOLLM2` (the embedded default), a model name, folder or ``.gguf`` file, or a model.
