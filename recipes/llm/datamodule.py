@@ -226,13 +226,13 @@ class InstructionDataModule(RecipeDataModule):
             self.bound_policy(),
             seed=self.plan_seed,
             batch_size=self.batch_size,
-            collate_fn=CausalLMCollator(int(self.tokenizer.pad_token_id)),
+            collate_fn=CausalLMCollator(self.tokenizer),
             num_workers=self.num_workers,
         )
 
     @override
     def val_dataloader(self) -> list[DataLoader[Any]]:
-        collate = CausalLMCollator(int(self.tokenizer.pad_token_id), generation=True)
+        collate = CausalLMCollator(self.tokenizer, generation=True)
         return [
             DataLoader(split, batch_size=self.eval_batch_size, collate_fn=collate, num_workers=self.num_workers)  # type: ignore[arg-type]
             for split in self.val_datasets.values()

@@ -343,7 +343,7 @@ class CausalLMFineTuner(pl.LightningModule):
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer is not None else (1, 0)
         if todo.numel() == 0:
             return self.example_scores
-        collate = CausalLMCollator(int(self.tokenizer.pad_token_id))
+        collate = CausalLMCollator(self.tokenizer)
         start = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
         values = torch.zeros(2, size, device=self.device)
         was_training = self.model.training

@@ -46,7 +46,7 @@ def prepared(tokenizer):
 
 @pytest.fixture
 def batch(prepared, tokenizer):
-    return CausalLMCollator(tokenizer.pad_token_id, generation=True)([prepared[i] for i in range(6)])
+    return CausalLMCollator(tokenizer, generation=True)([prepared[i] for i in range(6)])
 
 
 def _trainer(tmp_path, callbacks, max_epochs=2):
@@ -283,7 +283,7 @@ def test_embedded_smollm2_loads_and_prefers_the_right_answer():
     prepared, _ = prepare_dataset(rows, tokenizer, system_prompt="Answer with the final number only.")
     module = CausalLMFineTuner(model, tokenizer, max_new_tokens=0)
     with torch.no_grad():
-        losses = sequence_losses(*module.token_losses(CausalLMCollator(tokenizer.pad_token_id)(list(prepared))))
+        losses = sequence_losses(*module.token_losses(CausalLMCollator(tokenizer)(list(prepared))))
     assert losses[0] < losses[1]  # real weights: 5 is likelier than 9
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -186,7 +187,7 @@ def test_fully_truncated_response_is_dropped_and_counted(tokenizer, caplog):
 def test_collator_pads_right_for_training_and_left_for_generation(tokenizer):
     prepared, _ = prepare_dataset(datasets.Dataset.from_dict(QA), tokenizer)
     rows = [{**prepared[i], "index": i, "weight": 1.5} for i in range(2)]
-    batch = CausalLMCollator(tokenizer.pad_token_id, generation=True)(rows)
+    batch = CausalLMCollator(tokenizer, generation=True)(rows)
     lengths = [len(row["input_ids"]) for row in rows]
     for i, row in enumerate(rows):
         n = lengths[i]
@@ -201,9 +202,19 @@ def test_collator_pads_right_for_training_and_left_for_generation(tokenizer):
     assert batch["reference"] == QA["answer"]
 
 
+def test_collator_pads_training_rows_right_whatever_the_tokenizer_says(tokenizer):
+    left = copy.copy(tokenizer)
+    left.padding_side = "left"
+    batch = CausalLMCollator(left)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "prompt_length": 1},
+                                   {"input_ids": [5, 8], "labels": [-100, 8], "prompt_length": 1}])
+    assert batch["input_ids"][1].tolist() == [5, 8, tokenizer.pad_token_id]
+    assert batch["labels"][1].tolist() == [-100, 8, IGNORE_INDEX]
+    assert left.padding_side == "left"  # the caller's tokenizer is left alone
+
+
 def test_response_only_keeps_exactly_the_response_tokens(tokenizer):
     prepared, _ = prepare_dataset(datasets.Dataset.from_dict(QA), tokenizer)
-    batch = CausalLMCollator(tokenizer.pad_token_id)([prepared[0], prepared[1]])
+    batch = CausalLMCollator(tokenizer)([prepared[0], prepared[1]])
     alone = response_only(batch, tokenizer.bos_token_id, tokenizer.pad_token_id)
     for i in range(2):
         response = prepared[i]["input_ids"][prepared[i]["prompt_length"] :]
