@@ -62,7 +62,7 @@ def fit(module: Scheduled, *, max_epochs: int = 4, **kwargs: Any) -> Any:
     ("policy", "accumulate", "drop_last"),
     [
         (Curriculum("loss", start=0.3, saturation=1.0), 1, False),  # growing epochs
-        (InfoBatch(0.5, budget=0.7, anneal=0.25), 3, True),  # pruned epochs, a short accumulation, full batches
+        (InfoBatch(0.5, budget=0.8, anneal=0.25), 3, True),  # pruned epochs, a short accumulation, full batches
         (RandomSubset(0.5), 2, False),
     ],
     ids=["curriculum", "infobatch_budget", "random_subset"],
