@@ -246,3 +246,18 @@ def test_runs_take_the_policies_in_turn_seed_by_seed(tmp_path: Path, monkeypatch
     assert run(tmp_path / "order", "--policies", "full", "curriculum", "--seeds", "0", "1", "--fast-dev") == 0
     # A machine that slows down during the comparison slows every policy alike.
     assert trained == [("full", 0), ("curriculum", 0), ("full", 1), ("curriculum", 1)]
+
+
+def test_every_recipe_data_module_is_a_recipe_data_module() -> None:
+    from lightning_curricula.recipes.interface import RecipeDataModule
+    from lightning_curricula.recipes.llm.datamodule import InstructionDataModule
+    from lightning_curricula.recipes.vision.datamodule import VisionDataModule
+
+    assert issubclass(VisionDataModule, RecipeDataModule)
+    assert issubclass(InstructionDataModule, RecipeDataModule)
+
+    class Bare:
+        datamodule = object()
+
+    with pytest.raises(TypeError, match="compare needs a RecipeDataModule"):
+        runner._recipe_data(Bare(), "full")
