@@ -4,9 +4,9 @@ The recipe's `CausalLMFineTuner` fine-tunes SmolLM2-135M-Instruct (the embedded 
 reasoning-gym arithmetic problems. Each run is a ``Trainer.fit`` of ``--warmup + --steps`` optimizer
 steps over the same batches (a `FullData` plan with a fixed seed, so both sides see the same tokens);
 the first ``--warmup`` steps are not timed. Runs are interleaved in one process (baseline, tracked,
-tracked, baseline, ...) so that drifts in machine load hit both sides alike. Reported: tokens per
-second of each side (total tokens / total timed step seconds), the median of the per-pair time
-ratios (tracked / baseline), and the ratio of the fastest runs.
+tracked, baseline, ...; `harness.interleaved_pairs`) so that drifts in machine load hit both sides
+alike. Reported: tokens per second of each side (total tokens / total timed step seconds), the
+median of the per-pair time ratios (tracked / baseline), and the ratio of the fastest runs.
 
 On a shared machine the end-to-end ratio is dominated by load changes between runs (one step of
 SmolLM2 on two CPU cores takes seconds), so the script also times what the tracker adds to each
@@ -25,11 +25,8 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import platform
-import statistics
 import sys
 import time
 import warnings
@@ -38,6 +35,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from harness import environment, interleaved_pairs, markdown_table, quiet_lightning, ratio_statistics, write_json
 from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the recipes package, when run as a script
@@ -128,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    quiet_lightning(logging.ERROR)
     logging.getLogger("lightning_curricula.recipes.llm").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     tokenizer = load_tokenizer(args.model)
@@ -142,60 +140,49 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         system_prompt="Answer with the final number only.",
     )
-    runs: list[dict[str, Any]] = []
     started = time.perf_counter()
-    for repeat in range(args.repeats):
-        order = (False, True) if repeat % 2 == 0 else (True, False)
-        for tracked in order:
-            result = run_once(model, tokenizer, data, args, tracked=tracked)
-            runs.append({"repeat": repeat, **result})
-            rate = result["tokens"] / result["seconds"]
-            print(
-                f"repeat {repeat} {'tracked ' if tracked else 'baseline'}: {rate:8.1f} tokens/s "
-                f"({result['seconds']:.1f} s)"
-            )
 
-    def side(tracked: bool) -> list[dict[str, Any]]:
-        return [run for run in runs if run["tracked"] == tracked]
+    def run(tracked: bool) -> dict[str, Any]:
+        return run_once(model, tokenizer, data, args, tracked=tracked)
 
-    ratios = [t["seconds"] / b["seconds"] for b, t in zip(side(False), side(True), strict=True)]
-    summary = {
-        "baseline_tokens_per_s": sum(r["tokens"] for r in side(False)) / sum(r["seconds"] for r in side(False)),
-        "tracked_tokens_per_s": sum(r["tokens"] for r in side(True)) / sum(r["seconds"] for r in side(True)),
-        "median_time_ratio": statistics.median(ratios),
-        "fastest_time_ratio": min(r["seconds"] for r in side(True)) / min(r["seconds"] for r in side(False)),
-        "tokens_per_step": side(False)[0]["tokens"] / side(False)[0]["steps"],
+    def report(label: str, tracked: bool, result: dict[str, Any]) -> None:
+        rate = result["tokens"] / result["seconds"]
+        print(f"[{label}] {'tracked ' if tracked else 'baseline'}: {rate:8.1f} tokens/s ({result['seconds']:.1f} s)")
+
+    baseline, tracked = interleaved_pairs(run, args.repeats, report=report)
+    summary = ratio_statistics(
+        [r["seconds"] for r in baseline], [r["seconds"] for r in tracked], names=("baseline", "tracked")
+    )
+    summary |= {
+        "baseline_tokens_per_s": sum(r["tokens"] for r in baseline) / sum(r["seconds"] for r in baseline),
+        "tracked_tokens_per_s": sum(r["tokens"] for r in tracked) / sum(r["seconds"] for r in tracked),
+        "tokens_per_step": baseline[0]["tokens"] / baseline[0]["steps"],
         "tracker_seconds_per_step": tracker_step_seconds(examples, args.batch_size),
-        "fastest_step_seconds": min(r["seconds"] / r["steps"] for r in runs),
+        "fastest_step_seconds": min(r["seconds"] / r["steps"] for r in baseline + tracked),
     }
     summary["tracker_bound_ratio"] = 1 + summary["tracker_seconds_per_step"] / summary["fastest_step_seconds"]
-    environment = {
-        "model": args.model,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "load_average": os.getloadavg(),
-        "wall_seconds": time.perf_counter() - started,
-    }
+    print()
+    header = ["side", "tokens / s", "median run (s)", "fastest run (s)"]
+    rows = [
+        [
+            side,
+            f"{summary[f'{side}_tokens_per_s']:.1f}",
+            f"{summary[f'{side}_median_s']:.2f}",
+            f"{summary[f'{side}_min_s']:.2f}",
+        ]
+        for side in ("baseline", "tracked")
+    ]
+    print(markdown_table(header, rows))
     print(
-        f"\nbaseline {summary['baseline_tokens_per_s']:.1f} tokens/s, tracked {summary['tracked_tokens_per_s']:.1f} "
-        f"tokens/s; time ratio tracked/baseline: median {summary['median_time_ratio']:.3f}, "
-        f"fastest runs {summary['fastest_time_ratio']:.3f} ({summary['tokens_per_step']:.0f} tokens per step)\n"
+        f"\ntime ratio tracked / baseline: median of pairs {summary['median_pair_ratio']:.3f}, fastest runs "
+        f"{summary['min_ratio']:.3f} ({summary['tokens_per_step']:.0f} tokens per step)\n"
         f"tracker alone: {1e6 * summary['tracker_seconds_per_step']:.1f} us per step; fastest step "
         f"{summary['fastest_step_seconds']:.2f} s; bound on the time ratio: {summary['tracker_bound_ratio']:.6f}"
     )
-    args.out.write_text(
-        json.dumps(
-            {
-                "args": {k: str(v) for k, v in vars(args).items()},
-                "environment": environment,
-                "summary": summary,
-                "runs": runs,
-            },
-            indent=2,
-        )
+    env = environment("cpu", model=args.model, wall_seconds=time.perf_counter() - started)
+    write_json(
+        args.out, config=vars(args), environment=env, summary=summary, runs={"baseline": baseline, "tracked": tracked}
     )
-    print(f"JSON written to {args.out}")
     return 0
 
 

@@ -24,22 +24,18 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
-import lightning
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from harness import environment, interleaved_pairs, markdown_table, quiet_lightning, ratio_statistics, write_json
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -213,21 +209,6 @@ def run_once(
     return result
 
 
-def summarize(baseline: list[dict[str, Any]], tracked: list[dict[str, Any]], key: str) -> dict[str, float]:
-    base = [run[key] for run in baseline]
-    with_tracking = [run[key] for run in tracked]
-    ratios = [t / b for b, t in zip(base, with_tracking, strict=True)]
-    return {
-        "baseline_median_s": statistics.median(base),
-        "tracked_median_s": statistics.median(with_tracking),
-        "baseline_min_s": min(base),
-        "tracked_min_s": min(with_tracking),
-        "median_pair_ratio": statistics.median(ratios),
-        "min_ratio": min(with_tracking) / min(base),
-        "pair_ratios": ratios,
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=FASHION_MNIST_DIR, help="folder with the Fashion-MNIST IDX files")
@@ -250,50 +231,40 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda but torch.cuda.is_available() is False")
 
     torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*GPU available but not used.*")
-    warnings.filterwarnings("ignore", ".*log_every_n_steps.*")
-    warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")
-    warnings.filterwarnings("ignore", ".*Starting from v1.9.0, `tensorboardX`.*")
+    quiet_lightning()
     dataset = load_data(args.data_dir, args.train_size)
 
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {v: {"baseline": [], "tracked": []} for v in args.variants}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tracking_overhead_") as log_root:
-        for repeat in range(args.repeats + 1):  # repeat 0 is a warm-up, not recorded
-            for variant in args.variants:
-                order = [False, True] if repeat % 2 == 0 else [True, False]
-                for tracked in order:
-                    result = run_once(
-                        args,
-                        dataset,
-                        tracked=tracked,
-                        tensorboard=variant == "tracking_tb",
-                        log_root=log_root,
-                    )
-                    side = "tracked" if tracked else "baseline"
-                    label = "warm-up" if repeat == 0 else f"repeat {repeat}/{args.repeats}"
-                    print(
-                        f"[{label}] {variant:<11} {side:<8} train {result['train_seconds']:.3f} s "
-                        f"(cpu {result['cpu_seconds']:.3f} s, load {result['load_average_1min']:.2f})",
-                        flush=True,
-                    )
-                    if repeat:
-                        runs[variant][side].append(result)
+        for variant in args.variants:
+
+            def run(tracked: bool, variant: str = variant) -> dict[str, Any]:
+                return run_once(args, dataset, tracked=tracked, tensorboard=variant == "tracking_tb", log_root=log_root)
+
+            def report(label: str, tracked: bool, result: dict[str, Any], variant: str = variant) -> None:
+                print(
+                    f"[{label}] {variant:<11} {'tracked' if tracked else 'baseline':<8} train "
+                    f"{result['train_seconds']:.3f} s (cpu {result['cpu_seconds']:.3f} s, "
+                    f"load {result['load_average_1min']:.2f})",
+                    flush=True,
+                )
+
+            baseline, tracked = interleaved_pairs(run, args.repeats, warmup=1, report=report)
+            runs[variant] = {"baseline": baseline, "tracked": tracked}
     elapsed = time.perf_counter() - started
 
     target = GPU_TARGET if args.device == "cuda" else CPU_TARGET
     summary = {}
     for variant, sides in runs.items():
-        stats = summarize(sides["baseline"], sides["tracked"], "train_seconds")
-        stats["fit_median_pair_ratio"] = summarize(sides["baseline"], sides["tracked"], "fit_seconds")[
-            "median_pair_ratio"
-        ]
-        stats["cpu_median_pair_ratio"] = summarize(sides["baseline"], sides["tracked"], "cpu_seconds")[
-            "median_pair_ratio"
-        ]
+
+        def ratios(key: str, sides: dict[str, list[dict[str, Any]]] = sides) -> dict[str, Any]:
+            base, tracked = ([run[key] for run in sides[side]] for side in ("baseline", "tracked"))
+            return ratio_statistics(base, tracked, names=("baseline", "tracked"))
+
+        stats = ratios("train_seconds")
+        stats["fit_median_pair_ratio"] = ratios("fit_seconds")["median_pair_ratio"]
+        stats["cpu_median_pair_ratio"] = ratios("cpu_seconds")["median_pair_ratio"]
         stats["hook_ms_per_step"] = statistics.median(r["hook_ms_per_step"] for r in sides["tracked"])
         stats["epoch_end_ms"] = statistics.median(r["epoch_end_ms"] for r in sides["tracked"])
         stats["steps_per_run"] = sides["tracked"][0]["steps"]
@@ -310,52 +281,44 @@ def main(argv: list[str] | None = None) -> int:
         stats["met"] = stats["median_pair_ratio"] <= target
         summary[variant] = stats
 
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
-    environment = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "lightning": lightning.__version__,
-        "device": args.device,
-        "device_name": device_name,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-    }
-    print()
+    env = environment(args.device)
     print(
-        f"SmallCNN on Fashion-MNIST, {args.train_size} images, batch {args.batch_size}, "
+        f"\nSmallCNN on Fashion-MNIST, {args.train_size} images, batch {args.batch_size}, "
         f"{args.epochs} epoch(s) per run, {args.repeats} interleaved pairs per variant; "
-        f"device {args.device} ({device_name}), torch {torch.__version__}, "
-        f"lightning {lightning.__version__}, torch threads {torch.get_num_threads()}, total {elapsed:.0f} s."
+        f"device {args.device} ({env['device_name']}), torch {env['torch']}, "
+        f"lightning {env['lightning']}, torch threads {env['torch_threads']}, total {elapsed:.0f} s.\n"
     )
-    print()
-    print(
-        "| variant | baseline median (s) | tracked median (s) | ratio: median of pairs | ratio: min / min "
-        "| CPU-time ratio | in-run hook share | hook ms / step | epoch end ms | target | met |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    for variant, s in summary.items():
-        print(
-            f"| {variant} | {s['baseline_median_s']:.3f} | {s['tracked_median_s']:.3f} "
-            f"| {s['median_pair_ratio']:.4f} | {s['min_ratio']:.4f} | {s['cpu_median_pair_ratio']:.4f} "
-            f"| {s['hook_share_ratio']:.4f} | {s['hook_ms_per_step']:.3f} "
-            f"| {s['epoch_end_ms']:.1f} | <= {s['target']} | {'yes' if s['met'] else 'no'} |"
-        )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "command": " ".join(["python", *sys.argv]),
-                "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                "environment": environment,
-                "elapsed_seconds": elapsed,
-                "summary": summary,
-                "runs": runs,
-            },
-            indent=2,
-        )
-    )
-    print(f"\nJSON written to {args.out}")
+    header = [
+        "variant",
+        "baseline median (s)",
+        "tracked median (s)",
+        "ratio: median of pairs",
+        "ratio: min / min",
+        "CPU-time ratio",
+        "in-run hook share",
+        "hook ms / step",
+        "epoch end ms",
+        "target",
+        "met",
+    ]
+    rows = [
+        [
+            variant,
+            f"{s['baseline_median_s']:.3f}",
+            f"{s['tracked_median_s']:.3f}",
+            f"{s['median_pair_ratio']:.4f}",
+            f"{s['min_ratio']:.4f}",
+            f"{s['cpu_median_pair_ratio']:.4f}",
+            f"{s['hook_share_ratio']:.4f}",
+            f"{s['hook_ms_per_step']:.3f}",
+            f"{s['epoch_end_ms']:.1f}",
+            f"<= {s['target']}",
+            "yes" if s["met"] else "no",
+        ]
+        for variant, s in summary.items()
+    ]
+    print(markdown_table(header, rows))
+    write_json(args.out, config=vars(args), environment=env, elapsed_seconds=elapsed, summary=summary, runs=runs)
     return 0
 
 

@@ -8,6 +8,7 @@ from lightning_curricula._dynamics import TrainingDynamics
 from lightning_curricula._loader import curriculum_dataloader, find_dynamics
 from lightning_curricula._online import OnlineBatchSelection, find_online_selection
 from lightning_curricula._sampler import CurriculumSampler
+from lightning_curricula._schedule import planned_optimizer_steps
 from lightning_curricula._step_outputs import StepOutputs, read_step_outputs
 from lightning_curricula._visualize import data_map_figure
 from lightning_curricula._with_index import WithIndex
@@ -62,6 +63,7 @@ __all__ = [
     "difficulty_scores",
     "find_dynamics",
     "pacing_function",
+    "planned_optimizer_steps",
     "read_step_outputs",
     "select_indices",
     "weighted_mean",

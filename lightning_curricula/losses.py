@@ -29,17 +29,32 @@ def weighted_mean(losses: Tensor, weights: Tensor | None = None) -> Tensor:
     return (losses * weights.to(device=losses.device, dtype=losses.dtype)).mean()
 
 
-def weighted_token_mean(token_losses: Tensor, mask: Tensor, weights: Tensor | None = None) -> Tensor:
+def weighted_token_mean(
+    token_losses: Tensor, mask: Tensor, weights: Tensor | None = None, *, token_count: float | None = None
+) -> Tensor:
     """Token-level loss for language models, each sequence's tokens scaled by its plan weight.
 
-    ``sum(token_losses * mask * weight[:, None]) / mask.sum()``: with all weights 1 this is exactly the
-    usual mean over the batch's loss tokens (what ``transformers`` computes), so turning the sampler on
-    changes nothing until it reweights.
+    ``sum(token_losses * mask * weight[:, None])`` divided by a number of tokens:
+
+    - by default, the batch's own count of loss tokens, ``mask.sum()``: with all weights 1 this is
+      exactly the usual mean over the batch's loss tokens (what ``transformers`` computes), so turning
+      the sampler on changes nothing until it reweights. It is **biased under reweighting** when a
+      sequence's length and its difficulty are related: a pruned batch holds fewer (or more) tokens
+      than a full one, and the weights do not undo that shift of the denominator.
+    - with ``token_count``, that fixed number: the loader's batch size times the training set's mean
+      count of loss tokens per sequence. The numerator is a weighted *sum* of per-sequence loss sums
+      and the denominator no longer depends on which sequences were drawn, so expectations pass
+      through it: under InfoBatch (whose epoch's weighted sum is unbiased) the epoch's summed loss
+      equals the full-data one, under importance sampling (each step's weighted mean unbiased) each
+      step's loss equals the dataset's token mean in expectation. Use it whenever the policy
+      reweights. A short last batch counts for its share of a full one.
 
     Args:
         token_losses: ``(B, T)`` per-token losses.
         mask: ``(B, T)`` 1 where a token carries loss, 0 elsewhere.
         weights: ``(B,)`` plan weights, or ``None``.
+        token_count: the fixed denominator (batch size times mean loss tokens per sequence), or ``None``
+            for the batch's own count.
 
     Examples:
         >>> import torch
@@ -47,12 +62,19 @@ def weighted_token_mean(token_losses: Tensor, mask: Tensor, weights: Tensor | No
         >>> mask = torch.tensor([[1, 1], [0, 1]])
         >>> weighted_token_mean(losses, mask), weighted_token_mean(losses, mask, torch.tensor([1.0, 2.0]))
         (tensor(2.6667), tensor(4.3333))
+        >>> weighted_token_mean(losses, mask, torch.tensor([1.0, 2.0]), token_count=4.0)
+        tensor(3.2500)
     """
     if token_losses.shape != mask.shape:
         raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {tuple(token_losses.shape)}.")
+    if token_count is not None and not token_count > 0:
+        raise ValueError(
+            f"token_count must be > 0 (batch size times mean loss tokens per sequence), got {token_count!r}."
+        )
     masked = token_losses * mask.to(token_losses.dtype)
     if weights is not None:
         if weights.shape != token_losses.shape[:1]:
             raise ValueError(f"weights have shape {tuple(weights.shape)}, expected ({token_losses.shape[0]},).")
         masked = masked * weights.to(device=token_losses.device, dtype=token_losses.dtype).unsqueeze(1)
-    return masked.sum() / mask.sum().clamp_min(1).to(token_losses.dtype)
+    denominator = token_count if token_count is not None else mask.sum().clamp_min(1).to(token_losses.dtype)
+    return masked.sum() / denominator

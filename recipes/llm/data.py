@@ -16,6 +16,8 @@ answers with reasoning-gym's own checker, or `normalized_match` for other data.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import logging
 import math
@@ -228,6 +230,18 @@ def truncate(
     return prompt, response[: max_length - len(prompt)]
 
 
+_PREPARED_COLUMNS = (
+    "input_ids",
+    "labels",
+    "prompt_length",
+    "response_length",
+    "length",
+    "source_index",
+    "prompt",
+    "reference",
+)
+
+
 @dataclass
 class PreparedData:
     """Counts of what `prepare_dataset` did to fit ``max_length``; `summary` is what it logs."""
@@ -261,6 +275,8 @@ def prepare_dataset(
 ) -> tuple[datasets.Dataset, PreparedData]:
     """Tokenise instruction data for training: ``input_ids`` and ``labels`` with the prompt masked.
 
+    One batched ``Dataset.map`` (in memory, never from a cache file, so the counts are this call's).
+
     Each kept row has ``input_ids`` (prompt then response tokens), ``labels`` (``IGNORE_INDEX`` on
     the prompt, the token ids on the response), ``prompt_length``, ``response_length`` and ``length``
     (token counts after truncation: signals a `ScoreCurriculum` can sort by), ``source_index`` (its row in
@@ -290,8 +306,6 @@ def prepare_dataset(
     Raises:
         ValueError: the columns match no shape, ``max_length`` is too small, or every example was dropped.
     """
-    import datasets
-
     if max_length <= min_prompt_tokens or min_prompt_tokens < 0:
         raise ValueError(
             f"max_length ({max_length}) must exceed min_prompt_tokens ({min_prompt_tokens}) >= 0 "
@@ -310,99 +324,107 @@ def prepare_dataset(
     ensure_pad_token(tokenizer)
     if keep_columns is None:
         keep_columns = [c for c in dataset.column_names if c.startswith("difficulty") or c == "metadata"]
-    conversations = [to_conversation(row, shape, system_prompt=system_prompt) for row in dataset]
-    texts = [render(prompt, response, tokenizer) for prompt, response in conversations]
     # A chat template writes its own special tokens; a plain prompt gets the tokenizer's (a BOS, say).
     add_special = not getattr(tokenizer, "chat_template", None)
-    prompt_ids = tokenizer([p for p, _ in texts], add_special_tokens=add_special)["input_ids"]
-    response_ids = tokenizer([r for _, r in texts], add_special_tokens=False)["input_ids"]
-    counts = PreparedData(total=len(texts))
-    columns: dict[str, list[Any]] = {
-        "input_ids": [],
-        "labels": [],
-        "prompt_length": [],
-        "response_length": [],
-        "length": [],
-        "source_index": [],
-        "prompt": [],
-        "reference": [],
-    }
-    columns |= {c: [] for c in keep_columns}
-    kept = {c: list(dataset[c]) for c in keep_columns}
-    for i, (prompt, response) in enumerate(zip(prompt_ids, response_ids, strict=True)):
-        cut_prompt, cut_response = truncate(
-            prompt, response, max_length, side=truncation, min_prompt_tokens=min_prompt_tokens
-        )
-        counts.prompt_truncated += len(cut_prompt) < len(prompt)
-        counts.response_truncated += 0 < len(cut_response) < len(response)
-        if not cut_response:
-            counts.dropped.append(i)
-            continue
-        columns["input_ids"].append(cut_prompt + cut_response)
-        columns["labels"].append([IGNORE_INDEX] * len(cut_prompt) + cut_response)
-        columns["prompt_length"].append(len(cut_prompt))
-        columns["response_length"].append(len(cut_response))
-        columns["length"].append(len(cut_prompt) + len(cut_response))
-        columns["source_index"].append(i)
-        columns["prompt"].append(conversations[i][0][-1]["content"] if conversations[i][0] else "")
-        columns["reference"].append(conversations[i][1])
-        for c in keep_columns:
-            columns[c].append(kept[c][i])
+    counts = PreparedData(total=len(dataset))
+
+    def encode(batch: dict[str, list[Any]], ids: list[int]) -> dict[str, list[Any]]:
+        rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        conversations = [to_conversation(row, shape, system_prompt=system_prompt) for row in rows]
+        texts = [render(prompt, response, tokenizer) for prompt, response in conversations]
+        prompt_ids = tokenizer([p for p, _ in texts], add_special_tokens=add_special)["input_ids"]
+        response_ids = tokenizer([r for _, r in texts], add_special_tokens=False)["input_ids"]
+        columns: dict[str, list[Any]] = {name: [] for name in (*_PREPARED_COLUMNS, *keep_columns)}
+        for i, (prompt, response) in enumerate(zip(prompt_ids, response_ids, strict=True)):
+            cut_prompt, cut_response = truncate(
+                prompt, response, max_length, side=truncation, min_prompt_tokens=min_prompt_tokens
+            )
+            counts.prompt_truncated += len(cut_prompt) < len(prompt)
+            counts.response_truncated += 0 < len(cut_response) < len(response)
+            if not cut_response:
+                counts.dropped.append(ids[i])
+                continue
+            columns["input_ids"].append(cut_prompt + cut_response)
+            columns["labels"].append([IGNORE_INDEX] * len(cut_prompt) + cut_response)
+            columns["prompt_length"].append(len(cut_prompt))
+            columns["response_length"].append(len(cut_response))
+            columns["length"].append(len(cut_prompt) + len(cut_response))
+            columns["source_index"].append(ids[i])
+            columns["prompt"].append(conversations[i][0][-1]["content"] if conversations[i][0] else "")
+            columns["reference"].append(conversations[i][1])
+            for c in keep_columns:
+                columns[c].append(batch[c][i])
+        return columns
+
+    # Counted in this process, so never from a cache file; the fingerprint is given, not hashed from the tokenizer.
+    settings = (len(dataset), dataset.column_names, shape, system_prompt, max_length, truncation, min_prompt_tokens)
+    fingerprint = hashlib.sha256(repr((settings, getattr(tokenizer, "name_or_path", ""))).encode()).hexdigest()[:16]
+    prepared = dataset.map(
+        encode,
+        batched=True,
+        with_indices=True,
+        remove_columns=dataset.column_names,
+        load_from_cache_file=False,
+        keep_in_memory=True,
+        new_fingerprint=f"prepare_dataset-{fingerprint}",
+        desc="Tokenising",
+    )
     changed = counts.prompt_truncated or counts.response_truncated or counts.dropped
     (log.warning if changed else log.info)(counts.summary(max_length))
-    if not columns["input_ids"]:
+    if not len(prepared):
         raise ValueError(f"No example is left to train on. {counts.summary(max_length)}")
-    return datasets.Dataset.from_dict(columns), counts
+    return prepared, counts
 
 
-@dataclass(frozen=True)
 class CausalLMCollator:
-    """Pad a list of `prepare_dataset` rows into a batch of tensors.
+    """Pad a list of `prepare_dataset` rows into a batch of tensors, with ``transformers``' padding collator.
 
-    The batch has right-padded ``input_ids``, ``attention_mask`` and ``labels`` (``IGNORE_INDEX`` on
-    padding), ``index`` and ``weight`` when the rows carry them (`WithIndex` and `CurriculumSampler`
-    add them), and with ``generation=True`` the left-padded prompts (``prompt_input_ids``,
-    ``prompt_attention_mask``) with the ``reference`` texts and ``metadata`` for scoring.
+    ``input_ids``, ``attention_mask`` and ``labels`` are right-padded by ``DataCollatorForSeq2Seq``
+    (labels with ``IGNORE_INDEX``), whatever the tokenizer's own padding side. The batch also has
+    ``prompt_length``, and ``index`` and ``weight`` when the rows carry them (`WithIndex` and
+    `CurriculumSampler` add them); with ``generation=True``, the left-padded prompts
+    (``prompt_input_ids``, ``prompt_attention_mask``) with the ``reference`` texts and ``metadata``
+    for scoring.
 
     Args:
-        pad_token_id: the tokenizer's pad id.
+        tokenizer: the tokenizer (its pad token pads; one without gets EOS, see `ensure_pad_token`).
         generation: also build the left-padded prompts for greedy generation.
 
     Example:
-        >>> batch = CausalLMCollator(0)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "prompt_length": 1,
-        ...                               "index": 3}])
-        >>> batch["labels"].tolist(), batch["index"].tolist()
-        ([[-100, 6, 7]], [3])
+        >>> from lightning_curricula.recipes.llm.model import tiny_tokenizer
+        >>> collate = CausalLMCollator(tiny_tokenizer())
+        >>> batch = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "prompt_length": 1, "index": 3},
+        ...                  {"input_ids": [5, 8], "labels": [-100, 8], "prompt_length": 1, "index": 4}])
+        >>> batch["labels"].tolist(), batch["attention_mask"].tolist(), batch["index"].tolist()
+        ([[-100, 6, 7], [-100, 8, -100]], [[1, 1, 1], [1, 1, 0]], [3, 4])
     """
 
-    pad_token_id: int
-    generation: bool = False
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, generation: bool = False) -> None:
+        from transformers import DataCollatorForSeq2Seq
+
+        # A shallow copy: right padding for training whatever the caller's tokenizer does, left for prompts.
+        self.tokenizer = ensure_pad_token(copy.copy(tokenizer))
+        self.tokenizer.padding_side = "right"
+        self.generation = generation
+        self.pad = DataCollatorForSeq2Seq(self.tokenizer, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """The batch of ``rows``."""
-        width = max(len(row["input_ids"]) for row in rows)
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            n = len(row["input_ids"])
-            input_ids[i, :n] = torch.tensor(row["input_ids"])
-            labels[i, :n] = torch.tensor(row["labels"])
-            attention[i, :n] = 1
-        batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        features = [
+            {"input_ids": row["input_ids"], "attention_mask": [1] * len(row["input_ids"]), "labels": row["labels"]}
+            for row in rows
+        ]
+        batch: dict[str, Any] = dict(self.pad(features))
         batch["prompt_length"] = torch.tensor([row["prompt_length"] for row in rows])
         if "index" in rows[0]:
             batch["index"] = torch.tensor([row["index"] for row in rows], dtype=torch.long)
         if "weight" in rows[0]:
             batch["weight"] = torch.tensor([row["weight"] for row in rows], dtype=torch.float32)
         if self.generation:
-            prompts = [row["input_ids"][: row["prompt_length"]] for row in rows]
-            longest = max(len(p) for p in prompts)
-            batch["prompt_input_ids"] = torch.full((len(rows), longest), self.pad_token_id, dtype=torch.long)
-            batch["prompt_attention_mask"] = torch.zeros((len(rows), longest), dtype=torch.long)
-            for i, prompt in enumerate(prompts):
-                batch["prompt_input_ids"][i, longest - len(prompt) :] = torch.tensor(prompt)
-                batch["prompt_attention_mask"][i, longest - len(prompt) :] = 1
+            prompts = [{"input_ids": row["input_ids"][: row["prompt_length"]]} for row in rows]
+            padded = self.tokenizer.pad(prompts, padding_side="left", return_attention_mask=True, return_tensors="pt")
+            batch["prompt_input_ids"] = padded["input_ids"]
+            batch["prompt_attention_mask"] = padded["attention_mask"]
             batch["reference"] = [row.get("reference", "") for row in rows]
             batch["metadata"] = [row.get("metadata") for row in rows]
         return batch
@@ -415,7 +437,9 @@ def response_only(batch: Mapping[str, Tensor], start_token_id: int, pad_token_id
     over exactly the tokens of the conditioned one. Right-padded like the training batch.
 
     Example:
-        >>> batch = CausalLMCollator(0)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "prompt_length": 1}])
+        >>> from lightning_curricula.recipes.llm.model import tiny_tokenizer
+        >>> collate = CausalLMCollator(tiny_tokenizer())
+        >>> batch = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "prompt_length": 1}])
         >>> response_only(batch, 1, 0)["input_ids"].tolist()
         [[1, 6, 7]]
     """

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
+from lightning_curricula.recipes.interface import RecipeDataModule
 from lightning_curricula.recipes.llm.data import (
     CausalLMCollator,
     Scorer,
@@ -20,6 +21,7 @@ from lightning_curricula.recipes.llm.data import (
 )
 from lightning_curricula.recipes.llm.model import SMOLLM2, load_tokenizer
 from lightning_curricula.recipes.llm.policies import ScoreCurriculum
+from lightning_curricula.recipes.llm.report import DifficultyReport
 from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 REASONING_GYM_PREFIX = "reasoning_gym:"
 
 
-class InstructionDataModule(pl.LightningDataModule):
+class InstructionDataModule(RecipeDataModule):
     """Instruction data for `CausalLMFineTuner`: tokenised training rows and held-out splits.
 
     **Sources** (``dataset``):
@@ -200,6 +202,22 @@ class InstructionDataModule(pl.LightningDataModule):
         )
         return prepared
 
+    @override
+    def split_sizes(self) -> tuple[int, int]:
+        """Training examples, and held-out examples over all validation splits, after ``setup("fit")``."""
+        assert self.train_dataset is not None, "setup() builds the data"
+        return len(self.train_dataset), sum(len(split) for split in self.val_datasets.values())
+
+    @override
+    def final_metrics(self, trainer: pl.Trainer) -> dict[str, float]:
+        """The last logged scalars, with the rank correlations of a `DifficultyReport` (sent to the logger only)."""
+        metrics = super().final_metrics(trainer)
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(callback, DifficultyReport):
+                metrics |= {f"rank_correlation/{name}": value for name, value in callback.correlations.items()}
+        return metrics
+
+    @override
     def bound_policy(self) -> Policy | None:
         """The policy, a `ScoreCurriculum` given its scores (a column of the data, or the module's example scores)."""
         policy = self.policy
@@ -229,7 +247,7 @@ class InstructionDataModule(pl.LightningDataModule):
             self.bound_policy(),
             seed=self.plan_seed,
             batch_size=self.batch_size,
-            collate_fn=CausalLMCollator(int(self.tokenizer.pad_token_id)),
+            collate_fn=CausalLMCollator(self.tokenizer),
             num_workers=self.num_workers,
         )
 
@@ -243,7 +261,7 @@ class InstructionDataModule(pl.LightningDataModule):
         sharded = ShardedStream(
             _SizedStream(stream, len(rows)),
             batch_size=self.batch_size,
-            collate_fn=CausalLMCollator(int(self.tokenizer.pad_token_id)),
+            collate_fn=CausalLMCollator(self.tokenizer),
             num_replicas=trainer.world_size,
             rank=trainer.global_rank,
         )
@@ -252,7 +270,7 @@ class InstructionDataModule(pl.LightningDataModule):
 
     @override
     def val_dataloader(self) -> list[DataLoader[Any]]:
-        collate = CausalLMCollator(int(self.tokenizer.pad_token_id), generation=True)
+        collate = CausalLMCollator(self.tokenizer, generation=True)
         return [
             DataLoader(split, batch_size=self.eval_batch_size, collate_fn=collate, num_workers=self.num_workers)  # type: ignore[arg-type]
             for split in self.val_datasets.values()

@@ -3,8 +3,9 @@
 It follows the `TrainingDynamics` contract for sequence models: ``training_step`` returns ``losses``,
 one number per sequence (the mean loss over its response tokens), and the example ids come from
 ``batch["index"]``. The loss it optimises is `weighted_token_mean`: the plain mean over the batch's
-response tokens when the plan's weights are 1, so turning a curriculum on changes nothing until it
-reweights.
+response tokens, and for a policy that reweights (InfoBatch, importance sampling) the weighted sum over
+a fixed token count (the batch size times the mean loss tokens per sequence), which stays unbiased when
+sequence length and difficulty are related.
 """
 
 from __future__ import annotations
@@ -25,7 +26,17 @@ from torch import Tensor
 from torch.nn import functional as F
 from typing_extensions import override
 
-from lightning_curricula import CurriculumSampler, FrozenReference, OnlineBatchSelection, weighted_token_mean
+from lightning_curricula import (
+    CurriculumSampler,
+    FrozenReference,
+    ImportanceSampling,
+    InfoBatch,
+    NoiseAware,
+    OnlineBatchSelection,
+    Policy,
+    planned_optimizer_steps,
+    weighted_token_mean,
+)
 from lightning_curricula.reference import vocabulary_size
 from lightning_curricula.signals import instruction_following_difficulty
 from lightning_curricula.step_selection import excess_loss
@@ -33,7 +44,13 @@ from lightning_curricula.step_selection import excess_loss
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["CausalLMFineTuner", "WarmupCosine", "sequence_losses", "token_losses"]
+__all__ = [
+    "CausalLMFineTuner",
+    "loss_tokens_per_sequence",
+    "reweights",
+    "sequence_losses",
+    "token_losses",
+]
 
 log = logging.getLogger(__name__)
 
@@ -68,31 +85,27 @@ def sequence_losses(losses: Tensor, mask: Tensor) -> Tensor:
     return (losses * mask).sum(1) / mask.sum(1)
 
 
-class WarmupCosine:
-    """Learning-rate factor: linear warm-up, then cosine decay to ``min_ratio`` at ``total_steps``.
-
-    A callable object rather than a lambda, so that ``LambdaLR`` saves ``total_steps`` in checkpoints;
-    `CausalLMFineTuner` sets ``total_steps`` when training starts, from the sampler's plan.
+def reweights(policy: Policy | None) -> bool:
+    """Whether ``policy`` gives visits weights other than 1 (InfoBatch, importance sampling, or those wrapped).
 
     Example:
-        >>> schedule = WarmupCosine(warmup_ratio=0.1, min_ratio=0.0, total_steps=100)
-        >>> [round(schedule(step), 2) for step in (0, 9, 10, 55, 100)]
-        [0.1, 1.0, 1.0, 0.5, 0.0]
+        >>> reweights(InfoBatch(0.5)), reweights(NoiseAware(ImportanceSampling(0.5))), reweights(None)
+        (True, True, False)
     """
+    inner = policy.policy if isinstance(policy, NoiseAware) else policy
+    return isinstance(inner, InfoBatch | ImportanceSampling)
 
-    def __init__(self, warmup_ratio: float = 0.05, min_ratio: float = 0.1, total_steps: int = 1) -> None:
-        self.warmup_ratio = warmup_ratio
-        self.min_ratio = min_ratio
-        self.total_steps = total_steps
 
-    def __call__(self, step: int) -> float:
-        """The factor of the peak learning rate at optimizer step ``step``."""
-        total = max(self.total_steps, 1)
-        warmup = max(1, round(self.warmup_ratio * total))
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+def loss_tokens_per_sequence(labels: Sequence[Sequence[int]]) -> float:
+    """The mean number of tokens that carry a loss per sequence: labels after the first that are not ignored.
+
+    Example:
+        >>> loss_tokens_per_sequence([[-100, 5, 6], [-100, -100, 7, 8, 9]])
+        2.5
+    """
+    if not labels:
+        raise ValueError("loss_tokens_per_sequence needs at least one sequence.")
+    return sum(sum(label != IGNORE_INDEX for label in row[1:]) for row in labels) / len(labels)
 
 
 class CausalLMFineTuner(pl.LightningModule):
@@ -101,12 +114,14 @@ class CausalLMFineTuner(pl.LightningModule):
     Per batch (from `CausalLMCollator`, with ``index`` and ``weight`` from `WithIndex` and the
     sampler): token losses by ``cross_entropy(reduction="none")`` on shifted logits and labels; the
     per-sequence loss (the mean over its response tokens) is returned as ``losses`` for
-    `TrainingDynamics`; the optimised loss is ``weighted_token_mean(token_losses, mask, weight)``.
+    `TrainingDynamics`; the optimised loss is ``weighted_token_mean(token_losses, mask, weight)``, over
+    the fixed ``token_count`` of `reweighting_token_count` when the policy `reweights`.
 
     - **LoRA**: ``lora_rank > 0`` trains low-rank adapters (``peft``) instead of all weights.
-    - **Schedule**: AdamW with linear warm-up and cosine decay over the run's optimizer steps, taken
-      from ``CurriculumSampler.planned_steps`` (exact for a pruning or paced plan) when training
-      starts, else from ``trainer.estimated_stepping_batches``.
+    - **Schedule**: AdamW with linear warm-up and cosine decay to ``min_lr_ratio``
+      (``transformers.get_cosine_with_min_lr_schedule_with_warmup``) over the run's optimizer steps,
+      `planned_optimizer_steps` (exact for a pruning or paced plan), else (a policy that sizes its
+      epochs from the scores) Lightning's ``estimated_stepping_batches``, with a warning.
     - **Validation**, per held-out split (the data module's ``val_split_names``, such as ``easy`` and
       ``hard``): ``val/<split>/loss`` (mean per-sequence response loss) and, with
       ``max_new_tokens > 0``, ``val/<split>/accuracy`` (greedy generation graded by ``scorer``: an
@@ -115,9 +130,9 @@ class CausalLMFineTuner(pl.LightningModule):
       in eval mode over the training set twice, with and without the instruction, and keeps per example
       id ``initial_loss`` (response loss given the prompt), ``response_loss`` (given only a start
       token) and ``ifd`` (their ratio, `instruction_following_difficulty`). With
-      ``fit_start_scores=True`` it runs once when fitting starts, before the first plan (so a policy
-      may rank by these scores); the values are cached per id, saved in checkpoints, logged (mean
-      and histogram) and exported by `DifficultyReport`.
+      ``fit_start_scores=True`` it runs once when fitting starts (in ``configure_optimizers``), before
+      the first plan (so a policy may rank by these scores); the values are cached per id, saved in
+      checkpoints, logged (mean and histogram) and exported by `DifficultyReport`.
 
     Args:
         model: `SMOLLM2` (the embedded default), a model name, folder or ``.gguf`` file, or a model.
@@ -134,7 +149,7 @@ class CausalLMFineTuner(pl.LightningModule):
         max_new_tokens: greedy generation length for accuracy; ``0`` skips generation.
         scorer: grades a generated answer (see `make_scorer`); by default the data module's
             ``scorer``, else `normalized_match`.
-        fit_start_scores: compute `compute_example_scores` when fitting starts.
+        fit_start_scores: compute `compute_example_scores` when fitting starts (`score_training_set`).
         score_batch_size: batch size of those passes.
         dtype: parameter dtype when loading by name.
         token_reference: Rho-1's reference for selection inside the step (with an
@@ -147,8 +162,8 @@ class CausalLMFineTuner(pl.LightningModule):
     Note:
         **DDP**: each rank scores its share of the ids and one all-reduce joins them, so every rank
         holds the same scores; validation metrics are reduced across ranks. **Resume**: the example
-        scores and the token count are saved in the checkpoint, and the schedule's step count is in
-        the scheduler's state.
+        scores and the token count are saved in the checkpoint; the schedule's step count is
+        recomputed from the same plan, and its position is in the scheduler's state.
     """
 
     def __init__(
@@ -219,13 +234,18 @@ class CausalLMFineTuner(pl.LightningModule):
         self.model.train()
         self.lr = lr
         self.weight_decay = weight_decay
-        self.schedule = WarmupCosine(warmup_ratio, min_lr_ratio)
+        self.warmup_ratio = warmup_ratio
+        self.min_lr_ratio = min_lr_ratio
+        #: The schedule's optimizer steps, set by `configure_optimizers`.
+        self.total_steps: int | None = None
         self.max_new_tokens = max_new_tokens
         self.scorer = scorer
         self.fit_start_scores = fit_start_scores
         self.score_batch_size = score_batch_size
         self.example_scores: dict[str, Tensor] = {}
         self.tokens_seen = 0
+        #: The fixed denominator of `weighted_token_mean` when the policy reweights (set when training starts).
+        self.token_count: float | None = None
 
     # ------------------------------------------------------------------------------------ forward
 
@@ -263,11 +283,12 @@ class CausalLMFineTuner(pl.LightningModule):
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
         losses, mask = self.token_losses(batch)
-        trained = mask
+        trained, token_count = mask, self.token_count
         if self.selection is not None:  # Rho-1: the loss on the tokens with the highest excess loss only
             scores = excess_loss(losses.detach(), self.reference_token_losses(batch))
             trained = self.selection.select_tokens(scores, mask)
-        loss = weighted_token_mean(losses, trained, batch.get("weight"))
+            token_count = None if token_count is None else token_count * self.selection.keep
+        loss = weighted_token_mean(losses, trained, batch.get("weight"), token_count=token_count)
         size = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         # The epoch's token count over all ranks: policies plan examples, so compare them by tokens too.
@@ -372,7 +393,7 @@ class CausalLMFineTuner(pl.LightningModule):
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer is not None else (1, 0)
         if todo.numel() == 0:
             return self.example_scores
-        collate = CausalLMCollator(int(self.tokenizer.pad_token_id))
+        collate = CausalLMCollator(self.tokenizer)
         start = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
         values = torch.zeros(2, size, device=self.device)
         was_training = self.model.training
@@ -416,8 +437,12 @@ class CausalLMFineTuner(pl.LightningModule):
                     if finite.numel():
                         logger.experiment.add_histogram(f"example_scores/{name}", finite, self.trainer.global_step)
 
-    @override
-    def on_fit_start(self) -> None:
+    def score_training_set(self) -> None:
+        """With ``fit_start_scores``, `compute_example_scores` over the training set (the ids not scored yet).
+
+        Called from `configure_optimizers`, the first hook after the model is on its device and before the
+        train loader is built there to size the schedule: the first plan may rank by these scores.
+        """
         if not self.fit_start_scores:
             return
         dataset = getattr(self.trainer.datamodule, "train_dataset", None)
@@ -429,47 +454,51 @@ class CausalLMFineTuner(pl.LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
+        from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
         trainable = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
         groups = [
             {"params": [p for _, p in trainable if p.ndim >= 2], "weight_decay": self.weight_decay},
             {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0},
         ]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
+        self.score_training_set()  # before planned_steps builds the train loader, whose first plan may need them
+        self.total_steps = self.planned_steps()
+        warmup = max(1, round(self.warmup_ratio * self.total_steps))
+        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, num_warmup_steps=warmup, num_training_steps=self.total_steps, min_lr_rate=self.min_lr_ratio
+        )
+        log.info("LR schedule: %d optimizer steps (%d warm-up).", self.total_steps, warmup)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     @override
     def on_train_start(self) -> None:
-        total = self.planned_steps()
-        self.schedule.total_steps = total
-        for scheduler_config in self.trainer.lr_scheduler_configs:
-            scheduler = scheduler_config.scheduler
-            for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):  # type: ignore[union-attr]
-                group["lr"] = base * self.schedule(scheduler.last_epoch)  # type: ignore[union-attr]
-        log.info(
-            "LR schedule: %d optimizer steps (%d warm-up).", total, max(1, round(self.schedule.warmup_ratio * total))
-        )
+        self.token_count = self.reweighting_token_count()
+
+    def reweighting_token_count(self) -> float | None:
+        """``batch_size * loss_tokens_per_sequence(train labels)`` when the sampler's policy reweights, else ``None``.
+
+        The batch's own token count would bias the loss of a reweighted plan (see `weighted_token_mean`).
+        """
+        loader = self.trainer.train_dataloader
+        sampler = getattr(loader, "sampler", None)
+        if not isinstance(sampler, CurriculumSampler) or not reweights(sampler.policy):
+            return None
+        dataset = getattr(self.trainer.datamodule, "train_dataset", None)
+        if dataset is None or not getattr(loader, "batch_size", None):
+            raise ValueError(
+                f"{type(sampler.policy).__name__} reweights, and an unbiased token loss needs the data module's "
+                "train_dataset (with labels) and a DataLoader with a batch_size."
+            )
+        return int(loader.batch_size) * loss_tokens_per_sequence(dataset["labels"])  # type: ignore[attr-defined]
 
     def planned_steps(self) -> int:
-        """Optimizer steps of the whole run: from the `CurriculumSampler` plan when known, else Lightning's estimate."""
-        trainer = self.trainer
-        loader = trainer.train_dataloader
-        sampler = getattr(loader, "sampler", None)
-        total: int | None = None
-        if isinstance(sampler, CurriculumSampler) and loader is not None and getattr(loader, "batch_size", None):
-            try:
-                total = sampler.planned_steps(
-                    int(loader.batch_size),  # type: ignore[attr-defined]
-                    accumulate_grad_batches=trainer.accumulate_grad_batches,
-                    drop_last=bool(getattr(loader, "drop_last", False)),
-                )
-            except ValueError as error:
-                rank_zero_warn(f"{error} The LR schedule uses Lightning's estimate instead.")
-        if total is None:
-            total = int(trainer.estimated_stepping_batches)
-        if trainer.max_steps is not None and trainer.max_steps > 0:
-            total = min(total, trainer.max_steps)
-        return max(total, 1)
+        """Optimizer steps of the whole run: `planned_optimizer_steps`, else Lightning's estimate (with a warning)."""
+        try:
+            return planned_optimizer_steps(self.trainer)
+        except ValueError as error:
+            rank_zero_warn(f"{error} The LR schedule uses Lightning's estimate instead.")
+        return max(int(self.trainer.estimated_stepping_batches), 1)
 
     # ------------------------------------------------------------------------------------ checkpoint
 

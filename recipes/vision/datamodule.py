@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy
 import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.utilities import rank_zero_info
+from lightning_curricula.recipes.interface import RecipeDataModule
 from lightning_curricula.recipes.vision.data import FASHION_MNIST_DIR, load_fashion_mnist, load_mnist_5k
 from lightning_curricula.recipes.vision.sources import LOCAL_DATASETS, check_dataset_name, is_hub_name
 from torch import Tensor
@@ -86,7 +86,7 @@ _BUILT = frozenset(
 )
 
 
-class VisionDataModule(pl.LightningDataModule):
+class VisionDataModule(RecipeDataModule):
     """Image classification data for the vision recipe, with the curriculum's train loader.
 
     ``train_dataloader()`` is `lightning_curricula.curriculum_dataloader` over the training split:
@@ -263,6 +263,18 @@ class VisionDataModule(pl.LightningDataModule):
         mode = getattr(features.get(image), "mode", None)
         return len(names), 1 if mode == "L" else 3
 
+    # ------------------------------------------------------------------------------------------ RecipeDataModule
+
+    @override
+    def split_sizes(self) -> tuple[int, int]:
+        """Training and test images, after ``setup("fit")``."""
+        return len(self.train_set), len(self.test_set)
+
+    @override
+    def bound_policy(self) -> Policy | None:
+        """The ``policy`` as given: the vision policies rank by tracked signals only."""
+        return self.policy
+
     # ------------------------------------------------------------------------------------------ Lightning hooks
 
     @override
@@ -357,7 +369,9 @@ class VisionDataModule(pl.LightningDataModule):
         # Fresh augmentation randomness per (seed, epoch, rank): resumed runs augment as uninterrupted ones.
         stream = (self.run_seed * 100_003 + trainer.current_epoch) * 1_009 + trainer.global_rank
         self._augment_generator = torch.Generator().manual_seed(stream)
-        return curriculum_dataloader(self.train_set, trainer, self.policy, seed=self.run_seed, **self._loader_options())
+        return curriculum_dataloader(
+            self.train_set, trainer, self.bound_policy(), seed=self.run_seed, **self._loader_options()
+        )
 
     @override
     def val_dataloader(self) -> DataLoader[Any]:

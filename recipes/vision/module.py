@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +18,7 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from lightning_curricula import CurriculumSampler, OnlineBatchSelection, weighted_mean
+from lightning_curricula import OnlineBatchSelection, planned_optimizer_steps, weighted_mean
 from lightning_curricula.reference import ReferenceLosses
 from lightning_curricula.step_selection import reducible_loss
 
@@ -41,12 +40,12 @@ class VisionClassifier(pl.LightningModule):
     The optimiser is SGD with Nesterov momentum; weight decay skips biases and normalisation
     weights. The learning-rate schedule must end when training ends, but a pruning policy trains
     fewer steps than Lightning's ``estimated_stepping_batches`` assumes (it sizes every epoch like
-    the first). So the total comes from the sampler's ``CurriculumSampler.planned_steps``, the sum of
-    the planned epoch sizes, whenever the policy knows them in advance (full data, random subsets,
-    curricula, static pruning, InfoBatch with ``budget``, bandits, importance sampling), and the
-    schedule steps every optimiser step (``onecycle`` or ``cosine``). When epoch sizes depend on
-    the scores (InfoBatch without ``budget``, self-paced learning) the step count is unknown, and
-    the schedule falls back to a cosine stepped once per epoch over ``max_epochs``.
+    the first). So the total comes from `planned_optimizer_steps` (the sum of the planned epoch
+    sizes, from the train loader's `CurriculumSampler`) whenever the policy knows them in advance
+    (full data, random subsets, curricula, static pruning, InfoBatch with ``budget``, bandits,
+    importance sampling), and the schedule steps every optimiser step (``onecycle`` or ``cosine``).
+    When epoch sizes depend on the scores (InfoBatch without ``budget``, self-paced learning) the
+    step count is unknown, and the schedule falls back to a cosine stepped once per epoch over ``max_epochs``.
 
     Args:
         model: ``"small_cnn"`` (fast on a CPU, for 28 x 28 images) or ``"resnet18"`` (CIFAR-style).
@@ -81,7 +80,7 @@ class VisionClassifier(pl.LightningModule):
         from Selective Backprop and RHO-LOSS only by its rule. On CUDA the model and its inputs use
         ``channels_last`` (faster convolutions with tensor cores);
         add ``--trainer.precision bf16-mixed`` for mixed precision. Under DDP each rank's
-        ``planned_steps`` counts its own shard, so the schedule ends on time on every rank.
+        `planned_optimizer_steps` counts its own shard, so the schedule ends on time on every rank.
     """
 
     def __init__(
@@ -262,13 +261,13 @@ class VisionClassifier(pl.LightningModule):
         )
         if self.schedule == "constant":
             return optimizer
-        total = self.planned_steps()
         scheduler: torch.optim.lr_scheduler.LRScheduler
-        if total is None:
+        try:
+            total = planned_optimizer_steps(self.trainer)
+        except ValueError as error:  # the policy sizes its epochs from the scores: the step count is unknown
             epochs = max(int(self.trainer.max_epochs or 1), 1)
             rank_zero_info(
-                f"The policy sizes its epochs from the scores, so the step count is unknown in advance: the "
-                f"{self.schedule} schedule is replaced by a cosine stepped per epoch over {epochs} epochs."
+                f"{error} The {self.schedule} schedule is replaced by a cosine stepped per epoch over {epochs} epochs."
             )
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
             return OptimizerLRSchedulerConfig(
@@ -283,29 +282,3 @@ class VisionClassifier(pl.LightningModule):
         return OptimizerLRSchedulerConfig(
             optimizer=optimizer, lr_scheduler={"scheduler": scheduler, "interval": "step"}
         )
-
-    def planned_steps(self) -> int | None:
-        """Optimiser steps of the whole run on this rank, or ``None`` when the policy cannot know them.
-
-        From the train loader's `CurriculumSampler` (``planned_steps``); capped by Lightning's estimate
-        when ``max_steps`` or ``limit_train_batches`` cut epochs short. Reading
-        ``trainer.estimated_stepping_batches`` first is what makes Lightning build the train loader
-        inside ``configure_optimizers``.
-        """
-        trainer = self.trainer
-        estimated = trainer.estimated_stepping_batches
-        loader = trainer.train_dataloader
-        sampler = getattr(loader, "sampler", None)
-        if not isinstance(sampler, CurriculumSampler):
-            return int(estimated) if math.isfinite(estimated) else None
-        try:
-            planned = sampler.planned_steps(
-                int(getattr(loader, "batch_size", None) or 1),
-                accumulate_grad_batches=trainer.accumulate_grad_batches,
-                drop_last=bool(getattr(loader, "drop_last", False)),
-            )
-        except ValueError:
-            return None
-        if trainer.max_steps != -1 or trainer.limit_train_batches != 1.0:
-            planned = min(planned, int(estimated))
-        return planned

@@ -57,7 +57,7 @@ class DumpState(RankStateDump):
             "parameters": torch.cat([p.detach().flatten() for p in pl_module.parameters()]),
             "batches": self.batches,
             "global_step": trainer.global_step,
-            "total_steps": pl_module.schedule.total_steps,
+            "total_steps": pl_module.total_steps,
             "tokens_seen": pl_module.tokens_seen,
             "val_hard_loss": float(trainer.callback_metrics["val/hard/loss"]),
         }

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from lightning_curricula.recipes import compare
-from lightning_curricula.recipes.compare import RunResult, accuracy_figure, main, summarize
+from lightning_curricula.recipes.compare import RunResult, accuracy_figure, main, runner, summarize
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -114,8 +114,8 @@ def test_second_invocation_skips_finished_runs(comparison: Path, monkeypatch: py
     def must_not_run(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(compare, "_run_one", must_not_run)
-    monkeypatch.setattr(compare, "_preflight", must_not_run)
+    monkeypatch.setattr(runner, "_run_one", must_not_run)
+    monkeypatch.setattr(runner, "_preflight", must_not_run)
     before = {path: path.stat().st_mtime_ns for path in (comparison / "results").rglob("*.json")}
     assert run(comparison, *ARGS) == 0
     assert {path: path.stat().st_mtime_ns for path in (comparison / "results").rglob("*.json")} == before
@@ -131,8 +131,8 @@ def test_more_seeds_extend_the_comparison(comparison: Path, tmp_path: Path, monk
         original = results(output)[policy]
         return RunResult(**{**original, "seed": seed, "final_acc": original["final_acc"] + 0.1})
 
-    monkeypatch.setattr(compare, "_run_one", fake_run)
-    monkeypatch.setattr(compare, "_preflight", lambda options, policies: None)
+    monkeypatch.setattr(runner, "_run_one", fake_run)
+    monkeypatch.setattr(runner, "_preflight", lambda options, policies: None)
     assert run(output, *ARGS[:3], "--seeds", "0", "1", *ARGS[5:]) == 0
     assert trained == [("full", 1), ("curriculum", 1)]
     assert json.loads((output / "comparison.json").read_text())["seeds"] == [0, 1]
@@ -241,8 +241,23 @@ def test_runs_take_the_policies_in_turn_seed_by_seed(tmp_path: Path, monkeypatch
         trained.append((policy, seed))
         return result(policy, seed, 0.5, 100, 1.0)
 
-    monkeypatch.setattr(compare, "_run_one", fake_run)
-    monkeypatch.setattr(compare, "_preflight", lambda options, policies: None)
+    monkeypatch.setattr(runner, "_run_one", fake_run)
+    monkeypatch.setattr(runner, "_preflight", lambda options, policies: None)
     assert run(tmp_path / "order", "--policies", "full", "curriculum", "--seeds", "0", "1", "--fast-dev") == 0
     # A machine that slows down during the comparison slows every policy alike.
     assert trained == [("full", 0), ("curriculum", 0), ("full", 1), ("curriculum", 1)]
+
+
+def test_every_recipe_data_module_is_a_recipe_data_module() -> None:
+    from lightning_curricula.recipes.interface import RecipeDataModule
+    from lightning_curricula.recipes.llm.datamodule import InstructionDataModule
+    from lightning_curricula.recipes.vision.datamodule import VisionDataModule
+
+    assert issubclass(VisionDataModule, RecipeDataModule)
+    assert issubclass(InstructionDataModule, RecipeDataModule)
+
+    class Bare:
+        datamodule = object()
+
+    with pytest.raises(TypeError, match="compare needs a RecipeDataModule"):
+        runner._recipe_data(Bare(), "full")

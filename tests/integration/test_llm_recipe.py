@@ -27,7 +27,7 @@ from lightning_curricula.recipes.llm.module import CausalLMFineTuner, sequence_l
 from lightning_curricula.recipes.llm.policies import ScoreCurriculum  # noqa: E402
 from lightning_curricula.recipes.llm.report import DifficultyReport  # noqa: E402
 
-from lightning_curricula import CurriculumSampler, TrainingDynamics, weighted_token_mean  # noqa: E402
+from lightning_curricula import CurriculumSampler, InfoBatch, TrainingDynamics, weighted_token_mean  # noqa: E402
 from lightning_curricula.policies import Curriculum  # noqa: E402
 
 CONFIGS = sorted((Path(__file__).parents[2] / "recipes" / "llm" / "configs").glob("*.yaml"))
@@ -46,7 +46,7 @@ def prepared(tokenizer):
 
 @pytest.fixture
 def batch(prepared, tokenizer):
-    return CausalLMCollator(tokenizer.pad_token_id, generation=True)([prepared[i] for i in range(6)])
+    return CausalLMCollator(tokenizer, generation=True)([prepared[i] for i in range(6)])
 
 
 def _trainer(tmp_path, callbacks, max_epochs=2):
@@ -159,7 +159,9 @@ def test_tiny_fit_two_epochs_with_a_curriculum(tmp_path, tokenizer):
     assert signals["epochs_seen"].tolist().count(2) == math.ceil(0.75 * 40)  # epoch 1 trains on the easiest 75%
     seen_twice = signals["epochs_seen"] == 2
     assert signals["loss"][seen_twice].isfinite().all()
-    assert trainer.global_step == module.schedule.total_steps == 5 + 4  # the LR schedule ends with the plan
+    assert trainer.global_step == module.total_steps == 5 + 4  # the LR schedule ends with the plan
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 * 0.1)  # at min_lr_ratio on time
+    assert module.token_count is None  # no reweighting: the usual token mean
     assert data.val_split_names == ["easy", "hard"]
     metrics = trainer.callback_metrics
     for name in ("val/easy/loss", "val/hard/loss", "val/easy/accuracy", "val/hard/accuracy", "train/tokens_seen"):
@@ -173,6 +175,36 @@ def test_tiny_fit_two_epochs_with_a_curriculum(tmp_path, tokenizer):
     exported = datasets.Dataset.from_parquet(str(Path(trainer.logger.log_dir) / "example_scores.parquet"))
     assert len(exported) == 40
     assert {"index", "source_index", "difficulty", "loss", "ifd"} <= set(exported.column_names)
+
+
+class RecordLoss(pl.Callback):
+    """The loss `training_step` returned, and the same batch's loss with the fixed token count, step by step."""
+
+    def __init__(self):
+        self.expected, self.returned = [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        with torch.no_grad():
+            losses, mask = pl_module.token_losses(batch)
+        weighted = (losses * mask * batch["weight"][:, None]).sum()
+        self.expected.append(float(weighted / pl_module.token_count))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.returned.append(float(outputs["loss"]))
+
+
+def test_a_reweighting_policy_trains_on_the_unbiased_token_loss(tmp_path, tokenizer):
+    # Issue 8, bug 4: the batch's own token count biases a reweighted plan's loss; a fixed count does not.
+    data = InstructionDataModule(
+        tokenizer=tokenizer, train_size=16, eval_size=0, batch_size=8, policy=InfoBatch(0.5, anneal=0.0, budget=0.75)
+    )
+    module = CausalLMFineTuner(tiny_llama(len(tokenizer)), tokenizer, max_new_tokens=0)
+    record = RecordLoss()
+    _trainer(tmp_path, [TrainingDynamics(plot_every_n_epochs=0), record], max_epochs=2).fit(module, data)
+    loss_tokens = sum(sum(label != -100 for label in row[1:]) for row in data.train_dataset["labels"])
+    assert module.token_count == pytest.approx(8 * loss_tokens / 16)
+    assert len(record.returned) >= 3
+    assert record.returned == pytest.approx(record.expected, rel=1e-5)
 
 
 def test_score_curriculum_by_ifd_trains_on_the_lowest_ifd(tmp_path, tokenizer):
@@ -251,7 +283,7 @@ def test_embedded_smollm2_loads_and_prefers_the_right_answer():
     prepared, _ = prepare_dataset(rows, tokenizer, system_prompt="Answer with the final number only.")
     module = CausalLMFineTuner(model, tokenizer, max_new_tokens=0)
     with torch.no_grad():
-        losses = sequence_losses(*module.token_losses(CausalLMCollator(tokenizer.pad_token_id)(list(prepared))))
+        losses = sequence_losses(*module.token_losses(CausalLMCollator(tokenizer)(list(prepared))))
     assert losses[0] < losses[1]  # real weights: 5 is likelier than 9
 
 

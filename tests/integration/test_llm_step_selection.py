@@ -87,7 +87,7 @@ def test_rho1_with_lora_scores_with_the_adapters_off(tmp_path: Path) -> None:
     data.setup("fit")
     from lightning_curricula.recipes.llm.data import CausalLMCollator
 
-    batch = CausalLMCollator(int(tokenizer.pad_token_id))([data.train_dataset[i] for i in range(8)])
+    batch = CausalLMCollator(tokenizer)([data.train_dataset[i] for i in range(8)])
     for module_ in module.model.modules():  # make the adapters matter: LoRA's B starts at zero
         if hasattr(module_, "lora_B"):
             for layer in module_.lora_B.values():

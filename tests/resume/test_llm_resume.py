@@ -87,7 +87,7 @@ def test_resumed_run_equals_the_uninterrupted_one(tokenizer: Any, tmp_path: Path
     )
     assert CountingFineTuner.scored == 0  # the IFD came back with the checkpoint
     assert resumed_trainer.global_step == straight_trainer.global_step
-    assert resumed.schedule.total_steps == straight.schedule.total_steps == straight_trainer.global_step
+    assert resumed.total_steps == straight.total_steps == straight_trainer.global_step
     assert resumed.tokens_seen == straight.tokens_seen
     for key, value in straight_dynamics.signals().items():
         assert torch.equal(resumed_dynamics.signals()[key].nan_to_num(-1.0), value.nan_to_num(-1.0)), key

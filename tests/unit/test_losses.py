@@ -6,8 +6,10 @@ import re
 
 import pytest
 import torch
+from selection_helpers import epoch_context
+from torch import Tensor
 
-from lightning_curricula import weighted_mean, weighted_token_mean
+from lightning_curricula import InfoBatch, Plan, weighted_mean, weighted_token_mean
 
 
 def test_weighted_mean_at_weight_one_is_the_mean() -> None:
@@ -70,3 +72,58 @@ def test_weighted_token_mean_shape_errors() -> None:
         weighted_token_mean(torch.ones(2, 3), torch.ones(2, 2))
     with pytest.raises(ValueError, match=r"weights have shape \(3,\), expected \(2,\)"):
         weighted_token_mean(torch.ones(2, 3), torch.ones(2, 3), torch.ones(3))
+
+
+def test_weighted_token_mean_fixed_count_at_weight_one() -> None:
+    token_losses = torch.tensor([[1.0, 2.0, 9.0], [3.0, 5.0, 7.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    # A fixed count equal to the batch's 5 loss tokens gives the usual token mean.
+    torch.testing.assert_close(
+        weighted_token_mean(token_losses, mask, torch.ones(2), token_count=5.0),
+        weighted_token_mean(token_losses, mask),
+    )
+    with pytest.raises(ValueError, match=r"token_count must be > 0.*got 0\.0"):
+        weighted_token_mean(token_losses, mask, token_count=0.0)
+
+
+def length_correlated_sequences(n: int = 64) -> tuple[Tensor, Tensor]:
+    """Well-learned sequences have 48 loss tokens, the others 17 or 18 (17.5 on average): issue 8, bug 4."""
+    generator = torch.Generator().manual_seed(0)
+    easy = torch.arange(n) % 2 == 0
+    lengths = torch.where(easy, 48, 17 + (torch.arange(n) // 2) % 2)
+    per_token = torch.where(easy, 0.2, 1.0) + 0.05 * torch.rand(n, generator=generator)
+    mask = torch.arange(48)[None, :] < lengths[:, None]
+    return per_token[:, None] * mask, mask
+
+
+def epoch_loss(token_losses: Tensor, mask: Tensor, plan: Plan, batch_size: int, tokens: float | None) -> float:
+    total = 0.0
+    for start in range(0, len(plan), batch_size):
+        ids = plan.indices[start : start + batch_size]
+        weights = plan.weights[start : start + batch_size]
+        total += float(weighted_token_mean(token_losses[ids], mask[ids], weights, token_count=tokens))
+    return total
+
+
+def test_weighted_token_mean_with_a_fixed_token_count_is_unbiased_under_infobatch() -> None:
+    token_losses, mask = length_correlated_sequences()
+    n, batch_size = len(mask), 8
+    signals = {"loss": token_losses.sum(1) / mask.sum(1)}
+    token_count = batch_size * float(mask.sum()) / n  # the batch size times the mean loss tokens per sequence
+    policy = InfoBatch(0.5, anneal=0.0)
+    draws = range(400)
+    plans = [policy.plan(epoch_context(1, n, signals, num_epochs=4, seed=seed)) for seed in draws]
+    assert all(len(plan) < n for plan in plans)  # the epochs do prune
+    # Full data with the fixed count: exactly the dataset's token mean per batch, n / batch_size batches.
+    full = Plan(torch.arange(n), torch.ones(n))
+    exact = n / batch_size * float(token_losses.sum() / mask.sum())
+    assert epoch_loss(token_losses, mask, full, batch_size, token_count) == pytest.approx(exact)
+
+    unbiased = [epoch_loss(token_losses, mask, plan, batch_size, token_count) for plan in plans]
+    mean, standard_error = float(torch.tensor(unbiased).mean()), float(torch.tensor(unbiased).std()) / len(plans) ** 0.5
+    assert abs(mean - exact) < 4 * standard_error, (mean, exact, standard_error)
+    # The batch's own token count inflates the loss: pruned batches hold more of the short, hard sequences.
+    shuffled = [Plan(torch.randperm(n, generator=torch.Generator().manual_seed(seed)), torch.ones(n)) for seed in draws]
+    full_data = sum(epoch_loss(token_losses, mask, plan, batch_size, None) for plan in shuffled) / len(shuffled)
+    biased = sum(epoch_loss(token_losses, mask, plan, batch_size, None) for plan in plans) / len(plans)
+    assert biased / full_data > 1.1, (biased, full_data)

@@ -1,0 +1,138 @@
+"""The ``lightning-curricula`` command line: ``compare``'s arguments, checked before anything runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lightning_curricula.recipes.compare import runner
+from lightning_curricula.recipes.compare.report import footnote, load_results, markdown_table
+from lightning_curricula.recipes.compare.settings import (
+    DEFAULT_POLICIES,
+    RECIPES,
+    CompareOptions,
+    ComparisonMismatchError,
+    PolicySettingsError,
+    available_policies,
+)
+
+__all__ = ["main", "parse_args"]
+
+
+def _build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The ``lightning-curricula`` parser and its ``compare`` subparser."""
+    parser = argparse.ArgumentParser(
+        prog="lightning-curricula",
+        description="Curriculum learning and data pruning for PyTorch Lightning: compare curricula.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    compare = commands.add_parser(
+        "compare",
+        help="train a recipe with several policies and seeds, and compare them by compute",
+        description=(
+            "Train a recipe once per policy and seed, then summarise accuracy against sample passes and "
+            "wall-clock. Arguments after `--` go to every run of the recipe, e.g. "
+            "`-- --model.model resnet18 --trainer.precision bf16-mixed`."
+        ),
+    )
+    compare.add_argument(
+        "--recipe", choices=sorted(RECIPES), default="vision", help="the recipe to run (default: vision)"
+    )
+    valid = "; ".join(f"{name}: {', '.join(available_policies(name))}" for name in RECIPES)
+    compare.add_argument(
+        "--policies",
+        nargs="+",
+        metavar="NAME",
+        help=f"configs to compare (default for vision: {' '.join(DEFAULT_POLICIES)}); valid: {valid}",
+    )
+    compare.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED", help="seeds (default: 0)")
+    compare.add_argument(
+        "--dataset",
+        help=(
+            "vision: embedded (default), fashion_mnist, digits, or a Hugging Face Hub id such as uoft-cs/cifar10; "
+            "llm: reasoning_gym:<task> (default reasoning_gym:basic_arithmetic), a local file or a Hub id"
+        ),
+    )
+    compare.add_argument("--max-epochs", type=int, help="epochs per run (default: 6 for vision, 4 for llm)")
+    compare.add_argument(
+        "--output", type=Path, default=Path("runs/compare"), help="output folder (default: runs/compare)"
+    )
+    compare.add_argument(
+        "--fast-dev",
+        action="store_true",
+        help="tiny data (and a tiny random model for llm): checks the pipeline in seconds, measures nothing",
+    )
+    compare.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads per run (default: 1, best for the small CNN on a shared CPU; 0: torch's default)",
+    )
+    return parser, compare
+
+
+def parse_args(argv: Sequence[str] | None = None) -> CompareOptions:
+    """Parse ``lightning-curricula`` arguments; unknown policies and datasets are refused here.
+
+    Raises:
+        SystemExit: bad arguments (argparse prints the usage and the list of valid names).
+
+    Example:
+        >>> parse_args(["compare", "--policies", "full", "random", "--seeds", "0", "1"]).seeds
+        (0, 1)
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in args:
+        cut = args.index("--")
+        args, extra = args[:cut], args[cut + 1 :]
+    parser, compare = _build_parser()
+    namespace = parser.parse_args(args)
+    recipe = RECIPES[namespace.recipe]
+    policies = namespace.policies or list(recipe.default_policies)
+    dataset = namespace.dataset or recipe.default_dataset
+    max_epochs = recipe.default_epochs if namespace.max_epochs is None else namespace.max_epochs
+    valid = available_policies(recipe.name)
+    unknown = [name for name in policies if name not in valid]
+    if unknown:
+        compare.error(f"unknown policies {unknown} for the {recipe.name} recipe; valid: {', '.join(valid)}")
+    try:
+        recipe.check_dataset(dataset)
+    except ValueError as error:
+        compare.error(str(error))
+    if max_epochs < 1:
+        compare.error(f"--max-epochs must be at least 1, got {max_epochs}")
+    if namespace.threads < 0:
+        compare.error(f"--threads must be >= 0, got {namespace.threads}")
+    return CompareOptions(
+        policies=tuple(dict.fromkeys(policies)),
+        seeds=tuple(dict.fromkeys(namespace.seeds)),
+        dataset=dataset,
+        max_epochs=max_epochs,
+        output=namespace.output,
+        fast_dev=namespace.fast_dev,
+        threads=namespace.threads or None,
+        extra_args=tuple(extra),
+        recipe=recipe.name,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lightning-curricula`` console script.
+
+    Returns:
+        The exit status: 0 on success, 2 when the output folder holds another comparison or a policy
+        cannot run with these settings.
+    """
+    options = parse_args(argv)
+    try:
+        rows = runner.run_comparison(options)
+    except (ComparisonMismatchError, PolicySettingsError) as error:
+        print(f"lightning-curricula compare: error: {error}", file=sys.stderr)
+        return 2
+    print(markdown_table(rows, RECIPES[options.recipe], footnote(options, load_results(options))))
+    print(f"\nWrote {options.output / 'summary.md'}, summary.csv, accuracy_vs_passes.png and tensorboard/.")
+    print(f"See the curves with: tensorboard --logdir {options.output / 'tensorboard'}")
+    return 0

@@ -1,0 +1,262 @@
+"""The comparison's report: per-policy summaries over seeds, ``summary.md``, ``summary.csv`` and the figure."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lightning_curricula.recipes.compare.settings import RECIPES, CompareOptions, Recipe
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "PolicySummary",
+    "RunResult",
+    "accuracy_figure",
+    "footnote",
+    "load_results",
+    "markdown_table",
+    "result_path",
+    "summarize",
+    "write_csv",
+    "write_report",
+]
+
+
+@dataclass
+class RunResult:
+    """What one run of one policy with one seed produced (the content of its result file)."""
+
+    policy: str
+    seed: int
+    final_acc: float
+    best_acc: float
+    sample_passes: int
+    wall_seconds: float
+    train_examples: int
+    test_examples: int
+    device: str
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    extras: dict[str, float] = field(default_factory=dict)
+    train_seconds: float = math.nan
+
+
+@dataclass(frozen=True)
+class PolicySummary:
+    """One row of the summary: a policy's results aggregated over seeds."""
+
+    policy: str
+    seeds: int
+    final_acc_mean: float
+    final_acc_std: float
+    best_acc_mean: float
+    best_acc_std: float
+    sample_passes: float
+    passes_ratio: float
+    wall_seconds: float
+    wall_ratio: float
+    train_seconds: float
+    train_ratio: float
+    extras: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def result_path(output: Path, policy: str, seed: int) -> Path:
+    """Where the run of ``policy`` with ``seed`` stores its `RunResult`."""
+    return output / "results" / policy / f"seed_{seed}.json"
+
+
+def write_json(path: Path, content: Any) -> None:
+    """Write atomically: a run counts as done only once its whole result file exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(content, indent=2) + "\n")
+    os.replace(partial, path)
+
+
+def load_results(options: CompareOptions) -> list[RunResult]:
+    """The stored results of the comparison's policies and seeds (finished runs only)."""
+    results = []
+    for policy in options.policies:
+        for seed in options.seeds:
+            path = result_path(options.output, policy, seed)
+            if path.is_file():
+                results.append(RunResult(**json.loads(path.read_text())))
+    return results
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def summarize(results: Sequence[RunResult], policies: Sequence[str]) -> list[PolicySummary]:
+    """One row per policy: accuracies as mean and sample standard deviation over seeds, ratios to ``full``.
+
+    Accuracies are fractions in ``[0, 1]``; a standard deviation over one seed is NaN, and so are the
+    ratios when ``full`` is not among the results.
+    """
+    by_policy = {policy: [r for r in results if r.policy == policy] for policy in policies}
+    full = by_policy.get("full") or []
+    full_passes = statistics.fmean(r.sample_passes for r in full) if full else math.nan
+    full_wall = statistics.fmean(r.wall_seconds for r in full) if full else math.nan
+    full_train = statistics.fmean(r.train_seconds for r in full) if full else math.nan
+    rows = []
+    for policy, runs in by_policy.items():
+        if not runs:
+            continue
+        final = _mean_std([r.final_acc for r in runs])
+        best = _mean_std([r.best_acc for r in runs])
+        passes = statistics.fmean(r.sample_passes for r in runs)
+        wall = statistics.fmean(r.wall_seconds for r in runs)
+        train = statistics.fmean(r.train_seconds for r in runs)
+        extras = {name: _mean_std([r.extras[name] for r in runs if name in r.extras]) for name in runs[0].extras}
+        rows.append(
+            PolicySummary(
+                policy=policy,
+                seeds=len(runs),
+                final_acc_mean=final[0],
+                final_acc_std=final[1],
+                best_acc_mean=best[0],
+                best_acc_std=best[1],
+                sample_passes=passes,
+                passes_ratio=passes / full_passes,
+                wall_seconds=wall,
+                wall_ratio=wall / full_wall,
+                train_seconds=train,
+                train_ratio=train / full_train,
+                extras=extras,
+            )
+        )
+    return rows
+
+
+def _percent(mean: float, std: float) -> str:
+    text = f"{100 * mean:.2f}"
+    return text if math.isnan(std) else f"{text} ± {100 * std:.2f}"
+
+
+def _ratio(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.2f}"
+
+
+def _extra_cell(title: str, mean: float, std: float) -> str:
+    if "(%)" in title:
+        return _percent(mean, std)
+    text = f"{mean:,.0f}" if abs(mean) >= 1000 else f"{mean:.3f}"
+    return text if math.isnan(std) else f"{text} ± {std:,.3g}"
+
+
+def markdown_table(rows: Sequence[PolicySummary], recipe: Recipe, note: str) -> str:
+    """The summary table in Markdown, the recipe's extra columns included, then ``note``."""
+    extras = [title for title, name in recipe.extras.items() if any(name in row.extras for row in rows)]
+    lines = [
+        f"| policy | seeds | final {recipe.column} (%) | best {recipe.column} (%) | sample passes | passes / full "
+        f"| wall-clock (s) | wall-clock / full | train time / full |{''.join(f' {title} |' for title in extras)}",
+        f"|---|---:|---:|---:|---:|---:|---:|---:|---:|{'---:|' * len(extras)}",
+    ]
+    for row in rows:
+        cells = [row.extras.get(recipe.extras[title], (math.nan, math.nan)) for title in extras]
+        lines.append(
+            f"| {row.policy} | {row.seeds} | {_percent(row.final_acc_mean, row.final_acc_std)} "
+            f"| {_percent(row.best_acc_mean, row.best_acc_std)} | {row.sample_passes:,.0f} "
+            f"| {_ratio(row.passes_ratio)} | {row.wall_seconds:.1f} | {_ratio(row.wall_ratio)} "
+            f"| {_ratio(row.train_ratio)} |"
+            + "".join(f" {_extra_cell(title, *cell)} |" for title, cell in zip(extras, cells, strict=True))
+        )
+    return "\n".join(lines) + "\n\n" + note
+
+
+def footnote(options: CompareOptions, results: Sequence[RunResult]) -> str:
+    """What the table measured: recipe, data sizes, epochs, evaluation, devices."""
+    recipe = RECIPES[options.recipe]
+    tests = sorted({r.test_examples for r in results})
+    trains = sorted({r.train_examples for r in results})
+    devices = sorted({r.device for r in results})
+    return (
+        f"Recipe `{recipe.name}`, dataset `{options.dataset}`{' (--fast-dev)' if options.fast_dev else ''}: "
+        f"{'/'.join(map(str, trains))} training and {'/'.join(map(str, tests))} evaluation examples, "
+        f"{options.max_epochs} epochs. {recipe.note} ± is the sample standard deviation over seeds. Sample "
+        "passes: training examples processed over the whole run. Wall-clock: `Trainer.fit`, per-epoch "
+        f"evaluation included, on {', '.join(devices)}; train time: the same without the evaluation, the part "
+        "a policy can save."
+    )
+
+
+def write_csv(path: Path, rows: Sequence[PolicySummary]) -> None:
+    """``summary.csv``: one row per policy, the extras as ``<name>_mean`` and ``<name>_std`` columns."""
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        names = [name for name in PolicySummary.__dataclass_fields__ if name != "extras"]
+        extras = list(dict.fromkeys(name for row in rows for name in row.extras))
+        writer.writerow(names + [f"{name}_{part}" for name in extras for part in ("mean", "std")])
+        for row in rows:
+            cells = [value for name in extras for value in row.extras.get(name, (math.nan, math.nan))]
+            writer.writerow([getattr(row, name) for name in names] + cells)
+
+
+def accuracy_figure(
+    results: Sequence[RunResult],
+    policies: Sequence[str] | None = None,
+    *,
+    metric: str = "val/acc",
+    label: str = "test accuracy",
+) -> Figure:
+    """Accuracy (``metric``) against sample passes, one line per policy (the mean over seeds, ± std as bars).
+
+    The x axis counts passes in units of the training set (one full-data epoch is 1), so policies
+    with shorter epochs end further left.
+
+    Returns:
+        A ``matplotlib.figure.Figure``; no pyplot state is touched.
+    """
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.5), dpi=100)
+    axes = figure.add_subplot()
+    order = list(policies) if policies is not None else list(dict.fromkeys(r.policy for r in results))
+    for policy in order:
+        runs = [r for r in results if r.policy == policy]
+        if not runs:
+            continue
+        epochs = min(len([e for e in r.epochs if metric in e]) for r in runs)
+        passes, means, stds = [], [], []
+        for index in range(epochs):
+            points = [[e for e in r.epochs if metric in e][index] for r in runs]
+            passes.append(
+                statistics.fmean(p["sample_passes"] / r.train_examples for p, r in zip(points, runs, strict=True))
+            )
+            mean, std = _mean_std([100 * p[metric] for p in points])
+            means.append(mean)
+            stds.append(0.0 if math.isnan(std) else std)
+        axes.errorbar(
+            passes, means, yerr=stds if len(runs) > 1 else None, marker="o", markersize=3, capsize=2, label=policy
+        )
+    axes.set(
+        xlabel="sample passes (multiples of the training set)",
+        ylabel=f"{label} (%)",
+        title=f"{label[0].upper()}{label[1:]} against compute",
+    )
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def write_report(options: CompareOptions, results: Sequence[RunResult]) -> list[PolicySummary]:
+    """Write ``summary.md``, ``summary.csv`` and ``accuracy_vs_passes.png`` under ``options.output``; the rows."""
+    rows = summarize(results, options.policies)
+    recipe = RECIPES[options.recipe]
+    (options.output / "summary.md").write_text(markdown_table(rows, recipe, footnote(options, results)) + "\n")
+    write_csv(options.output / "summary.csv", rows)
+    figure = accuracy_figure(results, options.policies, metric=recipe.metric, label=recipe.metric_label)
+    figure.savefig(options.output / "accuracy_vs_passes.png", dpi=120)
+    return rows

@@ -1,0 +1,234 @@
+"""What ``compare`` knows about each recipe (`RECIPES`), the settings of one invocation, and its errors."""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightning_curricula.recipes.vision.sources import check_dataset_name as check_vision_dataset
+
+__all__ = [
+    "DEFAULT_POLICIES",
+    "RECIPES",
+    "CompareOptions",
+    "ComparisonMismatchError",
+    "PolicySettingsError",
+    "Recipe",
+    "available_policies",
+    "check_llm_dataset",
+    "config_text",
+    "configs_dir",
+]
+
+#: The policies compared when ``--policies`` is not given (vision recipe).
+DEFAULT_POLICIES = ("full", "random", "infobatch", "curriculum", "static_el2n")
+_FAST_DEV_TRAIN = 256
+_FAST_DEV_TEST = 128
+
+
+class ComparisonMismatchError(RuntimeError):
+    """The output directory holds a comparison with other settings."""
+
+
+class PolicySettingsError(ValueError):
+    """A policy cannot run with the comparison's settings (found before any run starts)."""
+
+
+def check_llm_dataset(name: str) -> None:
+    """Raise ``ValueError`` unless ``name`` is a reasoning-gym task, an existing path or a Hub id.
+
+    Example:
+        >>> check_llm_dataset("reasoning_gym:basic_arithmetic")
+    """
+    if not (name.startswith("reasoning_gym:") or "/" in name or Path(name).exists()):
+        raise ValueError(
+            f"Unknown dataset {name!r}; valid: reasoning_gym:<task> (such as reasoning_gym:basic_arithmetic), a "
+            "local JSON / JSONL / parquet / CSV file or save_to_disk folder, or a Hugging Face Hub id with a '/'."
+        )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What ``compare`` needs to know about a recipe: where its configs are, what it measures, how to shrink it.
+
+    Args:
+        name: the ``--recipe`` value.
+        package: the recipe's package, holding ``configs/*.yaml`` (the policies) and the ``cli`` module.
+        cli: the name of the recipe's ``LightningCLI`` subclass in ``<package>.cli``.
+        default_dataset: ``--data.dataset`` when ``--dataset`` is not given.
+        default_policies: the policies compared when ``--policies`` is not given.
+        default_epochs: ``--trainer.max_epochs`` when ``--max-epochs`` is not given.
+        metric: the accuracy compared, as the recipe logs it after every epoch.
+        metric_label: how plots call it.
+        column: how the summary table's columns call it.
+        tag: the TensorBoard tag of ``metric`` against sample passes.
+        recorded: the metrics the per-epoch records keep (``metric`` first).
+        extras: metrics whose final logged values (or rank correlations) join the table, by column title.
+        run_args: arguments of every run.
+        fast_dev_args: arguments of ``--fast-dev`` runs (a pipeline check, not a measurement).
+        hparams: config keys logged as TensorBoard hyperparameters, by their short names.
+        check_dataset: raises ``ValueError`` for a dataset name the recipe cannot load.
+        note: what the footnote of the table says about the evaluation.
+    """
+
+    name: str
+    package: str
+    cli: str
+    default_dataset: str
+    default_policies: tuple[str, ...]
+    default_epochs: int
+    metric: str
+    metric_label: str
+    column: str
+    recorded: tuple[str, ...]
+    extras: dict[str, str]
+    run_args: tuple[str, ...]
+    fast_dev_args: tuple[str, ...]
+    hparams: dict[str, str]
+    check_dataset: Callable[[str], None]
+    note: str
+    tag: str
+
+
+#: The recipes ``compare`` runs, by ``--recipe`` name.
+RECIPES: dict[str, Recipe] = {
+    "vision": Recipe(
+        name="vision",
+        package="lightning_curricula.recipes.vision",
+        cli="VisionCLI",
+        default_dataset="embedded",
+        default_policies=DEFAULT_POLICIES,
+        default_epochs=6,
+        metric="val/acc",
+        metric_label="test accuracy",
+        column="test acc",
+        recorded=("val/acc", "val/loss", "train/loss"),
+        extras={},
+        run_args=("--data.val_size", "0"),  # per-epoch accuracy is on the test split
+        fast_dev_args=("--data.train_subset", str(_FAST_DEV_TRAIN), "--data.test_subset", str(_FAST_DEV_TEST)),
+        hparams={
+            "model": "model.model",
+            "lr": "model.lr",
+            "schedule": "model.schedule",
+            "batch_size": "data.batch_size",
+            "label_noise": "data.label_noise",
+        },
+        check_dataset=check_vision_dataset,
+        note=(
+            "Accuracy is measured on the test split after every epoch (the test split doubles as the validation "
+            "set, to get accuracy per epoch cheaply), so *best* is selected on the test set and optimistic: "
+            "compare *final*."
+        ),
+        tag="test/acc_by_sample_passes",
+    ),
+    "llm": Recipe(
+        name="llm",
+        package="lightning_curricula.recipes.llm",
+        cli="LLMRecipeCLI",
+        default_dataset="reasoning_gym:basic_arithmetic",
+        default_policies=("full", "random", "curriculum", "curriculum_difficulty", "anti_curriculum"),
+        default_epochs=4,
+        metric="val/hard/accuracy",
+        metric_label="held-out hard accuracy",
+        column="hard acc",
+        recorded=("val/hard/accuracy", "val/easy/accuracy", "val/hard/loss", "train/loss", "train/tokens"),
+        extras={
+            "easy acc (%)": "val/easy/accuracy",
+            "hard loss": "val/hard/loss",
+            "tokens": "train/tokens_seen",
+            "ρ(loss_ema, difficulty)": "rank_correlation/loss_ema",
+        },
+        run_args=(),
+        fast_dev_args=(
+            "--model.model",
+            "tiny-random-llama",
+            "--data.train_size",
+            "32",
+            "--data.eval_size",
+            "16",
+            "--data.batch_size",
+            "8",
+            "--model.max_new_tokens",
+            "4",
+        ),
+        hparams={
+            "model": "model.model",
+            "lr": "model.lr",
+            "lora_rank": "model.lora_rank",
+            "batch_size": "data.batch_size",
+            "train_size": "data.train_size",
+            "max_length": "data.max_length",
+        },
+        check_dataset=check_llm_dataset,
+        note=(
+            "Accuracy is exact match of greedy answers graded by the task's scorer on held-out easy and hard "
+            "splits after every epoch; *best* is selected on the same split: compare *final*. Tokens: response "
+            "and prompt tokens trained on (policies plan examples, not tokens). ρ: Spearman correlation of the "
+            "learned loss EMA with the known difficulty at the end of training."
+        ),
+        tag="val/hard_accuracy_by_sample_passes",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """The settings of one ``compare`` invocation (see ``lightning-curricula compare --help``).
+
+    Args:
+        policies: config names (``recipes/<recipe>/configs/<name>.yaml``).
+        seeds: one run per policy and seed.
+        dataset: ``--data.dataset`` of every run.
+        max_epochs: ``--trainer.max_epochs`` of every run.
+        output: the comparison's directory.
+        fast_dev: tiny data (and a tiny model for the LLM recipe): a smoke test, not a measurement.
+        threads: torch intra-op threads (``None`` keeps torch's default).
+        extra_args: more recipe arguments for every run, such as ``--trainer.precision bf16-mixed``.
+        recipe: a name in `RECIPES`.
+    """
+
+    policies: tuple[str, ...] = DEFAULT_POLICIES
+    seeds: tuple[int, ...] = (0,)
+    dataset: str = "embedded"
+    max_epochs: int = 6
+    output: Path = Path("runs/compare")
+    fast_dev: bool = False
+    threads: int | None = 1
+    extra_args: tuple[str, ...] = ()
+    recipe: str = "vision"
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two invocations the same comparison (policies and seeds may be added to it)."""
+        return {
+            "recipe": self.recipe,
+            "dataset": self.dataset,
+            "max_epochs": self.max_epochs,
+            "fast_dev": self.fast_dev,
+            "extra_args": list(self.extra_args),
+        }
+
+
+def configs_dir(recipe: str) -> Any:
+    """The folder of ``recipe``'s policy configs, inside the installed package."""
+    return importlib.resources.files(RECIPES[recipe].package) / "configs"
+
+
+def available_policies(recipe: str = "vision") -> list[str]:
+    """The policy names ``compare`` accepts for ``recipe``: the YAML configs shipped with it.
+
+    Example:
+        >>> {"full", "infobatch", "curriculum"} <= set(available_policies())
+        True
+        >>> "curriculum_difficulty" in available_policies("llm")
+        True
+    """
+    configs = configs_dir(recipe).iterdir()
+    return sorted(entry.name[: -len(".yaml")] for entry in configs if entry.name.endswith(".yaml"))
+
+
+def config_text(recipe: str, policy: str) -> str:
+    """The YAML text of ``policy``'s config for ``recipe``."""
+    return str((configs_dir(recipe) / f"{policy}.yaml").read_text())
