@@ -217,7 +217,8 @@ class FrozenReference(nn.Module):
     per-token reference loss of Rho-1 (Lin et al., "Not All Tokens Are What You Need for Pretraining",
     NeurIPS 2024). ``train()`` leaves it in eval mode (Lightning calls ``train()`` on the whole module
     every epoch), its parameters have ``requires_grad=False`` and ``forward`` runs under
-    ``torch.no_grad()``. Given ``vocab_size`` (the trained model's, see `vocabulary_size`), it fails at
+    ``torch.no_grad()`` (Lightning's warning that modules are in eval mode at the start of training
+    counts these, on purpose). Given ``vocab_size`` (the trained model's, see `vocabulary_size`), it fails at
     construction when the reference's vocabulary differs, or at its first forward when that is the
     first time the vocabulary shows (the logits' last dimension).
 

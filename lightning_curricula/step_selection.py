@@ -243,7 +243,8 @@ def percentile_selection(
         scores: ``(n,)`` detached scores (higher: more likely kept).
         keep: the kept share, in ``(0, 1]``.
         generator: a CPU ``torch.Generator`` (one order and one uniform per call).
-        beta: the sharpness, ``>= 0``.
+        beta: the sharpness, ``>= 0`` (the paper uses 1 to 3; with ``unbiased=True`` a large ``beta``
+            gives rarely kept examples huge weights, as any inverse-probability weighting does).
         unbiased: weight each kept example by ``k / (m * pi_i)`` (``m`` non-NaN scores), so that
             ``weighted_mean(kept_losses, weights)`` is an unbiased (Horvitz-Thompson) estimate of the
             batch's mean loss; otherwise weights are 1, as in the paper.
@@ -263,7 +264,8 @@ def percentile_selection(
         return Selection(torch.empty(0, dtype=torch.int64, device=scores.device), torch.empty(0, device=scores.device))
     known_values = values[known]
     cdf = torch.searchsorted(torch.sort(known_values).values, known_values, right=True).double() / known.numel()
-    probabilities = inclusion_probabilities(cdf.pow(beta), count)
+    # A large beta underflows the lowest percentiles to 0; the smallest positive double keeps them drawable.
+    probabilities = inclusion_probabilities(cdf.pow(beta).clamp_min(torch.finfo(torch.float64).tiny), count)
     # Systematic sampling in a random order: k points u, u + 1, ..., u + k - 1 on the cumulative probabilities.
     order = torch.randperm(known.numel(), generator=generator)
     cumulative = probabilities[order].cumsum(0)

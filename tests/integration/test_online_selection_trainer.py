@@ -4,15 +4,26 @@ mixed precision with every method."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from helpers import ClassificationDataset, Classifier, make_trainer, train_loader
 from online_helpers import RecordingLogger, SelectiveClassifier, per_example_loss
 from torch.nn import functional as F
 
-from lightning_curricula import OnlineBatchSelection, find_online_selection, irreducible_losses
+from lightning_curricula import (
+    FrozenReference,
+    OnlineBatchSelection,
+    excess_loss,
+    find_online_selection,
+    irreducible_losses,
+    vocabulary_size,
+    weighted_token_mean,
+)
 from lightning_curricula.step_selection import kept_count, reducible_loss, top_k_selection
 
 SIZE = 37
@@ -132,3 +143,74 @@ def test_token_selection_counts_tokens() -> None:
     kept = selection.select_tokens(scores, torch.tensor([[1, 1, 1], [1, 1, 0]]))
     assert kept.tolist() == [[False, False, True], [True, True, False]]
     assert selection.state_dict()["epoch"] == [2, 2, 5, 3, 1]
+
+
+class TinyLM(torch.nn.Module):
+    def __init__(self, vocab: int = 13) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(vocab)
+        self.embed = torch.nn.Embedding(vocab, 6)
+        self.dropout = torch.nn.Dropout(0.3)
+        self.head = torch.nn.Linear(6, vocab)
+        with torch.no_grad():
+            for parameter in self.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self.head
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.embed(ids)))
+
+
+def next_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    labels = labels[:, 1:]
+    losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels, reduction="none", ignore_index=-100)
+    return losses, labels != -100
+
+
+class Rho1LM(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lm = TinyLM()
+        self.reference = FrozenReference(TinyLM(), vocab_size=vocabulary_size(self.lm))
+        self.lm.dropout.p = 0.0  # the gradient check recomputes the step's forward
+        self.first: dict[str, Any] = {}
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        losses, mask = next_token_losses(self.lm(batch["ids"]), batch["labels"])
+        reference_losses, _ = next_token_losses(self.reference(batch["ids"]), batch["labels"])
+        kept = find_online_selection(self.trainer).select_tokens(excess_loss(losses, reference_losses), mask)
+        if not self.first:
+            self.first = {"batch": batch, "kept": kept, "lm": copy.deepcopy(self.lm)}
+        return weighted_token_mean(losses, kept)
+
+    def on_after_backward(self) -> None:
+        if "grads" not in self.first:
+            self.first["grads"] = [p.grad.clone() for p in self.lm.parameters()]  # type: ignore[union-attr]
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.5)
+
+
+def test_rho1_token_selection_trains_on_the_kept_tokens_only_with_a_frozen_reference() -> None:
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 13, (24, 7), generator=generator)
+    labels = ids.clone()
+    labels[:, :2] = -100
+    data = [{"ids": i, "labels": label} for i, label in zip(ids, labels, strict=True)]
+    module = Rho1LM()
+    reference_before = copy.deepcopy(module.reference.state_dict())
+    selection = OnlineBatchSelection(keep=0.4, name="rho1")
+    make_trainer(max_epochs=2, callbacks=[selection]).fit(module, torch.utils.data.DataLoader(data, batch_size=8))
+    # The reference never trained and stayed in eval mode although Lightning called train() every epoch.
+    assert not module.reference.training
+    for key, value in module.reference.state_dict().items():
+        assert torch.equal(value, reference_before[key]), key
+    # The first step's gradient is the gradient of the mean loss over the kept tokens alone.
+    first = module.first
+    losses, _ = next_token_losses(first["lm"](first["batch"]["ids"]), first["batch"]["labels"])
+    losses[first["kept"]].mean().backward()
+    for got, want in zip(first["grads"], (p.grad for p in first["lm"].parameters()), strict=True):
+        torch.testing.assert_close(got, want)
+    assert selection.epoch_metrics["kept_token_share"] == 3 * round(0.4 * 40) / 120  # 8 sequences x 5 loss tokens

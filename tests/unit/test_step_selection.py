@@ -138,6 +138,26 @@ def test_inclusion_probabilities_sum_to_k_and_stay_in_the_unit_interval(sizes: l
     assert bool((probabilities[order].diff() >= -1e-12).all())  # rising with the size
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    scores=st.lists(st.one_of(st.floats(-1e6, 1e6), st.just(NAN)), min_size=0, max_size=40),
+    share=st.floats(min_value=0.01, max_value=1.0),
+    beta=st.sampled_from([0.0, 0.5, 1.0, 3.0, 300.0]),
+    seed=st.integers(0, 2**31),
+)
+def test_percentile_selection_always_keeps_k_distinct_non_nan_positions(
+    scores: list[float], share: float, beta: float, seed: int
+) -> None:
+    values = torch.tensor(scores, dtype=torch.float64)
+    selection = percentile_selection(values, share, gen(seed), beta=beta, unbiased=True)
+    known = int((~values.isnan()).sum())
+    assert selection.positions.numel() == min(kept_count(len(scores), share), known)
+    assert selection.positions.unique().numel() == selection.positions.numel()
+    assert not bool(values[selection.positions].isnan().any())
+    assert bool((selection.weights > 0).all())
+    assert bool(selection.weights.isfinite().all())
+
+
 def test_percentile_selection_keeps_exactly_k_with_its_inclusion_probabilities() -> None:
     scores = torch.tensor([0.3, 2.0, NAN, 0.1, 5.0, 0.7, 1.1, 0.2])
     draws = 4000
