@@ -47,6 +47,7 @@ class RunResult:
     epochs: list[dict[str, float]] = field(default_factory=list)
     extras: dict[str, float] = field(default_factory=dict)
     train_seconds: float = math.nan
+    scoring_forwards: int = 0
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class PolicySummary:
     wall_ratio: float
     train_seconds: float
     train_ratio: float
+    scoring_ratio: float = 0.0
+    time_to_full_ratio: float = math.nan
     extras: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
@@ -98,17 +101,31 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
-def summarize(results: Sequence[RunResult], policies: Sequence[str]) -> list[PolicySummary]:
+def train_seconds_to(run: RunResult, accuracy: float, metric: str) -> float:
+    """The training time (evaluation excluded) at the end of the run's first epoch reaching ``accuracy``, or NaN."""
+    for record in run.epochs:
+        if record.get(metric, -math.inf) >= accuracy:
+            return record["train_seconds"]
+    return math.nan
+
+
+def summarize(
+    results: Sequence[RunResult], policies: Sequence[str], metric: str = "val/acc"
+) -> list[PolicySummary]:
     """One row per policy: accuracies as mean and sample standard deviation over seeds, ratios to ``full``.
 
     Accuracies are fractions in ``[0, 1]``; a standard deviation over one seed is NaN, and so are the
-    ratios when ``full`` is not among the results.
+    ratios when ``full`` is not among the results. ``scoring_ratio`` counts the scoring forwards (without
+    a backward) of selection inside the step as a share of full data's passes;
+    ``time_to_full_ratio`` is the mean over seeds of the training time at which a run first reaches full
+    data's mean final ``metric``, over full data's training time (NaN when a seed never reaches it).
     """
     by_policy = {policy: [r for r in results if r.policy == policy] for policy in policies}
     full = by_policy.get("full") or []
     full_passes = statistics.fmean(r.sample_passes for r in full) if full else math.nan
     full_wall = statistics.fmean(r.wall_seconds for r in full) if full else math.nan
     full_train = statistics.fmean(r.train_seconds for r in full) if full else math.nan
+    full_final = statistics.fmean(r.final_acc for r in full) if full else math.nan
     rows = []
     for policy, runs in by_policy.items():
         if not runs:
@@ -118,6 +135,8 @@ def summarize(results: Sequence[RunResult], policies: Sequence[str]) -> list[Pol
         passes = statistics.fmean(r.sample_passes for r in runs)
         wall = statistics.fmean(r.wall_seconds for r in runs)
         train = statistics.fmean(r.train_seconds for r in runs)
+        scoring = statistics.fmean(r.scoring_forwards for r in runs)
+        to_full = statistics.fmean(train_seconds_to(r, full_final, metric) for r in runs)
         extras = {name: _mean_std([r.extras[name] for r in runs if name in r.extras]) for name in runs[0].extras}
         rows.append(
             PolicySummary(
@@ -133,6 +152,8 @@ def summarize(results: Sequence[RunResult], policies: Sequence[str]) -> list[Pol
                 wall_ratio=wall / full_wall,
                 train_seconds=train,
                 train_ratio=train / full_train,
+                scoring_ratio=scoring / full_passes,
+                time_to_full_ratio=to_full / full_train,
                 extras=extras,
             )
         )
@@ -158,18 +179,22 @@ def _extra_cell(title: str, mean: float, std: float) -> str:
 def markdown_table(rows: Sequence[PolicySummary], recipe: Recipe, note: str) -> str:
     """The summary table in Markdown, the recipe's extra columns included, then ``note``."""
     extras = [title for title, name in recipe.extras.items() if any(name in row.extras for row in rows)]
+    scoring = any(row.scoring_ratio > 0 for row in rows)  # selection inside the step: its forwards are charged
     lines = [
         f"| policy | seeds | final {recipe.column} (%) | best {recipe.column} (%) | sample passes | passes / full "
-        f"| wall-clock (s) | wall-clock / full | train time / full |{''.join(f' {title} |' for title in extras)}",
-        f"|---|---:|---:|---:|---:|---:|---:|---:|---:|{'---:|' * len(extras)}",
+        f"{'| scoring forwards / full ' if scoring else ''}"
+        f"| wall-clock (s) | wall-clock / full | train time / full | time to full's {recipe.column} / full "
+        f"|{''.join(f' {title} |' for title in extras)}",
+        f"|---|---:|---:|---:|---:|---:|{'---:|' * scoring}---:|---:|---:|---:|{'---:|' * len(extras)}",
     ]
     for row in rows:
         cells = [row.extras.get(recipe.extras[title], (math.nan, math.nan)) for title in extras]
         lines.append(
             f"| {row.policy} | {row.seeds} | {_percent(row.final_acc_mean, row.final_acc_std)} "
             f"| {_percent(row.best_acc_mean, row.best_acc_std)} | {row.sample_passes:,.0f} "
-            f"| {_ratio(row.passes_ratio)} | {row.wall_seconds:.1f} | {_ratio(row.wall_ratio)} "
-            f"| {_ratio(row.train_ratio)} |"
+            f"| {_ratio(row.passes_ratio)} {f'| {_ratio(row.scoring_ratio)} ' if scoring else ''}"
+            f"| {row.wall_seconds:.1f} | {_ratio(row.wall_ratio)} | {_ratio(row.train_ratio)} "
+            f"| {_ratio(row.time_to_full_ratio)} |"
             + "".join(f" {_extra_cell(title, *cell)} |" for title, cell in zip(extras, cells, strict=True))
         )
     return "\n".join(lines) + "\n\n" + note
@@ -185,9 +210,13 @@ def footnote(options: CompareOptions, results: Sequence[RunResult]) -> str:
         f"Recipe `{recipe.name}`, dataset `{options.dataset}`{' (--fast-dev)' if options.fast_dev else ''}: "
         f"{'/'.join(map(str, trains))} training and {'/'.join(map(str, tests))} evaluation examples, "
         f"{options.max_epochs} epochs. {recipe.note} ± is the sample standard deviation over seeds. Sample "
-        "passes: training examples processed over the whole run. Wall-clock: `Trainer.fit`, per-epoch "
-        f"evaluation included, on {', '.join(devices)}; train time: the same without the evaluation, the part "
-        "a policy can save."
+        "passes: training examples processed over the whole run (forward and backward). Scoring forwards: "
+        "the extra forward passes without a backward of selection inside the step, which scores every example "
+        "of a batch and trains on some. Wall-clock: `Trainer.fit`, per-epoch evaluation included, on "
+        f"{', '.join(devices)}; train time: the same without the evaluation, the part a policy can save "
+        "(a policy's own preparation, such as RHO-LOSS's holdout models, included). Time to full's accuracy: "
+        "the train time at the end of the first epoch that reaches full data's mean final accuracy (n/a: "
+        "some seed never does)."
     )
 
 
@@ -253,8 +282,8 @@ def accuracy_figure(
 
 def write_report(options: CompareOptions, results: Sequence[RunResult]) -> list[PolicySummary]:
     """Write ``summary.md``, ``summary.csv`` and ``accuracy_vs_passes.png`` under ``options.output``; the rows."""
-    rows = summarize(results, options.policies)
     recipe = RECIPES[options.recipe]
+    rows = summarize(results, options.policies, recipe.metric)
     (options.output / "summary.md").write_text(markdown_table(rows, recipe, footnote(options, results)) + "\n")
     write_csv(options.output / "summary.csv", rows)
     figure = accuracy_figure(results, options.policies, metric=recipe.metric, label=recipe.metric_label)

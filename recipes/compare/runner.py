@@ -235,6 +235,7 @@ def _run_one(options: CompareOptions, policy: str, seed: int, progress: Any) -> 
         epochs=history.records,
         extras={name: final[name] for name in recipe.extras.values() if name in final},
         train_seconds=history.records[-1]["train_seconds"] if history.records else math.nan,
+        scoring_forwards=_scoring_forwards(cli.trainer),
     )
     cli.trainer.logger.log_hyperparams(
         _hyperparameters(cli, policy, seed, options),
@@ -248,6 +249,15 @@ def _run_one(options: CompareOptions, policy: str, seed: int, progress: Any) -> 
     )
     cli.trainer.logger.finalize("success")
     return result
+
+
+def _scoring_forwards(trainer: Any) -> int:
+    """Scoring forwards over the run (no backward): selection inside the step scores every example of a batch."""
+    from lightning_curricula import OnlineBatchSelection
+
+    selections = [c for c in trainer.callbacks if isinstance(c, OnlineBatchSelection)]
+    metrics = [selection.epoch_metrics for selection in selections]
+    return sum(int(m.get("forward_only_passes", 0) + m.get("backward_passes", 0)) for m in metrics)
 
 
 def _hyperparameters(cli: Any, policy: str, seed: int, options: CompareOptions) -> dict[str, Any]:

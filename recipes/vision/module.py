@@ -62,8 +62,9 @@ class VisionClassifier(pl.LightningModule):
             irreducible loss). Without such a callback every example of the batch is trained on.
         irreducible_losses: a file saved by `lightning_curricula.ReferenceLosses.save` with one
             irreducible loss per training id; with ``selection_score="reducible_loss"`` and no file,
-            `holdout_losses` trains two small models on the halves of the training set when fitting
-            starts (timed, logged as ``selection/holdout_seconds`` and saved in the log folder).
+            `holdout_losses` trains two small models on the halves of the training set when training
+            starts (timed as training time, logged as ``selection/holdout_seconds`` and saved in the
+            log folder).
         holdout_epochs: epochs of each of those holdout models.
 
     Example:
@@ -151,7 +152,9 @@ class VisionClassifier(pl.LightningModule):
             )
 
     @override
-    def on_fit_start(self) -> None:
+    def on_train_start(self) -> None:
+        # In on_train_start, after the callbacks' (Lightning calls them first): EpochHistory's clock is
+        # running, so the holdout models' time is charged to the run's training time.
         if self.selection_score != "reducible_loss" or self.irreducible is not None:
             return  # not RHO-LOSS, or restored from the checkpoint
         if self.irreducible_path is not None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from lightning_curricula.recipes import compare
-from lightning_curricula.recipes.compare import RunResult, accuracy_figure, main, runner, summarize
+from lightning_curricula.recipes.compare import RunResult, accuracy_figure, main, report, runner, summarize
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -42,13 +42,15 @@ def test_summary_table_and_csv(comparison: Path) -> None:
     rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]] for line in table[1:]}
     assert list(rows) == ["full", "curriculum"]
     for cells in rows.values():
-        seeds, final, best, passes, passes_ratio, wall, wall_ratio, train_ratio = cells
+        seeds, final, best, passes, passes_ratio, wall, wall_ratio, train_ratio, time_to_full = cells
         assert seeds == "1"
         assert 0.0 <= float(final) <= float(best) <= 100.0
         assert float(passes_ratio) <= 1.0
         assert float(wall) > 0
         assert float(wall_ratio) > 0
         assert float(train_ratio) > 0
+        assert time_to_full == "n/a" or float(time_to_full) > 0
+    assert float(rows["full"][8]) <= 1.0  # full data reaches its own final accuracy by its last epoch
     assert rows["full"][3] == "512"
     assert rows["full"][4] == "1.00"
     assert rows["curriculum"][3] == "436"
@@ -194,6 +196,41 @@ def test_summarize_ratios_and_spread() -> None:
     (alone,) = summarize(runs[2:], ["random"])
     assert math.isnan(alone.passes_ratio)
     assert math.isnan(alone.wall_ratio)
+
+
+def test_summarize_charges_scoring_forwards_and_times_the_reach_of_full_accuracy() -> None:
+    def epochs(accuracies: list[float], seconds_per_epoch: float) -> list[dict[str, float]]:
+        return [{"val/acc": acc, "train_seconds": seconds_per_epoch * (i + 1)} for i, acc in enumerate(accuracies)]
+
+    full = RunResult("full", 0, 0.9, 0.9, 600, 10.0, 100, 10, "CPU", epochs([0.5, 0.8, 0.9], 2.0), train_seconds=6.0)
+    step = RunResult(
+        "selective_backprop",
+        0,
+        0.92,
+        0.92,
+        300,
+        8.0,
+        100,
+        10,
+        "CPU",
+        epochs([0.6, 0.9, 0.92], 1.5),
+        train_seconds=4.5,
+        scoring_forwards=600,
+    )
+    never = RunResult("random", 0, 0.85, 0.85, 300, 5.0, 100, 10, "CPU", epochs([0.5, 0.85], 2.0), train_seconds=4.0)
+    rows = {row.policy: row for row in summarize([full, step, never], ["full", "selective_backprop", "random"])}
+    assert rows["selective_backprop"].scoring_ratio == pytest.approx(1.0)  # every example scored once per epoch
+    assert rows["full"].scoring_ratio == 0.0
+    assert rows["selective_backprop"].time_to_full_ratio == pytest.approx(3.0 / 6.0)  # 0.9 reached after 2 epochs
+    assert rows["full"].time_to_full_ratio == pytest.approx(1.0)
+    assert math.isnan(rows["random"].time_to_full_ratio)  # never reaches 0.9
+    recipe = compare.RECIPES["vision"]
+    table = report.markdown_table(list(rows.values()), recipe, "")
+    header, _, full_row, step_row, random_row = [line for line in table.splitlines() if line.startswith("|")]
+    titles = [cell.strip() for cell in header.split("|")[1:-1]]
+    assert "scoring forwards / full" in titles
+    assert [cell.strip() for cell in step_row.split("|")[1:-1]][titles.index("scoring forwards / full")] == "1.00"
+    assert [cell.strip() for cell in random_row.split("|")[1:-1]][-1] == "n/a"
 
 
 def test_llm_recipe_comparison_reports_hard_accuracy_tokens_and_rank_correlation(tmp_path: Path) -> None:
