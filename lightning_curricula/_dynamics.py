@@ -212,8 +212,12 @@ class TrainingDynamics(Callback):
                 f"TrainingDynamics(name={self.name!r}): {int(metrics['nonfinite_losses'])} visits in epoch "
                 f"{epoch} had a non-finite loss or logits; they were skipped."
             )
-        # The values are identical on every rank; averaging them is exact and keeps Lightning from warning.
-        pl_module.log_dict({f"{self.name}/{key}": value for key, value in metrics.items()}, sync_dist=True)
+        # The values are identical on every rank after the all-reduce, so Lightning must not sync them again
+        # (a mean costs it two collectives per metric). `rank_zero_only=True` skips its sync; `sync_dist=True`
+        # marks them as synced, so it does not warn. Every rank logs them: callbacks can monitor them anywhere.
+        pl_module.log_dict(
+            {f"{self.name}/{key}": value for key, value in metrics.items()}, sync_dist=True, rank_zero_only=True
+        )
         is_last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
         plot = self.plot_every_n_epochs > 0 and ((epoch + 1) % self.plot_every_n_epochs == 0 or is_last)
         if trainer.is_global_zero and self._tables:

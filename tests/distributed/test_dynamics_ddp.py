@@ -8,6 +8,7 @@ tables then depend only on which examples were visited, how often, and in which 
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from helpers import (
     make_trainer,
 )
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_curricula import TrainingDynamics, WithIndex
@@ -139,3 +141,100 @@ def test_ddp_tables_equal_a_single_process_run_over_the_same_visits(ddp_run: Pat
             assert torch.equal(distributed[key], expected), key
         else:  # the same values summed in another order (per rank, then across ranks)
             torch.testing.assert_close(distributed[key], expected, rtol=1e-6, atol=1e-7, equal_nan=True, msg=key)
+
+
+class CountingDDP(DDPStrategy):
+    """``ddp_spawn`` that counts its collectives (test only): Lightning syncs logged metrics through ``reduce``."""
+
+    def __init__(self) -> None:
+        super().__init__(start_method="spawn")
+        self.collectives: Counter[str] = Counter()
+
+    def reduce(self, *args: Any, **kwargs: Any) -> Any:
+        self.collectives["reduce"] += 1
+        return super().reduce(*args, **kwargs)
+
+    def all_gather(self, *args: Any, **kwargs: Any) -> Any:
+        self.collectives["all_gather"] += 1
+        return super().all_gather(*args, **kwargs)
+
+    def broadcast(self, *args: Any, **kwargs: Any) -> Any:
+        self.collectives["broadcast"] += 1
+        return super().broadcast(*args, **kwargs)
+
+    def barrier(self, *args: Any, **kwargs: Any) -> None:
+        self.collectives["barrier"] += 1
+        super().barrier(*args, **kwargs)
+
+    def reduce_boolean_decision(self, *args: Any, **kwargs: Any) -> bool:
+        self.collectives["reduce_boolean_decision"] += 1
+        return super().reduce_boolean_decision(*args, **kwargs)
+
+
+class EpochEndCollectives(Callback):
+    """Counts the collectives from the last batch of an epoch to the start of the next (or the end of training).
+
+    That window holds every callback's ``on_train_epoch_end`` and Lightning's reduction of the epoch's logged
+    metrics. It also records the warnings of the whole fit, and writes both to ``rank<N>_collectives.pt``.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory)
+        self.per_epoch: list[dict[str, int]] = []
+        self._at_last_batch: Counter[str] = Counter()
+        self._warnings: Any = None
+        self._caught: list[warnings.WarningMessage] = []
+
+    @staticmethod
+    def _counts(trainer: pl.Trainer) -> Counter[str]:
+        strategy = trainer.strategy
+        assert isinstance(strategy, CountingDDP)
+        return Counter(strategy.collectives)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._warnings = warnings.catch_warnings(record=True)
+        self._caught = self._warnings.__enter__()
+        warnings.simplefilter("always")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self._at_last_batch = self._counts(trainer)
+
+    def _close_epoch(self, trainer: pl.Trainer) -> None:
+        self.per_epoch.append(dict(self._counts(trainer) - self._at_last_batch))
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch > 0:
+            self._close_epoch(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close_epoch(trainer)
+        self._warnings.__exit__(None, None, None)
+        state = {
+            "per_epoch": self.per_epoch,
+            "warnings": [str(caught.message) for caught in self._caught],
+            "metrics": {key: float(value) for key, value in trainer.callback_metrics.items()},
+        }
+        torch.save(state, self.directory / f"rank{trainer.global_rank}_collectives.pt")
+
+
+@pytest.mark.slow
+def test_an_epoch_end_costs_one_collective(tmp_path: Path) -> None:
+    """Bug 11: the tracker's scalars are identical on every rank after its all-reduce; logging them adds no sync."""
+    dynamics = TrainingDynamics(log_histograms=False, plot_every_n_epochs=0)
+    trainer = make_trainer(
+        max_epochs=EPOCHS,
+        callbacks=[EpochEndCollectives(str(tmp_path)), dynamics],
+        strategy=CountingDDP(),
+        devices=WORLD_SIZE,
+        use_distributed_sampler=False,
+    )
+    trainer.fit(Classifier(lr=0.0), datamodule=ShardedData())
+    ranks = [load(tmp_path, f"rank{rank}_collectives.pt") for rank in range(WORLD_SIZE)]
+    for state in ranks:
+        assert state["per_epoch"] == [{"reduce": 1}] * EPOCHS  # the accumulator's all-reduce, nothing else
+        # The metrics reach callback_metrics on every rank (so any rank may monitor them), without Lightning's
+        # "It is recommended to use `self.log(..., sync_dist=True)`" warning.
+        assert state["metrics"]["dynamics/seen_fraction"] == 1.0
+        assert "dynamics/mean_loss" in state["metrics"]
+        assert not [message for message in state["warnings"] if "sync_dist=True" in message]
+    assert ranks[0]["metrics"] == ranks[1]["metrics"]
