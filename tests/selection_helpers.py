@@ -100,6 +100,8 @@ class HookLoop:
             current_epoch=0,
             max_epochs=num_epochs,
             is_global_zero=False,
+            world_size=1,
+            global_rank=0,
             strategy=SimpleNamespace(reduce=lambda tensor, reduce_op: tensor),
         )
         self.module = _Module()

@@ -235,6 +235,9 @@ def test_an_epoch_end_costs_one_collective(tmp_path: Path) -> None:
         # The metrics reach callback_metrics on every rank (so any rank may monitor them), without Lightning's
         # "It is recommended to use `self.log(..., sync_dist=True)`" warning.
         assert state["metrics"]["dynamics/seen_fraction"] == 1.0
+        # Measured from the batches of both ranks: the padding repeat was trained too.
+        assert state["metrics"]["dynamics/kept_fraction"] == pytest.approx((SIZE + 1) / SIZE)
+        assert state["metrics"]["dynamics/weight_max"] == 1.0
         assert "dynamics/mean_loss" in state["metrics"]
         assert not [message for message in state["warnings"] if "sync_dist=True" in message]
     assert ranks[0]["metrics"] == ranks[1]["metrics"]

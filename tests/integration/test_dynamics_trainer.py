@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from helpers import (
@@ -303,3 +304,50 @@ def test_num_examples_that_disagree_with_the_dataset_raise_at_start() -> None:
             model, train_loader(ClassificationDataset(SIZE))
         )
     assert model.steps == 0
+
+
+def test_what_was_trained_is_measured_from_the_batches_not_read_from_a_sampler() -> None:
+    # A plain sampler of (index, weight) pairs: a repeat, a weighted visit, most examples left out.
+    pairs = [(0, 2.0), (3, 0.5), (3, 0.5), (5, 1.0)]
+    loader = DataLoader(WithIndex(ClassificationDataset(SIZE)), batch_size=3, sampler=pairs)
+    trainer = make_trainer(max_epochs=2, callbacks=[TrainingDynamics(**QUIET)])
+    trainer.fit(Classifier(), loader)
+    logged = {key: float(value) for key, value in trainer.callback_metrics.items()}
+    assert logged["dynamics/kept_fraction"] == pytest.approx(4 / SIZE)
+    assert logged["dynamics/unique_fraction"] == pytest.approx(3 / SIZE)
+    assert logged["dynamics/weight_mean"] == pytest.approx(1.0)
+    assert logged["dynamics/weight_max"] == 2.0
+    assert logged["dynamics/sample_passes"] == 8.0
+    assert logged["dynamics/passes_saved_fraction"] == pytest.approx(1 - 8 / (2 * SIZE))
+
+
+def test_unweighted_batches_count_as_weight_one() -> None:
+    trainer = make_trainer(max_epochs=1, callbacks=[TrainingDynamics(**QUIET)])
+    trainer.fit(Classifier(), train_loader(ClassificationDataset(SIZE)))
+    logged = trainer.callback_metrics
+    assert float(logged["dynamics/kept_fraction"]) == 1.0
+    assert float(logged["dynamics/weight_mean"]) == 1.0
+    assert float(logged["dynamics/weight_max"]) == 1.0
+
+
+def test_signals_is_one_snapshot_per_epoch() -> None:
+    class Snapshots(pl.Callback):
+        """Reads the signals twice after the tracker's epoch end: the same tensors, new ones next epoch."""
+
+        def __init__(self) -> None:
+            self.losses: list[torch.Tensor] = []
+
+        def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            first, second = dynamics.signals(), dynamics.signals()
+            assert all(first[key] is second[key] for key in first)
+            assert first is not second  # a fresh dict each call: adding keys does not touch the snapshot
+            self.losses.append(first["loss"])
+
+    dynamics = TrainingDynamics(**QUIET)
+    snapshots = Snapshots()
+    make_trainer(max_epochs=2, callbacks=[dynamics, snapshots]).fit(
+        Classifier(), train_loader(ClassificationDataset(SIZE))
+    )
+    assert len(snapshots.losses) == 2
+    assert snapshots.losses[0] is not snapshots.losses[1]
+    assert not torch.equal(snapshots.losses[0], snapshots.losses[1])  # the first epoch's snapshot was kept as it was

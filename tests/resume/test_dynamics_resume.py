@@ -92,7 +92,8 @@ def test_resume_gives_the_uninterrupted_tables_and_weights(
     assert sorted(path.name for path in checkpoints.iterdir()) == [f"epoch={e}.ckpt" for e in range(crash_epoch)]
     if crash_batch is not None:  # the crashed epoch's first batches were accumulated, not finished
         assert dynamics._accumulator is not None
-        assert float(dynamics._accumulator[0].sum()) == 8 * crash_batch
+        assert dynamics._layout is not None
+        assert float(dynamics._layout.per_example(dynamics._accumulator)[0].sum()) == 8 * crash_batch
 
     resumed_dynamics = dynamics if same_callback else tracker()
     resumed_model = Classifier(seed=123)  # different initial weights: the checkpoint must restore them
