@@ -16,8 +16,7 @@ from typing_extensions import override
 
 from lightning_curricula import _tables as T
 from lightning_curricula._step_outputs import StepOutputs, read_step_outputs
-from lightning_curricula._visualize import log_epoch_visuals
-from lightning_curricula.ranking import HARDER_WHEN_HIGHER, difficulty_scores, select_indices
+from lightning_curricula.ranking import difficulty_scores, select_indices
 
 if TYPE_CHECKING:
     import datasets
@@ -73,12 +72,12 @@ class TrainingDynamics(Callback):
             each); ``0`` keeps none. See `loss_history`.
         on_nonfinite: ``"skip"`` a NaN or infinite loss (counted in ``nonfinite``, logged, warned
             once per epoch), or ``"raise"`` at once (costs a host-device sync per step).
-        log_histograms: log a histogram of each signal every epoch (TensorBoard only).
-        plot_every_n_epochs: every this-many epochs, and at the last epoch, log the data map and the
-            hardest examples (TensorBoard only); ``0`` never.
-        num_hardest: how many of the hardest examples to show.
-        hardest_by: the signal that ranks them (a key of `HARDER_WHEN_HIGHER`).
         index_key: the key that holds the example ids.
+        weight_key: the key that holds the plan weights (``batch[weight_key]`` or the outputs'); a
+            batch without them counts as weight 1. Only the logged ``weight_mean`` / ``weight_max``
+            read them.
+
+    It logs scalars (to every logger) once per epoch; `DynamicsVisuals` draws its signals.
 
     Examples:
         >>> import lightning.pytorch as pl
@@ -103,10 +102,6 @@ class TrainingDynamics(Callback):
         ema_decay: float = 0.8,
         history_epochs: int = 0,
         on_nonfinite: Literal["skip", "raise"] = "skip",
-        log_histograms: bool = True,
-        plot_every_n_epochs: int = 5,
-        num_hardest: int = 16,
-        hardest_by: str = "loss",
         index_key: str = "index",
         weight_key: str = "weight",
     ) -> None:
@@ -120,21 +115,11 @@ class TrainingDynamics(Callback):
             raise ValueError(f"history_epochs must be >= 0, got {history_epochs!r}.")
         if on_nonfinite not in ("skip", "raise"):
             raise ValueError(f"on_nonfinite must be 'skip' or 'raise', got {on_nonfinite!r}.")
-        if plot_every_n_epochs < 0 or num_hardest < 0:
-            raise ValueError(
-                f"plot_every_n_epochs and num_hardest must be >= 0, got {plot_every_n_epochs!r} and {num_hardest!r}."
-            )
-        if hardest_by not in HARDER_WHEN_HIGHER:
-            raise ValueError(f"hardest_by must be one of {sorted(HARDER_WHEN_HIGHER)}, got {hardest_by!r}.")
         self.name = name
         self.num_examples = num_examples
         self.ema_decay = ema_decay
         self.history_epochs = history_epochs
         self.on_nonfinite = on_nonfinite
-        self.log_histograms = log_histograms
-        self.plot_every_n_epochs = plot_every_n_epochs
-        self.num_hardest = num_hardest
-        self.hardest_by = hardest_by
         self.index_key = index_key
         self.weight_key = weight_key
         self.epochs_tracked = 0
@@ -216,10 +201,6 @@ class TrainingDynamics(Callback):
         pl_module.log_dict(
             {f"{self.name}/{key}": value for key, value in metrics.items()}, sync_dist=True, rank_zero_only=True
         )
-        is_last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
-        plot = self.plot_every_n_epochs > 0 and ((epoch + 1) % self.plot_every_n_epochs == 0 or is_last)
-        if trainer.is_global_zero and self._tables:
-            log_epoch_visuals(self, trainer, histograms=self.log_histograms, plots=plot)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, DistributedSampler
 
-from lightning_curricula import TrainingDynamics, WithIndex
+from lightning_curricula import DynamicsVisuals, TrainingDynamics, WithIndex
 
 SIZE = 37  # odd: DistributedSampler pads one repeat per epoch for two ranks
 WORLD_SIZE = 2
@@ -78,7 +78,7 @@ def expected_visits(epoch: int) -> Counter[int]:
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("ddp")
-    dynamics = TrainingDynamics(log_histograms=False, plot_every_n_epochs=0)
+    dynamics = TrainingDynamics()
     trainer = make_trainer(
         max_epochs=EPOCHS,
         callbacks=[dynamics, DumpSignals(str(directory))],
@@ -129,7 +129,7 @@ def test_padded_repeats_count_as_visits_not_epochs(ddp_run: Path) -> None:
 
 @pytest.mark.slow
 def test_ddp_tables_equal_a_single_process_run_over_the_same_visits(ddp_run: Path) -> None:
-    dynamics = TrainingDynamics(log_histograms=False, plot_every_n_epochs=0)
+    dynamics = TrainingDynamics()
     dataset = WithIndex(ClassificationDataset(SIZE))
     loader = DataLoader(dataset, batch_size=BATCH_SIZE, sampler=ShardUnionSampler(dataset, world_size=WORLD_SIZE))
     make_trainer(max_epochs=EPOCHS, callbacks=[dynamics]).fit(Classifier(lr=0.0), loader)
@@ -220,7 +220,7 @@ class EpochEndCollectives(Callback):
 @pytest.mark.slow
 def test_an_epoch_end_costs_one_collective(tmp_path: Path) -> None:
     """Bug 11: the tracker's scalars are identical on every rank after its all-reduce; logging them adds no sync."""
-    dynamics = TrainingDynamics(log_histograms=False, plot_every_n_epochs=0)
+    dynamics = TrainingDynamics()
     trainer = make_trainer(
         max_epochs=EPOCHS,
         callbacks=[EpochEndCollectives(str(tmp_path)), dynamics],
@@ -241,3 +241,38 @@ def test_an_epoch_end_costs_one_collective(tmp_path: Path) -> None:
         assert "dynamics/mean_loss" in state["metrics"]
         assert not [message for message in state["warnings"] if "sync_dist=True" in message]
     assert ranks[0]["metrics"] == ranks[1]["metrics"]
+
+
+@pytest.mark.slow
+def test_visuals_gather_the_predictions_of_the_shown_examples_in_one_small_collective(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    visuals = DynamicsVisuals(log_histograms=False, plot_every_n_epochs=2, num_hardest=SIZE)  # every example
+    trainer = make_trainer(
+        max_epochs=EPOCHS,
+        callbacks=[EpochEndCollectives(str(tmp_path)), TrainingDynamics(), visuals],
+        strategy=CountingDDP(),
+        devices=WORLD_SIZE,
+        use_distributed_sampler=False,
+        logger=TensorBoardLogger(tmp_path / "logs"),
+    )
+    model = Classifier(lr=0.0)  # frozen: the prediction of each example is the arg-max of its fixed logits
+    trainer.fit(model, datamodule=ShardedData())
+    for rank in range(WORLD_SIZE):  # epoch 0 draws nothing; epoch 1 gathers the shown predictions once
+        assert load(tmp_path, f"rank{rank}_collectives.pt")["per_epoch"] == [
+            {"reduce": 1},
+            {"reduce": 1, "all_gather": 1},
+        ]
+    events = EventAccumulator(
+        str(next((tmp_path / "logs").rglob("events.out.tfevents.*"))), size_guidance={"tensors": 0}
+    )
+    events.Reload()
+    text = events.Tensors("dynamics/hardest_by_loss/text_summary")[-1].tensor_proto.string_val[0].decode()
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()[2:]]
+    dataset = ClassificationDataset(SIZE)
+    expected = model(dataset.x).argmax(dim=1)
+    assert sorted(int(row[0]) for row in rows) == list(range(SIZE))  # both ranks' examples
+    for row in rows:
+        assert int(row[2]) == int(dataset.y[int(row[0])])
+        assert int(row[3]) == int(expected[int(row[0])]), row

@@ -41,7 +41,7 @@ class CrashAt(Callback):
 
 
 def tracker() -> TrainingDynamics:
-    return TrainingDynamics(history_epochs=2, log_histograms=False, plot_every_n_epochs=0)
+    return TrainingDynamics(history_epochs=2)
 
 
 def every_epoch(directory: Path) -> ModelCheckpoint:
@@ -169,6 +169,6 @@ def test_resume_with_a_dataset_of_another_size_raises(one_epoch_checkpoint: Path
 
 
 def test_resume_with_another_num_examples_raises_when_loading(one_epoch_checkpoint: Path, tmp_path: Path) -> None:
-    dynamics = TrainingDynamics(num_examples=41, history_epochs=2, log_histograms=False, plot_every_n_epochs=0)
+    dynamics = TrainingDynamics(num_examples=41, history_epochs=2)
     with pytest.raises(ValueError, match=r"the checkpoint tracks 37 examples, this run has 41"):
         _resume_with(41, dynamics, one_epoch_checkpoint, tmp_path)

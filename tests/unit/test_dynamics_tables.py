@@ -292,9 +292,6 @@ def test_load_state_dict_checks_version_and_size() -> None:
         ({"ema_decay": -0.1}, r"ema_decay must be in \[0, 1\), got -0.1"),
         ({"history_epochs": -1}, r"history_epochs must be >= 0, got -1"),
         ({"on_nonfinite": "ignore"}, r"on_nonfinite must be 'skip' or 'raise', got 'ignore'"),
-        ({"plot_every_n_epochs": -1}, r"plot_every_n_epochs and num_hardest must be >= 0, got -1 and 16"),
-        ({"num_hardest": -2}, r"plot_every_n_epochs and num_hardest must be >= 0, got 5 and -2"),
-        ({"hardest_by": "visits"}, r"hardest_by must be one of \[.*'el2n'.*\], got 'visits'"),
     ],
 )
 def test_constructor_validation(kwargs: dict[str, Any], message: str) -> None:
