@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TrainingDynamics"]
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: counts in narrow integer dtypes, `last_seen` (= last epoch + 1), no `last_epoch`
 
 
 class TrainingDynamics(Callback):
@@ -129,6 +129,7 @@ class TrainingDynamics(Callback):
         self._layout: T.Layout | None = None
         self._snapshot: dict[str, Tensor] | None = None  # `signals()` of the current tables, made once
         self._world_size, self._rank = 1, 0
+        self._max_epochs: int | None = None  # sizes the count tables; from trainer.max_epochs
         self._checked_ids = False
 
     # ----------------------------------------------------------------------------------- Lightning hooks
@@ -153,10 +154,14 @@ class TrainingDynamics(Callback):
                 "TrainingDynamics cannot infer the dataset size from the train dataloader; "
                 "pass num_examples=len(train_dataset)."
             )
+        max_epochs = trainer.max_epochs
+        self._max_epochs = max_epochs if max_epochs is not None and max_epochs > 0 else None
         if not self._tables:
-            self._set_tables(T.new_tables(self.num_examples, classification=False))
+            self._set_tables(T.new_tables(self.num_examples, classification=False, counts=self._count_dtype()))
             if self.history_epochs:
                 self._history = torch.full((self.history_epochs, self.num_examples), math.nan)
+        else:  # resumed, perhaps with more epochs than the tables' counts were sized for
+            T.widen_counts(self._tables, self._count_dtype())
         self._world_size, self._rank = trainer.world_size, trainer.global_rank
         if self._layout is not None and self._layout.world_size != self._world_size:
             self._accumulator = self._layout = None  # reallocated by the first batch
@@ -225,7 +230,8 @@ class TrainingDynamics(Callback):
         if state_dict.get("version") != STATE_VERSION:
             raise ValueError(
                 f"TrainingDynamics state has version {state_dict.get('version')!r}; this release reads "
-                f"version {STATE_VERSION}."
+                f"version {STATE_VERSION} (version 2 stores its counts in narrower dtypes and `last_seen` instead "
+                "of `last_epoch`). Resume with the release that wrote the checkpoint, or start the tables anew."
             )
         saved = int(state_dict["num_examples"])
         if self.num_examples is not None and saved != self.num_examples:
@@ -275,7 +281,8 @@ class TrainingDynamics(Callback):
         assert self._layout is not None
         totals = T.epoch_totals(sums, self._layout)
         if totals.correct is not None and "margin" not in self._tables:
-            self._tables |= T.new_classification_tables(totals.visits.numel(), device=totals.visits.device)
+            counts = self._tables["visits"].dtype
+            self._tables |= T.new_classification_tables(totals.visits.numel(), counts=counts, device=sums.device)
         forgotten = T.update_tables(self._tables, totals, epoch, ema_decay=self.ema_decay)
         self._snapshot = None
         if self._history is not None:
@@ -395,10 +402,14 @@ class TrainingDynamics(Callback):
         if self.num_examples is None:
             raise RuntimeError("TrainingDynamics.update called before the dataset size is known.")
         if not self._tables:
-            self._set_tables(T.new_tables(self.num_examples, classification=False))
+            self._set_tables(T.new_tables(self.num_examples, classification=False, counts=self._count_dtype()))
         self._layout = T.Layout(self.num_examples, classification, self._world_size)
         self._accumulator = T.new_accumulator(self._layout, device)
         self._to(device)
+
+    def _count_dtype(self) -> torch.dtype:
+        """The dtype of the count tables: one that holds ``max_epochs`` (one byte up to 255); widened if outgrown."""
+        return T.count_dtype(self._max_epochs) if self._max_epochs is not None else torch.uint8
 
     def _set_tables(self, tables: dict[str, Tensor]) -> None:
         self._tables = tables

@@ -287,3 +287,14 @@ def test_signals_is_one_snapshot_per_epoch() -> None:
     assert len(snapshots.losses) == 2
     assert snapshots.losses[0] is not snapshots.losses[1]
     assert not torch.equal(snapshots.losses[0], snapshots.losses[1])  # the first epoch's snapshot was kept as it was
+
+
+def test_count_dtype_follows_max_epochs() -> None:
+    short, long = TrainingDynamics(name="short"), TrainingDynamics(name="long")
+    make_trainer(max_epochs=3, callbacks=[short]).fit(Classifier(), train_loader(ClassificationDataset(SIZE)))
+    make_trainer(max_epochs=300, max_steps=2, callbacks=[long]).fit(
+        Classifier(), train_loader(ClassificationDataset(SIZE))
+    )
+    assert {t.dtype for t in short._tables.values() if not t.is_floating_point()} == {torch.uint8, torch.int8}
+    assert long._tables["epochs_seen"].dtype == torch.int16  # 300 epochs do not fit in a byte
+    assert short.signals()["epochs_seen"].tolist() == [3] * SIZE

@@ -124,14 +124,14 @@ def test_each_epoch_checkpoint_holds_the_tables_of_the_finished_epochs(straight_
         state = checkpoint["callbacks"][key]
         assert state["epochs_tracked"] == epoch + 1
         assert state["tables"]["visits"].tolist() == [epoch + 1] * SIZE
-        assert state["tables"]["last_epoch"].tolist() == [epoch] * SIZE
+        assert state["tables"]["last_seen"].tolist() == [epoch + 1] * SIZE  # the last epoch seen, plus one
 
 
 def test_checkpoint_state_loads_with_weights_only(straight_run: StraightRun, tmp_path: Path) -> None:
     dynamics = straight_run.dynamics
     checkpoint = torch.load(straight_run.checkpoints / f"epoch={EPOCHS - 1}.ckpt", weights_only=True)
     state = checkpoint["callbacks"][dynamics.state_key]
-    assert state["version"] == 1
+    assert state["version"] == 2
     assert state["num_examples"] == SIZE
     assert state["epochs_tracked"] == EPOCHS
     assert isinstance(state["history"], torch.Tensor)
