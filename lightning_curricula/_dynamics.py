@@ -35,8 +35,11 @@ class TrainingDynamics(Callback):
     ``outputs["index"]``.
 
     Per step the callback does a handful of vectorised tensor ops on the model's device (one
-    ``index_add_`` into a dense ``(signals, N)`` accumulator) and never synchronises with the host.
-    At each epoch end it all-reduces that accumulator once and derives the epoch's signals:
+    ``index_add_`` into a dense ``(rows, N)`` accumulator) and never synchronises with the host.
+    At each epoch end it all-reduces that accumulator once, folds it into its tables (64 bytes per
+    example with every signal, 24 with losses only, for up to 255 epochs; see ``docs/benchmarks.md``)
+    and `signals` derives one snapshot of these columns, shared by the sampler, `DynamicsVisuals` and
+    the exports:
 
     | column | meaning (over the epochs in which the example was seen) |
     |---|---|
@@ -77,7 +80,9 @@ class TrainingDynamics(Callback):
             batch without them counts as weight 1. Only the logged ``weight_mean`` / ``weight_max``
             read them.
 
-    It logs scalars (to every logger) once per epoch; `DynamicsVisuals` draws its signals.
+    It logs scalars (to every logger) once per epoch: what the epoch trained, measured from its
+    batches (``kept_fraction``, ``unique_fraction``, ``weight_mean``, ``weight_max``), the passes so far
+    and saved, and summaries of the tables; `DynamicsVisuals` draws its signals.
 
     Examples:
         >>> import lightning.pytorch as pl
@@ -86,8 +91,9 @@ class TrainingDynamics(Callback):
 
     Note:
         **DDP**: every rank accumulates the batches it trains on; one all-reduce (sum) per epoch makes
-        the tables identical on all ranks, so any rank can plan from them. Ids travel as integers and
-        are never packed into float tensors. **Resume**: ``state_dict`` holds the tables as of the
+        the tables identical on all ranks, so any rank can plan from them; it is the epoch's only
+        collective (the logged scalars come from the same buffer). Ids travel as integers and are
+        never packed into float tensors. **Resume**: ``state_dict`` holds the tables as of the
         last finished epoch (tensors and numbers only, loadable with ``torch.load(weights_only=True)``),
         so a run resumed from an epoch-end checkpoint ends with exactly the tables of an uninterrupted
         run. A partly finished epoch is not saved: a mid-epoch checkpoint warns, and the visits made before
