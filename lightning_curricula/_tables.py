@@ -126,9 +126,9 @@ def accumulate(buffer: Tensor, layout: Layout, step: StepOutputs, finite: Tensor
         scalars[_WEIGHT_SUM] += step.index.numel()
         largest = torch.ones((), device=device) if step.index.numel() else torch.zeros((), device=device)
     else:
-        weights = step.weights.to(device=device, dtype=torch.float64)
-        scalars[_WEIGHT_SUM] += weights.sum().float()
-        largest = weights.max().float() if weights.numel() else torch.zeros((), device=device)
+        weights = step.weights.to(device=device, dtype=torch.float32)
+        scalars[_WEIGHT_SUM] += weights.sum()
+        largest = weights.max() if weights.numel() else torch.zeros((), device=device)
     slot = scalars.narrow(0, _WEIGHT_MAX + rank, 1)
     slot.copy_(torch.maximum(slot, largest))
 
