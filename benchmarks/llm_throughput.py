@@ -13,7 +13,7 @@ SmolLM2 on two CPU cores takes seconds), so the script also times what the track
 step in isolation: ``read_step_outputs`` + ``TrainingDynamics.update`` on a batch of the same size,
 as ``on_train_batch_end`` calls them, and reports the bound ``1 + tracker seconds / fastest step``.
 
-The tracked side adds ``TrainingDynamics(log_histograms=False, plot_every_n_epochs=0)``: the
+The tracked side adds ``TrainingDynamics()``: the
 per-step ``update`` (a few tensor ops and one ``index_add_``) and the epoch-end derivation; both
 sides run with ``logger=False``.
 
@@ -74,7 +74,7 @@ def run_once(
     model: Any, tokenizer: Any, data: InstructionDataModule, args: argparse.Namespace, *, tracked: bool
 ) -> dict[str, Any]:
     timer = StepTimer(args.warmup)
-    callbacks: list[Callback] = [TrainingDynamics(log_histograms=False, plot_every_n_epochs=0)] if tracked else []
+    callbacks: list[Callback] = [TrainingDynamics()] if tracked else []
     callbacks.append(timer)  # last, so that the tracker's update is inside the timed step
     module = CausalLMFineTuner(model, tokenizer, lr=1e-5, max_new_tokens=0)
     trainer = pl.Trainer(

@@ -92,7 +92,7 @@ def synthetic_tables(n: int, epoch: int, seed: int) -> dict[str, Tensor]:
         "visits": unseen_int(epochs_seen),
         "epochs_seen": unseen_int(epochs_seen),
         "nonfinite": torch.zeros(n, dtype=torch.int32),
-        "last_epoch": unseen_int(last_epoch, -1),
+        "last_seen": unseen_int(last_epoch + 1, 0),
         "loss": unseen_nan(loss),
         "loss_ema": unseen_nan(loss_ema),
         "loss_sum": torch.where(seen, loss * epochs, 0.0),
@@ -111,7 +111,7 @@ def tracker_with(tables: dict[str, Tensor], epoch: int) -> TrainingDynamics:
     """A `TrainingDynamics` holding ``tables`` as if ``epoch`` epochs had been synced."""
     n = int(tables["visits"].numel())
     dynamics = TrainingDynamics(num_examples=n)
-    dynamics.load_state_dict({"version": 1, "num_examples": n, "epochs_tracked": epoch, "tables": tables})
+    dynamics.load_state_dict({"version": 2, "num_examples": n, "epochs_tracked": epoch, "tables": tables})
     return dynamics
 
 

@@ -1,9 +1,11 @@
 """Memory of `TrainingDynamics`: bytes held per tracked example, and the largest dataset that fits in 1 GiB.
 
-For each signal set, a ``TrainingDynamics(num_examples=N)`` gets one real ``update()`` (a batch of
+For each signal set, a ``TrainingDynamics(num_examples=N)`` sized for ``--max-epochs`` (its count
+tables take the narrowest dtype that holds them) gets one real ``update()`` (a batch of
 ``StepOutputs``) and one ``_finish_epoch``, which allocate everything it keeps for the rest of
 training. The steady-state footprint is the sum of ``numel * element_size`` over its tables and its
-per-epoch accumulator (and its loss history when ``--history-epochs`` is given). Each signal set is
+per-epoch accumulator (and its loss history when ``--history-epochs`` is given); for classification,
+the per-rank predictions table of a ``DynamicsVisuals`` that draws the hardest examples is added. Each signal set is
 measured in a fresh process, whose peak resident-memory growth over the same calls is reported too: it
 adds the short-lived temporaries of the epoch-end derivation (an approximate, process-wide figure).
 
@@ -35,7 +37,7 @@ import lightning
 import torch
 from torch import Tensor
 
-from lightning_curricula import StepOutputs, TrainingDynamics
+from lightning_curricula import DynamicsVisuals, StepOutputs, TrainingDynamics
 
 GIB = 2**30
 
@@ -50,7 +52,9 @@ def peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
-def measure(num_examples: int, *, classification: bool, history_epochs: int, batch_size: int) -> dict[str, Any]:
+def measure(
+    num_examples: int, *, classification: bool, history_epochs: int, batch_size: int, max_epochs: int
+) -> dict[str, Any]:
     torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(0)
     index = torch.randperm(num_examples, generator=generator)[:batch_size]
@@ -61,17 +65,25 @@ def measure(num_examples: int, *, classification: bool, history_epochs: int, bat
     gc.collect()
     rss_before = peak_rss_bytes()
     dynamics = TrainingDynamics(num_examples=num_examples, history_epochs=history_epochs)
+    dynamics._max_epochs = max_epochs  # what on_train_start reads from trainer.max_epochs
     if history_epochs:  # on_train_start allocates the history; update() does not
         dynamics._history = torch.full((history_epochs, num_examples), math.nan)
     dynamics.update(step)
     assert dynamics._accumulator is not None
     dynamics._finish_epoch(dynamics._accumulator, epoch=0)
+    visuals = DynamicsVisuals()  # its on_train_batch_end keeps each example's predicted class
+    visuals.dynamics = dynamics
+    if classification:
+        batch = {"index": index}
+        visuals.on_train_batch_end(None, None, {"losses": losses, "logits": logits, "targets": targets}, batch, 0)  # type: ignore[arg-type]
     rss_peak_growth = peak_rss_bytes() - rss_before
     tables = dict(dynamics._tables)
     parts: dict[str, int] = {name: tensor_bytes([t]) for name, t in tables.items()}
     parts["accumulator"] = tensor_bytes([dynamics._accumulator])
     if dynamics._history is not None:
         parts["history"] = tensor_bytes([dynamics._history])
+    if visuals._predictions is not None:
+        parts["predictions (DynamicsVisuals)"] = tensor_bytes([visuals._predictions])
     total = sum(parts.values())
     per_example = total / num_examples
     del dynamics
@@ -90,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-examples", type=int, default=1_000_000, help="N, the tracked dataset size")
     parser.add_argument("--history-epochs", type=int, default=0, help="TrainingDynamics(history_epochs=...)")
+    parser.add_argument("--max-epochs", type=int, default=100, help="the run's max_epochs (sizes the count tables)")
     parser.add_argument("--batch-size", type=int, default=128, help="size of the one batch given to update()")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
@@ -104,9 +117,11 @@ def main(argv: list[str] | None = None) -> int:
                 classification=classification,
                 history_epochs=args.history_epochs,
                 batch_size=args.batch_size,
+                max_epochs=args.max_epochs,
             ).result()
     print(
-        f"TrainingDynamics memory at N = {args.num_examples:,}, history_epochs = {args.history_epochs}; "
+        f"TrainingDynamics memory at N = {args.num_examples:,}, max_epochs = {args.max_epochs}, "
+        f"history_epochs = {args.history_epochs}; "
         f"torch {torch.__version__}, lightning {lightning.__version__}, {platform.machine()}."
     )
     print()

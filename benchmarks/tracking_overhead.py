@@ -12,7 +12,7 @@ Variants (``--variants``):
 - ``tracking``: ``TrainingDynamics()`` with default options, ``logger=False`` on both sides, so only
   the tracking itself is measured (tables, per-step ``update``, epoch-end derivation).
 - ``tracking_tb``: both sides log to a ``TensorBoardLogger``; the tracked side adds
-  ``TrainingDynamics(plot_every_n_epochs=0)``: tracking plus one histogram per signal per epoch. The
+  ``DynamicsVisuals(plot_every_n_epochs=0)``: tracking plus one histogram per signal per epoch. The
   data map and hardest-example images (drawn every 5 epochs by default) are left out of this
   measurement; with ``--plots`` they are kept at their default schedule (drawn at the last epoch).
 
@@ -40,7 +40,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_curricula import TrainingDynamics, WithIndex
+from lightning_curricula import DynamicsVisuals, TrainingDynamics, WithIndex
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the recipes package, when run as a script
 from lightning_curricula.recipes.vision.data import FASHION_MNIST_DIR, load_fashion_mnist  # noqa: E402
@@ -172,9 +172,10 @@ def run_once(
     callbacks: list[pl.Callback] = [timer]
     dynamics = None
     if tracked:
-        options: dict[str, Any] = {} if (not tensorboard or args.plots) else {"plot_every_n_epochs": 0}
-        dynamics = TimedDynamics(**options)
+        dynamics = TimedDynamics()
         callbacks.append(dynamics)
+        if tensorboard:  # the histograms (and with --plots the data map and hardest examples) are a callback
+            callbacks.append(DynamicsVisuals(**({} if args.plots else {"plot_every_n_epochs": 0})))
     logger: TensorBoardLogger | bool = TensorBoardLogger(log_root, name="runs") if tensorboard else False
     trainer = pl.Trainer(
         accelerator=args.device,

@@ -1,7 +1,8 @@
 """lightning-curricula: curriculum learning and dynamic data pruning for PyTorch Lightning.
 
-Measure how hard each training example is while the model trains (`TrainingDynamics`), and choose
-what it sees next (`CurriculumSampler` with a policy from `lightning_curricula.policies`).
+Measure how hard each training example is while the model trains (`TrainingDynamics`), draw it in
+TensorBoard (`DynamicsVisuals`), and choose what it sees next (`CurriculumSampler` with a policy from
+`lightning_curricula.policies`).
 """
 
 from lightning_curricula._dynamics import TrainingDynamics
@@ -10,7 +11,7 @@ from lightning_curricula._online import OnlineBatchSelection, find_online_select
 from lightning_curricula._sampler import CurriculumSampler
 from lightning_curricula._schedule import planned_optimizer_steps
 from lightning_curricula._step_outputs import StepOutputs, read_step_outputs
-from lightning_curricula._visualize import data_map_figure
+from lightning_curricula._visualize import DynamicsVisuals, data_map_figure
 from lightning_curricula._with_index import WithIndex
 from lightning_curricula.losses import weighted_mean, weighted_token_mean
 from lightning_curricula.pacing import pacing_function
@@ -43,6 +44,7 @@ __all__ = [
     "Bandit",
     "Curriculum",
     "CurriculumSampler",
+    "DynamicsVisuals",
     "EpochContext",
     "FullData",
     "ImportanceSampling",

@@ -14,28 +14,16 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_curricula import signals as S
+from lightning_curricula import _tables as T
 from lightning_curricula._step_outputs import StepOutputs, read_step_outputs
-from lightning_curricula._visualize import log_epoch_visuals
-from lightning_curricula.ranking import HARDER_WHEN_HIGHER, difficulty_scores, select_indices
+from lightning_curricula.ranking import difficulty_scores, select_indices
 
 if TYPE_CHECKING:
     import datasets
 
 __all__ = ["TrainingDynamics"]
 
-STATE_VERSION = 1
-
-# Rows of the per-epoch accumulator: sums over this epoch's visits, all-reduced once at epoch end.
-_VISITS, _NONFINITE, _LOSS, _CONFIDENCE, _CORRECT, _MARGIN, _EL2N = range(7)
-_LOSS_ROWS, _CLASSIFICATION_ROWS = 3, 7
-
-# Persistent tables, one row per example id. "Latest" tables hold NaN until the example is seen.
-_COUNT_TABLES = ("visits", "epochs_seen", "nonfinite")
-_LATEST_LOSS_TABLES = ("loss", "loss_ema")
-_CLASSIFICATION_LATEST = ("margin", "el2n")
-_CLASSIFICATION_SUMS = ("margin_sum", "confidence_sum", "confidence_sq_sum")
-_CLASSIFICATION_COUNTS = ("correct_epochs", "forgetting_events")
+STATE_VERSION = 2  # 2: counts in narrow integer dtypes, `last_seen` (= last epoch + 1), no `last_epoch`
 
 
 class TrainingDynamics(Callback):
@@ -47,8 +35,11 @@ class TrainingDynamics(Callback):
     ``outputs["index"]``.
 
     Per step the callback does a handful of vectorised tensor ops on the model's device (one
-    ``index_add_`` into a dense ``(signals, N)`` accumulator) and never synchronises with the host.
-    At each epoch end it all-reduces that accumulator once and derives the epoch's signals:
+    ``index_add_`` into a dense ``(rows, N)`` accumulator) and never synchronises with the host.
+    At each epoch end it all-reduces that accumulator once, folds it into its tables (64 bytes per
+    example with every signal, 24 with losses only, for up to 255 epochs; see ``docs/benchmarks.md``)
+    and `signals` derives one snapshot of these columns, shared by the sampler, `DynamicsVisuals` and
+    the exports:
 
     | column | meaning (over the epochs in which the example was seen) |
     |---|---|
@@ -84,12 +75,14 @@ class TrainingDynamics(Callback):
             each); ``0`` keeps none. See `loss_history`.
         on_nonfinite: ``"skip"`` a NaN or infinite loss (counted in ``nonfinite``, logged, warned
             once per epoch), or ``"raise"`` at once (costs a host-device sync per step).
-        log_histograms: log a histogram of each signal every epoch (TensorBoard only).
-        plot_every_n_epochs: every this-many epochs, and at the last epoch, log the data map and the
-            hardest examples (TensorBoard only); ``0`` never.
-        num_hardest: how many of the hardest examples to show.
-        hardest_by: the signal that ranks them (a key of `HARDER_WHEN_HIGHER`).
         index_key: the key that holds the example ids.
+        weight_key: the key that holds the plan weights (``batch[weight_key]`` or the outputs'); a
+            batch without them counts as weight 1. Only the logged ``weight_mean`` / ``weight_max``
+            read them.
+
+    It logs scalars (to every logger) once per epoch: what the epoch trained, measured from its
+    batches (``kept_fraction``, ``unique_fraction``, ``weight_mean``, ``weight_max``), the passes so far
+    and saved, and summaries of the tables; `DynamicsVisuals` draws its signals.
 
     Examples:
         >>> import lightning.pytorch as pl
@@ -98,8 +91,9 @@ class TrainingDynamics(Callback):
 
     Note:
         **DDP**: every rank accumulates the batches it trains on; one all-reduce (sum) per epoch makes
-        the tables identical on all ranks, so any rank can plan from them. Ids travel as integers and
-        are never packed into float tensors. **Resume**: ``state_dict`` holds the tables as of the
+        the tables identical on all ranks, so any rank can plan from them; it is the epoch's only
+        collective (the logged scalars come from the same buffer). Ids travel as integers and are
+        never packed into float tensors. **Resume**: ``state_dict`` holds the tables as of the
         last finished epoch (tensors and numbers only, loadable with ``torch.load(weights_only=True)``),
         so a run resumed from an epoch-end checkpoint ends with exactly the tables of an uninterrupted
         run. A partly finished epoch is not saved: a mid-epoch checkpoint warns, and the visits made before
@@ -114,11 +108,8 @@ class TrainingDynamics(Callback):
         ema_decay: float = 0.8,
         history_epochs: int = 0,
         on_nonfinite: Literal["skip", "raise"] = "skip",
-        log_histograms: bool = True,
-        plot_every_n_epochs: int = 5,
-        num_hardest: int = 16,
-        hardest_by: str = "loss",
         index_key: str = "index",
+        weight_key: str = "weight",
     ) -> None:
         if not name:
             raise ValueError("name must be a non-empty string.")
@@ -130,26 +121,21 @@ class TrainingDynamics(Callback):
             raise ValueError(f"history_epochs must be >= 0, got {history_epochs!r}.")
         if on_nonfinite not in ("skip", "raise"):
             raise ValueError(f"on_nonfinite must be 'skip' or 'raise', got {on_nonfinite!r}.")
-        if plot_every_n_epochs < 0 or num_hardest < 0:
-            raise ValueError(
-                f"plot_every_n_epochs and num_hardest must be >= 0, got {plot_every_n_epochs!r} and {num_hardest!r}."
-            )
-        if hardest_by not in HARDER_WHEN_HIGHER:
-            raise ValueError(f"hardest_by must be one of {sorted(HARDER_WHEN_HIGHER)}, got {hardest_by!r}.")
         self.name = name
         self.num_examples = num_examples
         self.ema_decay = ema_decay
         self.history_epochs = history_epochs
         self.on_nonfinite = on_nonfinite
-        self.log_histograms = log_histograms
-        self.plot_every_n_epochs = plot_every_n_epochs
-        self.num_hardest = num_hardest
-        self.hardest_by = hardest_by
         self.index_key = index_key
+        self.weight_key = weight_key
         self.epochs_tracked = 0
         self._tables: dict[str, Tensor] = {}
         self._history: Tensor | None = None
-        self._accumulator: Tensor | None = None
+        self._accumulator: Tensor | None = None  # the flat per-epoch buffer; see `_tables.Layout`
+        self._layout: T.Layout | None = None
+        self._snapshot: dict[str, Tensor] | None = None  # `signals()` of the current tables, made once
+        self._world_size, self._rank = 1, 0
+        self._max_epochs: int | None = None  # sizes the count tables; from trainer.max_epochs
         self._checked_ids = False
 
     # ----------------------------------------------------------------------------------- Lightning hooks
@@ -174,10 +160,17 @@ class TrainingDynamics(Callback):
                 "TrainingDynamics cannot infer the dataset size from the train dataloader; "
                 "pass num_examples=len(train_dataset)."
             )
+        max_epochs = trainer.max_epochs
+        self._max_epochs = max_epochs if max_epochs is not None and max_epochs > 0 else None
         if not self._tables:
-            self._tables = _new_loss_tables(self.num_examples)
+            self._set_tables(T.new_tables(self.num_examples, classification=False, counts=self._count_dtype()))
             if self.history_epochs:
                 self._history = torch.full((self.history_epochs, self.num_examples), math.nan)
+        else:  # resumed, perhaps with more epochs than the tables' counts were sized for
+            T.widen_counts(self._tables, self._count_dtype())
+        self._world_size, self._rank = trainer.world_size, trainer.global_rank
+        if self._layout is not None and self._layout.world_size != self._world_size:
+            self._accumulator = self._layout = None  # reallocated by the first batch
         self._to(pl_module.device)
         self._checked_ids = False
 
@@ -192,7 +185,7 @@ class TrainingDynamics(Callback):
     ) -> None:
         if not outputs:  # training_step returned None (Lightning passes {}): the batch was skipped, not trained
             return
-        step = read_step_outputs(outputs, batch, index_key=self.index_key)
+        step = read_step_outputs(outputs, batch, index_key=self.index_key, weight_key=self.weight_key)
         if not self._checked_ids:
             self._check_ids(step.index)
         self.update(step)
@@ -200,10 +193,11 @@ class TrainingDynamics(Callback):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
-        metrics = _plan_statistics(trainer, epoch)
+        metrics: dict[str, float] = {}
         if self._accumulator is not None:
+            # The epoch's one collective: the tables, what was trained and its weights, all in one buffer.
             epoch_sums = trainer.strategy.reduce(self._accumulator, reduce_op="sum")
-            metrics |= self._finish_epoch(epoch_sums, epoch)
+            metrics = self._finish_epoch(epoch_sums, epoch)
             self._accumulator.zero_()
         # The clock the sampler plans by: epochs done, aligned with the Trainer even after an empty epoch.
         self.epochs_tracked = epoch + 1
@@ -212,16 +206,16 @@ class TrainingDynamics(Callback):
                 f"TrainingDynamics(name={self.name!r}): {int(metrics['nonfinite_losses'])} visits in epoch "
                 f"{epoch} had a non-finite loss or logits; they were skipped."
             )
-        # The values are identical on every rank; averaging them is exact and keeps Lightning from warning.
-        pl_module.log_dict({f"{self.name}/{key}": value for key, value in metrics.items()}, sync_dist=True)
-        is_last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
-        plot = self.plot_every_n_epochs > 0 and ((epoch + 1) % self.plot_every_n_epochs == 0 or is_last)
-        if trainer.is_global_zero and self._tables:
-            log_epoch_visuals(self, trainer, histograms=self.log_histograms, plots=plot)
+        # The values are identical on every rank after the all-reduce, so Lightning must not sync them again
+        # (a mean costs it two collectives per metric). `rank_zero_only=True` skips its sync; `sync_dist=True`
+        # marks them as synced, so it does not warn. Every rank logs them: callbacks can monitor them anywhere.
+        pl_module.log_dict(
+            {f"{self.name}/{key}": value for key, value in metrics.items()}, sync_dist=True, rank_zero_only=True
+        )
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        if self._accumulator is not None and bool(self._accumulator[_VISITS].any()):
+        if self._accumulator is not None and bool(self._accumulator.any()):
             rank_zero_warn(
                 f"TrainingDynamics(name={self.name!r}) is saved mid-epoch: the tables are those of the last finished "
                 "epoch, and the partial epoch is not in the checkpoint. Checkpoint at epoch ends "
@@ -242,7 +236,8 @@ class TrainingDynamics(Callback):
         if state_dict.get("version") != STATE_VERSION:
             raise ValueError(
                 f"TrainingDynamics state has version {state_dict.get('version')!r}; this release reads "
-                f"version {STATE_VERSION}."
+                f"version {STATE_VERSION} (version 2 stores its counts in narrower dtypes and `last_seen` instead "
+                "of `last_epoch`). Resume with the release that wrote the checkpoint, or start the tables anew."
             )
         saved = int(state_dict["num_examples"])
         if self.num_examples is not None and saved != self.num_examples:
@@ -252,7 +247,7 @@ class TrainingDynamics(Callback):
             )
         self.num_examples = saved
         self.epochs_tracked = int(state_dict["epochs_tracked"])
-        self._tables = {key: value.clone() for key, value in state_dict["tables"].items()}
+        self._set_tables({key: value.clone() for key, value in state_dict["tables"].items()})
         history = state_dict.get("history")
         if self.history_epochs and (history is None or history.shape[0] != self.history_epochs):
             raise ValueError(
@@ -260,7 +255,7 @@ class TrainingDynamics(Callback):
                 f"{0 if history is None else history.shape[0]} epochs of history."
             )
         self._history = history.clone() if self.history_epochs and history is not None else None
-        self._accumulator = None
+        self._accumulator = self._layout = None
 
     # ----------------------------------------------------------------------------------- per step
 
@@ -273,82 +268,60 @@ class TrainingDynamics(Callback):
         if self._accumulator is None:
             self._allocate_accumulator(classification, step.losses.device)
         assert self._accumulator is not None
-        if classification != (self._accumulator.shape[0] == _CLASSIFICATION_ROWS):
+        assert self._layout is not None
+        if classification != self._layout.classification:
             change = "began" if classification else "stopped"
             raise ValueError(
                 f"training_step {change} returning 'logits' after the first batch; return them always or never."
             )
-        losses = step.losses.float()
-        finite = losses.isfinite()
-        if step.logits is not None:
-            finite &= step.logits.isfinite().all(dim=1)
+        finite = T.finite_visits(step)
         if self.on_nonfinite == "raise" and not bool(finite.all()):
             bad = step.index[~finite].tolist()
             raise FloatingPointError(f"TrainingDynamics(name={self.name!r}): non-finite loss for example ids {bad}.")
-        valid = finite.float()
-        rows = [valid, 1.0 - valid, torch.where(finite, losses, 0.0)]
-        if step.logits is not None and step.targets is not None:
-            logits = torch.where(finite.unsqueeze(1), step.logits.float(), 0.0)
-            targets = step.targets
-            rows += [
-                S.true_class_probabilities(logits, targets) * valid,
-                S.correct_predictions(logits, targets) * valid,
-                S.margins(logits, targets) * valid,
-                S.el2n_scores(logits, targets) * valid,
-            ]
-        values = torch.stack(rows).to(self._accumulator.device)
-        self._accumulator.index_add_(1, step.index.to(self._accumulator.device), values)
+        T.accumulate(self._accumulator, self._layout, step, finite, rank=self._rank)
 
     # ----------------------------------------------------------------------------------- per epoch
 
     def _finish_epoch(self, sums: Tensor, epoch: int) -> dict[str, float]:
-        tables = self._tables
-        visits = sums[_VISITS]
-        seen = visits > 0
-        per_visit = sums / visits.clamp_min(1)
-        loss = per_visit[_LOSS]
-        tables["visits"] += visits.round().int()
-        tables["nonfinite"] += sums[_NONFINITE].round().int()
-        tables["epochs_seen"] += seen.int()
-        tables["last_epoch"] = torch.where(seen, epoch, tables["last_epoch"])
-        tables["loss"] = torch.where(seen, loss, tables["loss"])
-        tables["loss_sum"] += torch.where(seen, loss, 0.0)
-        tables["loss_ema"] = S.ema_update(tables["loss_ema"], loss, decay=self.ema_decay, observed=seen)
+        """Fold the all-reduced ``sums`` of ``epoch`` into the tables; the epoch's metrics."""
+        assert self._layout is not None
+        totals = T.epoch_totals(sums, self._layout)
+        if totals.correct is not None and "margin" not in self._tables:
+            counts = self._tables["visits"].dtype
+            self._tables |= T.new_classification_tables(totals.visits.numel(), counts=counts, device=sums.device)
+        forgotten = T.update_tables(self._tables, totals, epoch, ema_decay=self.ema_decay)
+        self._snapshot = None
         if self._history is not None:
-            self._history[epoch % self.history_epochs] = torch.where(seen, loss, math.nan)
-        passes = tables["visits"].sum() + tables["nonfinite"].sum()
-        metrics = {
-            "seen_fraction": seen.float().mean().item(),
-            "mean_loss": loss[seen].mean().item() if bool(seen.any()) else math.nan,
-            "nonfinite_losses": sums[_NONFINITE].sum().item(),
-            "sample_passes": passes.item(),
-            "passes_saved_fraction": 1.0 - passes.item() / ((epoch + 1) * seen.numel()),
-        }
-        if sums.shape[0] == _CLASSIFICATION_ROWS:
-            metrics |= self._finish_classification_epoch(per_visit, seen)
-        return metrics
+            self._history[epoch % self.history_epochs] = torch.where(totals.seen, totals.loss, math.nan)
+        return self._epoch_metrics(totals, forgotten, epoch)
 
-    def _finish_classification_epoch(self, per_visit: Tensor, seen: Tensor) -> dict[str, float]:
+    def _epoch_metrics(self, totals: T.EpochTotals, forgotten: Tensor | None, epoch: int) -> dict[str, float]:
+        """What the epoch trained (measured, DDP padding repeats included) and what the tables say now."""
         tables = self._tables
-        if "margin" not in tables:
-            tables |= _new_classification_tables(seen.numel(), seen.device)
-        confidence = per_visit[_CONFIDENCE]
-        correct = per_visit[_CORRECT] > 0.5
-        forgotten = S.forgetting_events(tables["last_correct"], correct, seen)
-        tables["forgetting_events"] += forgotten.int()
-        tables["last_correct"] = torch.where(seen, correct.to(torch.int8), tables["last_correct"])
-        tables["correct_epochs"] += (seen & correct).int()
-        tables["confidence_sum"] += torch.where(seen, confidence, 0.0)
-        tables["confidence_sq_sum"] += torch.where(seen, confidence.square(), 0.0)
-        tables["margin"] = torch.where(seen, per_visit[_MARGIN], tables["margin"])
-        tables["margin_sum"] += torch.where(seen, per_visit[_MARGIN], 0.0)
-        tables["el2n"] = torch.where(seen, per_visit[_EL2N], tables["el2n"])
-        ever_seen = tables["epochs_seen"] > 0
-        learned = (tables["last_correct"] == 1).float()
-        return {
-            "learned_fraction": learned[ever_seen].mean().item() if bool(ever_seen.any()) else math.nan,
-            "forgetting_events": forgotten.sum().item(),
+        seen = totals.seen
+        size = seen.numel()
+        trained = totals.visits + totals.nonfinite
+        epoch_passes = int(trained.sum())
+        passes = int(tables["visits"].sum()) + int(tables["nonfinite"].sum())
+        metrics = {
+            "kept_fraction": epoch_passes / size,
+            "unique_fraction": (trained > 0).float().mean().item(),
+            "weight_mean": totals.weight_sum / epoch_passes if epoch_passes else math.nan,
+            "weight_max": totals.weight_max if epoch_passes else math.nan,
+            "seen_fraction": seen.float().mean().item(),
+            "mean_loss": totals.loss[seen].mean().item() if bool(seen.any()) else math.nan,
+            "nonfinite_losses": float(totals.nonfinite.sum()),
+            "sample_passes": float(passes),
+            "passes_saved_fraction": 1.0 - passes / ((epoch + 1) * size),
         }
+        if forgotten is not None:
+            ever_seen = tables["epochs_seen"] > 0
+            learned = (tables["last_correct"] == 1).float()
+            metrics |= {
+                "learned_fraction": learned[ever_seen].mean().item() if bool(ever_seen.any()) else math.nan,
+                "forgetting_events": float(forgotten.sum()),
+            }
+        return metrics
 
     # ----------------------------------------------------------------------------------- reading
 
@@ -360,36 +333,24 @@ class TrainingDynamics(Callback):
     def signals(self) -> dict[str, Tensor]:
         """The per-example columns (see the class docstring), one row per example id, on the CPU.
 
+        One snapshot per change of the tables (an epoch end, a loaded checkpoint): the sampler, the
+        visuals and the exports share it, so the tables are copied to the host once per epoch. Treat
+        the tensors as read-only.
+
         Examples:
             >>> TrainingDynamics(num_examples=3).signals()["loss"]
             tensor([nan, nan, nan])
         """
-        tables = self._tables or (_new_loss_tables(self.num_examples) if self.num_examples else {})
-        if not tables:
-            raise RuntimeError("TrainingDynamics has no tables yet: it learns the dataset size when training starts.")
-        t = {key: value.cpu() for key, value in tables.items()}
-        epochs = t["epochs_seen"].float()
-        columns = {
-            "index": torch.arange(t["visits"].numel()),
-            "visits": t["visits"],
-            "epochs_seen": t["epochs_seen"],
-            "last_epoch": t["last_epoch"],
-            "loss": t["loss"],
-            "loss_mean": t["loss_sum"] / epochs,
-            "loss_ema": t["loss_ema"],
-            "nonfinite": t["nonfinite"],
-        }
-        if "margin" in t:
-            columns |= {
-                "el2n": t["el2n"],
-                "margin": t["margin"],
-                "aum": t["margin_sum"] / epochs,
-                "confidence": t["confidence_sum"] / epochs,
-                "variability": S.variability(t["confidence_sum"], t["confidence_sq_sum"], t["epochs_seen"]),
-                "correctness": t["correct_epochs"].float() / epochs,
-                "forgetting_events": t["forgetting_events"],
-            }
-        return columns
+        if self._snapshot is None:
+            tables = self._tables or (
+                T.new_tables(self.num_examples, classification=False) if self.num_examples else {}
+            )
+            if not tables:
+                raise RuntimeError(
+                    "TrainingDynamics has no tables yet: it learns the dataset size when training starts."
+                )
+            self._snapshot = T.signal_columns(tables)
+        return dict(self._snapshot)
 
     def loss_history(self) -> tuple[list[int], Tensor]:
         """The per-epoch losses kept by ``history_epochs``: ``(epochs, table)``, oldest epoch first.
@@ -447,12 +408,18 @@ class TrainingDynamics(Callback):
         if self.num_examples is None:
             raise RuntimeError("TrainingDynamics.update called before the dataset size is known.")
         if not self._tables:
-            self._tables = _new_loss_tables(self.num_examples)
-        if classification and "margin" not in self._tables:
-            self._tables |= _new_classification_tables(self.num_examples, device)
-        rows = _CLASSIFICATION_ROWS if classification else _LOSS_ROWS
-        self._accumulator = torch.zeros(rows, self.num_examples, device=device)
+            self._set_tables(T.new_tables(self.num_examples, classification=False, counts=self._count_dtype()))
+        self._layout = T.Layout(self.num_examples, classification, self._world_size)
+        self._accumulator = T.new_accumulator(self._layout, device)
         self._to(device)
+
+    def _count_dtype(self) -> torch.dtype:
+        """The dtype of the count tables: one that holds ``max_epochs`` (one byte up to 255); widened if outgrown."""
+        return T.count_dtype(self._max_epochs) if self._max_epochs is not None else torch.uint8
+
+    def _set_tables(self, tables: dict[str, Tensor]) -> None:
+        self._tables = tables
+        self._snapshot = None
 
     def _check_ids(self, index: Tensor) -> None:
         # One host sync, on the first batch of each fit, to fail early on ids out of range.
@@ -470,29 +437,6 @@ class TrainingDynamics(Callback):
             self._history = self._history.to(device)
         if self._accumulator is not None:
             self._accumulator = self._accumulator.to(device)
-
-
-def _new_loss_tables(size: int) -> dict[str, Tensor]:
-    tables = {key: torch.zeros(size, dtype=torch.int32) for key in _COUNT_TABLES}
-    tables["last_epoch"] = torch.full((size,), -1, dtype=torch.int32)
-    tables |= {key: torch.full((size,), math.nan) for key in _LATEST_LOSS_TABLES}
-    tables["loss_sum"] = torch.zeros(size)
-    return tables
-
-
-def _new_classification_tables(size: int, device: torch.device) -> dict[str, Tensor]:
-    tables = {key: torch.full((size,), math.nan, device=device) for key in _CLASSIFICATION_LATEST}
-    tables |= {key: torch.zeros(size, device=device) for key in _CLASSIFICATION_SUMS}
-    tables |= {key: torch.zeros(size, dtype=torch.int32, device=device) for key in _CLASSIFICATION_COUNTS}
-    tables["last_correct"] = torch.full((size,), -1, dtype=torch.int8, device=device)
-    return tables
-
-
-def _plan_statistics(trainer: pl.Trainer, epoch: int) -> dict[str, float]:
-    """The statistics of the plan just trained, when the train loader's sampler is a `CurriculumSampler`."""
-    sampler = getattr(trainer.train_dataloader, "sampler", None)
-    statistics = getattr(sampler, "plan_statistics", None)
-    return dict(statistics(epoch)) if callable(statistics) else {}
 
 
 def _dataset_size(trainer: pl.Trainer) -> int | None:

@@ -20,19 +20,31 @@ _CONTRACT = (
 
 @dataclass(frozen=True)
 class StepOutputs:
-    """One batch's per-example values, detached and validated."""
+    """One batch's per-example values, detached and validated.
+
+    ``weights`` are the plan weights the batch carried (``batch["weight"]`` from `WithIndex` under a
+    `CurriculumSampler`); ``None`` when it carried none, which counts as weight 1.
+    """
 
     index: Tensor
     losses: Tensor
-    logits: Tensor | None
-    targets: Tensor | None
+    logits: Tensor | None = None
+    targets: Tensor | None = None
+    weights: Tensor | None = None
 
 
-def read_step_outputs(outputs: Any, batch: Any, *, index_key: str = "index") -> StepOutputs:
+def read_step_outputs(outputs: Any, batch: Any, *, index_key: str = "index", weight_key: str = "weight") -> StepOutputs:
     """Read and check the per-example fields of a training step.
 
     ``index`` comes from ``outputs[index_key]`` when present, else from ``batch[index_key]`` (a mapping
-    batch from `WithIndex`). Shape checks are Python comparisons only: no device synchronisation.
+    batch from `WithIndex`); the plan ``weights`` likewise from ``weight_key``, and are ``None`` when
+    neither has them. Shape checks are Python comparisons only: no device synchronisation.
+
+    Examples:
+        >>> step = read_step_outputs({"losses": torch.tensor([0.5, 2.0])},
+        ...                          {"index": torch.tensor([3, 1]), "weight": torch.tensor([1.0, 2.5])})
+        >>> step.index.tolist(), step.weights.tolist()
+        ([3, 1], [1.0, 2.5])
 
     Raises:
         TypeError: ``outputs`` is not a mapping, or a field is not a tensor of the right kind.
@@ -62,7 +74,21 @@ def read_step_outputs(outputs: Any, batch: Any, *, index_key: str = "index") -> 
         _check_shape("targets", targets, (size,), "(batch_size,) class ids")
         if targets.is_floating_point() or targets.is_complex():
             raise TypeError(f"'targets' must hold integer class ids, got dtype {targets.dtype}.")
-    return StepOutputs(index=index, losses=losses, logits=logits, targets=targets)
+    weights = _read_weights(outputs, batch, weight_key, size)
+    return StepOutputs(index=index, losses=losses, logits=logits, targets=targets, weights=weights)
+
+
+def _read_weights(outputs: Mapping[str, Any], batch: Any, weight_key: str, size: int) -> Tensor | None:
+    if weight_key in outputs:
+        weights = _tensor(outputs, weight_key)
+    elif isinstance(batch, Mapping) and weight_key in batch:
+        weights = _tensor(batch, weight_key)
+    else:
+        return None
+    _check_shape(weight_key, weights, (size,), "(batch_size,) plan weights")
+    if not (weights.is_floating_point() or weights.dtype in (torch.int32, torch.int64)):
+        raise TypeError(f"'{weight_key}' must hold real-valued weights, got dtype {weights.dtype}.")
+    return weights
 
 
 def _read_index(outputs: Mapping[str, Any], batch: Any, index_key: str) -> Tensor:

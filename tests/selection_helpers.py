@@ -100,6 +100,8 @@ class HookLoop:
             current_epoch=0,
             max_epochs=num_epochs,
             is_global_zero=False,
+            world_size=1,
+            global_rank=0,
             strategy=SimpleNamespace(reduce=lambda tensor, reduce_op: tensor),
         )
         self.module = _Module()
@@ -148,7 +150,7 @@ def tracked_run(
     Each epoch gets a fresh `CurriculumSampler`, as with ``reload_dataloaders_every_n_epochs=1``.
     """
     num_examples = logits.shape[0]
-    dynamics = TrainingDynamics(log_histograms=False, plot_every_n_epochs=0)
+    dynamics = TrainingDynamics()
     loop = HookLoop(dynamics, logits, targets, num_epochs=num_epochs)
     run = TrackedRun(dynamics=dynamics)
     for epoch in range(num_epochs):

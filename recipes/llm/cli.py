@@ -26,7 +26,7 @@ from lightning_curricula.recipes.llm.report import DifficultyReport
 from lightning_curricula.recipes.vision.history import EpochHistory
 from typing_extensions import override
 
-from lightning_curricula import TrainingDynamics
+from lightning_curricula import DynamicsVisuals, TrainingDynamics
 
 __all__ = ["DEFAULT_LOG_DIR", "HISTORY_METRICS", "LLMRecipeCLI", "main"]
 
@@ -108,6 +108,7 @@ class LLMRecipeCLI(LightningCLI):
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(TrainingDynamics, "dynamics")
+        parser.add_lightning_class_args(DynamicsVisuals, "visuals")  # after the tracker: it draws its epochs
         parser.add_lightning_class_args(DifficultyReport, "report")
         parser.link_arguments("model.model", "data.tokenizer")
 

@@ -22,7 +22,7 @@ from lightning_curricula.recipes.vision.history import EpochHistory
 from lightning_curricula.recipes.vision.module import VisionClassifier
 from typing_extensions import override
 
-from lightning_curricula import TrainingDynamics
+from lightning_curricula import DynamicsVisuals, TrainingDynamics
 
 __all__ = ["VisionCLI", "main"]
 
@@ -34,7 +34,8 @@ class VisionCLI(LightningCLI):
 
     Compared with a plain ``LightningCLI(VisionClassifier, VisionDataModule)``:
 
-    - ``--dynamics.*`` configures a `TrainingDynamics` callback that is always on the Trainer;
+    - ``--dynamics.*`` configures a `TrainingDynamics` callback that is always on the Trainer, and
+      ``--visuals.*`` the `DynamicsVisuals` that draws it (histograms, data map, hardest examples);
     - ``--trainer.reload_dataloaders_every_n_epochs`` is forced to 1 (with a warning if set
       otherwise), so that each epoch's loader is sized from its plan;
     - the logger defaults to TensorBoard in ``runs/vision``; `EpochHistory` (the `history`
@@ -86,6 +87,7 @@ class VisionCLI(LightningCLI):
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(TrainingDynamics, "dynamics")
+        parser.add_lightning_class_args(DynamicsVisuals, "visuals")  # after the tracker: it draws its epochs
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.in_channels", "model.in_channels", apply_on="instantiate")
 

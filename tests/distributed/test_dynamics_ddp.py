@@ -8,6 +8,7 @@ tables then depend only on which examples were visited, how often, and in which 
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,10 @@ from helpers import (
     make_trainer,
 )
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, DistributedSampler
 
-from lightning_curricula import TrainingDynamics, WithIndex
+from lightning_curricula import DynamicsVisuals, TrainingDynamics, WithIndex
 
 SIZE = 37  # odd: DistributedSampler pads one repeat per epoch for two ranks
 WORLD_SIZE = 2
@@ -76,7 +78,7 @@ def expected_visits(epoch: int) -> Counter[int]:
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("ddp")
-    dynamics = TrainingDynamics(log_histograms=False, plot_every_n_epochs=0)
+    dynamics = TrainingDynamics()
     trainer = make_trainer(
         max_epochs=EPOCHS,
         callbacks=[dynamics, DumpSignals(str(directory))],
@@ -127,7 +129,7 @@ def test_padded_repeats_count_as_visits_not_epochs(ddp_run: Path) -> None:
 
 @pytest.mark.slow
 def test_ddp_tables_equal_a_single_process_run_over_the_same_visits(ddp_run: Path) -> None:
-    dynamics = TrainingDynamics(log_histograms=False, plot_every_n_epochs=0)
+    dynamics = TrainingDynamics()
     dataset = WithIndex(ClassificationDataset(SIZE))
     loader = DataLoader(dataset, batch_size=BATCH_SIZE, sampler=ShardUnionSampler(dataset, world_size=WORLD_SIZE))
     make_trainer(max_epochs=EPOCHS, callbacks=[dynamics]).fit(Classifier(lr=0.0), loader)
@@ -139,3 +141,138 @@ def test_ddp_tables_equal_a_single_process_run_over_the_same_visits(ddp_run: Pat
             assert torch.equal(distributed[key], expected), key
         else:  # the same values summed in another order (per rank, then across ranks)
             torch.testing.assert_close(distributed[key], expected, rtol=1e-6, atol=1e-7, equal_nan=True, msg=key)
+
+
+class CountingDDP(DDPStrategy):
+    """``ddp_spawn`` that counts its collectives (test only): Lightning syncs logged metrics through ``reduce``."""
+
+    def __init__(self) -> None:
+        super().__init__(start_method="spawn")
+        self.collectives: Counter[str] = Counter()
+
+    def reduce(self, *args: Any, **kwargs: Any) -> Any:
+        self.collectives["reduce"] += 1
+        return super().reduce(*args, **kwargs)
+
+    def all_gather(self, *args: Any, **kwargs: Any) -> Any:
+        self.collectives["all_gather"] += 1
+        return super().all_gather(*args, **kwargs)
+
+    def broadcast(self, *args: Any, **kwargs: Any) -> Any:
+        self.collectives["broadcast"] += 1
+        return super().broadcast(*args, **kwargs)
+
+    def barrier(self, *args: Any, **kwargs: Any) -> None:
+        self.collectives["barrier"] += 1
+        super().barrier(*args, **kwargs)
+
+    def reduce_boolean_decision(self, *args: Any, **kwargs: Any) -> bool:
+        self.collectives["reduce_boolean_decision"] += 1
+        return super().reduce_boolean_decision(*args, **kwargs)
+
+
+class EpochEndCollectives(Callback):
+    """Counts the collectives from the last batch of an epoch to the start of the next (or the end of training).
+
+    That window holds every callback's ``on_train_epoch_end`` and Lightning's reduction of the epoch's logged
+    metrics. It also records the warnings of the whole fit, and writes both to ``rank<N>_collectives.pt``.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory)
+        self.per_epoch: list[dict[str, int]] = []
+        self._at_last_batch: Counter[str] = Counter()
+        self._warnings: Any = None
+        self._caught: list[warnings.WarningMessage] = []
+
+    @staticmethod
+    def _counts(trainer: pl.Trainer) -> Counter[str]:
+        strategy = trainer.strategy
+        assert isinstance(strategy, CountingDDP)
+        return Counter(strategy.collectives)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._warnings = warnings.catch_warnings(record=True)
+        self._caught = self._warnings.__enter__()
+        warnings.simplefilter("always")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self._at_last_batch = self._counts(trainer)
+
+    def _close_epoch(self, trainer: pl.Trainer) -> None:
+        self.per_epoch.append(dict(self._counts(trainer) - self._at_last_batch))
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch > 0:
+            self._close_epoch(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close_epoch(trainer)
+        self._warnings.__exit__(None, None, None)
+        state = {
+            "per_epoch": self.per_epoch,
+            "warnings": [str(caught.message) for caught in self._caught],
+            "metrics": {key: float(value) for key, value in trainer.callback_metrics.items()},
+        }
+        torch.save(state, self.directory / f"rank{trainer.global_rank}_collectives.pt")
+
+
+@pytest.mark.slow
+def test_an_epoch_end_costs_one_collective(tmp_path: Path) -> None:
+    """Bug 11: the tracker's scalars are identical on every rank after its all-reduce; logging them adds no sync."""
+    dynamics = TrainingDynamics()
+    trainer = make_trainer(
+        max_epochs=EPOCHS,
+        callbacks=[EpochEndCollectives(str(tmp_path)), dynamics],
+        strategy=CountingDDP(),
+        devices=WORLD_SIZE,
+        use_distributed_sampler=False,
+    )
+    trainer.fit(Classifier(lr=0.0), datamodule=ShardedData())
+    ranks = [load(tmp_path, f"rank{rank}_collectives.pt") for rank in range(WORLD_SIZE)]
+    for state in ranks:
+        assert state["per_epoch"] == [{"reduce": 1}] * EPOCHS  # the accumulator's all-reduce, nothing else
+        # The metrics reach callback_metrics on every rank (so any rank may monitor them), without Lightning's
+        # "It is recommended to use `self.log(..., sync_dist=True)`" warning.
+        assert state["metrics"]["dynamics/seen_fraction"] == 1.0
+        # Measured from the batches of both ranks: the padding repeat was trained too.
+        assert state["metrics"]["dynamics/kept_fraction"] == pytest.approx((SIZE + 1) / SIZE)
+        assert state["metrics"]["dynamics/weight_max"] == 1.0
+        assert "dynamics/mean_loss" in state["metrics"]
+        assert not [message for message in state["warnings"] if "sync_dist=True" in message]
+    assert ranks[0]["metrics"] == ranks[1]["metrics"]
+
+
+@pytest.mark.slow
+def test_visuals_gather_the_predictions_of_the_shown_examples_in_one_small_collective(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    visuals = DynamicsVisuals(log_histograms=False, plot_every_n_epochs=2, num_hardest=SIZE)  # every example
+    trainer = make_trainer(
+        max_epochs=EPOCHS,
+        callbacks=[EpochEndCollectives(str(tmp_path)), TrainingDynamics(), visuals],
+        strategy=CountingDDP(),
+        devices=WORLD_SIZE,
+        use_distributed_sampler=False,
+        logger=TensorBoardLogger(tmp_path / "logs"),
+    )
+    model = Classifier(lr=0.0)  # frozen: the prediction of each example is the arg-max of its fixed logits
+    trainer.fit(model, datamodule=ShardedData())
+    for rank in range(WORLD_SIZE):  # epoch 0 draws nothing; epoch 1 gathers the shown predictions once
+        assert load(tmp_path, f"rank{rank}_collectives.pt")["per_epoch"] == [
+            {"reduce": 1},
+            {"reduce": 1, "all_gather": 1},
+        ]
+    events = EventAccumulator(
+        str(next((tmp_path / "logs").rglob("events.out.tfevents.*"))), size_guidance={"tensors": 0}
+    )
+    events.Reload()
+    text = events.Tensors("dynamics/hardest_by_loss/text_summary")[-1].tensor_proto.string_val[0].decode()
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()[2:]]
+    dataset = ClassificationDataset(SIZE)
+    expected = model(dataset.x).argmax(dim=1)
+    assert sorted(int(row[0]) for row in rows) == list(range(SIZE))  # both ranks' examples
+    for row in rows:
+        assert int(row[2]) == int(dataset.y[int(row[0])])
+        assert int(row[3]) == int(expected[int(row[0])]), row

@@ -74,7 +74,7 @@ def ranks(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> list[dict
     directory = tmp_path_factory.mktemp("llm_ddp")
     trainer = make_trainer(
         max_epochs=EPOCHS,
-        callbacks=[TrainingDynamics(log_histograms=False, plot_every_n_epochs=0), DumpState(str(directory))],
+        callbacks=[TrainingDynamics(), DumpState(str(directory))],
         strategy="ddp_spawn",
         devices=WORLD_SIZE,
         reload_dataloaders_every_n_epochs=1,

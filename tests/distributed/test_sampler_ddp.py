@@ -81,7 +81,7 @@ def fit(directory: Path, **trainer_options: Any) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     trainer = make_trainer(
         max_epochs=EPOCHS,
-        callbacks=[TrainingDynamics(log_histograms=False, plot_every_n_epochs=0)],
+        callbacks=[TrainingDynamics()],
         reload_dataloaders_every_n_epochs=1,
         **trainer_options,
     )

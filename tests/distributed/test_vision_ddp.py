@@ -63,7 +63,7 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     trainer = make_trainer(
         max_epochs=EPOCHS,
         callbacks=[
-            TrainingDynamics(log_histograms=False, plot_every_n_epochs=0),
+            TrainingDynamics(),
             EpochHistory(),
             DumpState(str(directory)),
         ],

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from helpers import (
@@ -21,18 +22,16 @@ from helpers import (
     visit_signals,
 )
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from lightning_curricula import TrainingDynamics, WithIndex
 
 SIZE = 37
-QUIET = {"log_histograms": False, "plot_every_n_epochs": 0}
 
 
 def test_tables_equal_a_manual_per_example_recomputation() -> None:
     model = Classifier(record=True)
-    dynamics = TrainingDynamics(ema_decay=0.7, **QUIET)
+    dynamics = TrainingDynamics(ema_decay=0.7)
     trainer = make_trainer(max_epochs=3, callbacks=[dynamics])
     trainer.fit(model, train_loader(ClassificationDataset(SIZE), batch_size=8))
 
@@ -57,7 +56,7 @@ def test_tables_equal_a_manual_per_example_recomputation() -> None:
 
 def test_subset_sampler_leaves_unseen_rows_nan() -> None:
     model = Classifier(record=True)
-    dynamics = TrainingDynamics(**QUIET)
+    dynamics = TrainingDynamics()
     loader = DataLoader(WithIndex(ClassificationDataset(SIZE)), batch_size=8, sampler=list(range(0, SIZE, 2)))
     make_trainer(max_epochs=2, callbacks=[dynamics]).fit(model, loader)
     signals = dynamics.signals()
@@ -70,7 +69,7 @@ def test_subset_sampler_leaves_unseen_rows_nan() -> None:
 
 def test_loss_only_module_has_no_classification_columns() -> None:
     model = LossOnlyClassifier(record=True)
-    dynamics = TrainingDynamics(**QUIET)
+    dynamics = TrainingDynamics()
     make_trainer(max_epochs=2, callbacks=[dynamics]).fit(model, train_loader(ClassificationDataset(SIZE)))
     signals = dynamics.signals()
     assert sorted(signals) == sorted(
@@ -97,7 +96,7 @@ class NaNLossFor(Classifier):
 
 
 def test_nonfinite_losses_are_skipped_counted_and_warned() -> None:
-    dynamics = TrainingDynamics(**QUIET)
+    dynamics = TrainingDynamics()
     trainer = make_trainer(max_epochs=2, callbacks=[dynamics])
     with pytest.warns(UserWarning, match=r"1 visits in epoch \d had a non-finite loss or logits; they were skipped"):
         trainer.fit(NaNLossFor(bad_index=5), train_loader(ClassificationDataset(SIZE)))
@@ -109,71 +108,11 @@ def test_nonfinite_losses_are_skipped_counted_and_warned() -> None:
 
 
 def test_nonfinite_raise_stops_training() -> None:
-    dynamics = TrainingDynamics(on_nonfinite="raise", **QUIET)
+    dynamics = TrainingDynamics(on_nonfinite="raise")
     with pytest.raises(FloatingPointError, match=r"non-finite loss for example ids \[5\]"):
         make_trainer(max_epochs=1, callbacks=[dynamics]).fit(
             NaNLossFor(bad_index=5), train_loader(ClassificationDataset(SIZE))
         )
-
-
-def _event_file(root: Path) -> str:
-    files = sorted(root.rglob("events.out.tfevents.*"))
-    assert len(files) == 1, files
-    return str(files[0])
-
-
-def test_tensorboard_gets_scalars_histograms_data_map_and_hardest_examples(tmp_path: Path) -> None:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    dataset = ClassificationDataset(SIZE, shape=(1, 4, 4))  # image-like items
-    dynamics = TrainingDynamics(plot_every_n_epochs=1, num_hardest=4, hardest_by="el2n")
-    trainer = make_trainer(tmp_path, max_epochs=2, callbacks=[dynamics], logger=TensorBoardLogger(tmp_path))
-    trainer.fit(Classifier(num_features=16), train_loader(dataset))
-
-    events = EventAccumulator(_event_file(tmp_path), size_guidance={"images": 0, "tensors": 0, "scalars": 0})
-    events.Reload()
-    tags = events.Tags()
-    for scalar in ("seen_fraction", "mean_loss", "nonfinite_losses", "learned_fraction", "forgetting_events"):
-        assert f"dynamics/{scalar}" in tags["scalars"], scalar
-        assert len(events.Scalars(f"dynamics/{scalar}")) == 2  # one per epoch
-    for signal in ("loss", "loss_ema", "el2n", "margin", "aum", "confidence", "variability", "correctness"):
-        assert f"dynamics/{signal}" in tags["histograms"], signal
-    assert "dynamics/index" not in tags["histograms"]
-    assert "dynamics/data_map" in tags["images"]
-    assert len(events.Images("dynamics/data_map")) == 2
-    assert "dynamics/hardest_by_el2n" in tags["images"]
-    text_tag = "dynamics/hardest_by_el2n/text_summary"
-    assert text_tag in tags["tensors"]
-    table = events.Tensors(text_tag)[-1].tensor_proto.string_val[0].decode()
-    assert table.startswith("| id | el2n | text |")
-    # The four hardest by EL2N, hardest first.
-    hardest = dynamics.select("el2n", k=4).tolist()
-    assert [int(row.split("|")[1]) for row in table.splitlines()[2:]] == hardest
-
-
-def test_no_plots_and_no_histograms_when_switched_off(tmp_path: Path) -> None:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    trainer = make_trainer(
-        tmp_path, max_epochs=1, callbacks=[TrainingDynamics(**QUIET)], logger=TensorBoardLogger(tmp_path)
-    )
-    trainer.fit(Classifier(), train_loader(ClassificationDataset(SIZE)))
-    events = EventAccumulator(_event_file(tmp_path))
-    events.Reload()
-    tags = events.Tags()
-    assert "dynamics/mean_loss" in tags["scalars"]
-    assert tags["histograms"] == []
-    assert tags["images"] == []
-
-
-def test_csv_logger_warns_that_it_gets_scalars_only(tmp_path: Path) -> None:
-    logger = CSVLogger(tmp_path)
-    trainer = make_trainer(tmp_path, max_epochs=1, callbacks=[TrainingDynamics()], logger=logger)
-    with pytest.warns(UserWarning, match=r"only to TensorBoardLogger; \['CSVLogger'\] get scalars only"):
-        trainer.fit(Classifier(), train_loader(ClassificationDataset(SIZE)))
-    header = (Path(logger.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert "dynamics/mean_loss" in header
-    assert "dynamics/seen_fraction" in header
 
 
 def _assert_column_equal(values: Any, expected: torch.Tensor, key: str) -> None:
@@ -186,7 +125,7 @@ def test_export_round_trip_one_row_per_id(tmp_path: Path) -> None:
     pandas = pytest.importorskip("pandas")
     import pyarrow.parquet as pq
 
-    dynamics = TrainingDynamics(**QUIET)
+    dynamics = TrainingDynamics()
     loader = DataLoader(WithIndex(ClassificationDataset(SIZE)), batch_size=8, sampler=list(range(SIZE - 5)))
     make_trainer(max_epochs=2, callbacks=[dynamics]).fit(Classifier(), loader)
     signals = dynamics.signals()
@@ -211,8 +150,8 @@ def test_export_round_trip_one_row_per_id(tmp_path: Path) -> None:
 
 
 def test_two_trackers_with_different_names_do_not_collide(tmp_path: Path) -> None:
-    fast = TrainingDynamics(name="fast", ema_decay=0.1, **QUIET)
-    slow = TrainingDynamics(name="slow", ema_decay=0.9, **QUIET)
+    fast = TrainingDynamics(name="fast", ema_decay=0.1)
+    slow = TrainingDynamics(name="slow", ema_decay=0.9)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
     trainer = make_trainer(tmp_path, max_epochs=2, callbacks=[fast, slow, checkpoint], enable_checkpointing=True)
     trainer.fit(Classifier(), train_loader(ClassificationDataset(SIZE)))
@@ -282,9 +221,7 @@ def test_wrong_training_step_return_raises_at_the_first_batch(
 ) -> None:
     model = module()
     with pytest.raises(error, match=message):
-        make_trainer(max_epochs=2, callbacks=[TrainingDynamics(**QUIET)]).fit(
-            model, train_loader(ClassificationDataset(SIZE))
-        )
+        make_trainer(max_epochs=2, callbacks=[TrainingDynamics()]).fit(model, train_loader(ClassificationDataset(SIZE)))
     assert model.steps == 1
 
 
@@ -292,14 +229,72 @@ def test_unwrapped_dataset_raises_at_the_first_batch() -> None:
     model = Classifier()
     loader = DataLoader(ClassificationDataset(SIZE), batch_size=8)
     with pytest.raises(ValueError, match=r"Cannot find the example ids.*Wrap the dataset in WithIndex"):
-        make_trainer(max_epochs=1, callbacks=[TrainingDynamics(**QUIET)]).fit(model, loader)
+        make_trainer(max_epochs=1, callbacks=[TrainingDynamics()]).fit(model, loader)
     assert model.steps == 1
 
 
 def test_num_examples_that_disagree_with_the_dataset_raise_at_start() -> None:
     model = Classifier()
     with pytest.raises(ValueError, match=r"tracks 40 examples but the training dataset has 37"):
-        make_trainer(max_epochs=1, callbacks=[TrainingDynamics(num_examples=40, **QUIET)]).fit(
+        make_trainer(max_epochs=1, callbacks=[TrainingDynamics(num_examples=40)]).fit(
             model, train_loader(ClassificationDataset(SIZE))
         )
     assert model.steps == 0
+
+
+def test_what_was_trained_is_measured_from_the_batches_not_read_from_a_sampler() -> None:
+    # A plain sampler of (index, weight) pairs: a repeat, a weighted visit, most examples left out.
+    pairs = [(0, 2.0), (3, 0.5), (3, 0.5), (5, 1.0)]
+    loader = DataLoader(WithIndex(ClassificationDataset(SIZE)), batch_size=3, sampler=pairs)
+    trainer = make_trainer(max_epochs=2, callbacks=[TrainingDynamics()])
+    trainer.fit(Classifier(), loader)
+    logged = {key: float(value) for key, value in trainer.callback_metrics.items()}
+    assert logged["dynamics/kept_fraction"] == pytest.approx(4 / SIZE)
+    assert logged["dynamics/unique_fraction"] == pytest.approx(3 / SIZE)
+    assert logged["dynamics/weight_mean"] == pytest.approx(1.0)
+    assert logged["dynamics/weight_max"] == 2.0
+    assert logged["dynamics/sample_passes"] == 8.0
+    assert logged["dynamics/passes_saved_fraction"] == pytest.approx(1 - 8 / (2 * SIZE))
+
+
+def test_unweighted_batches_count_as_weight_one() -> None:
+    trainer = make_trainer(max_epochs=1, callbacks=[TrainingDynamics()])
+    trainer.fit(Classifier(), train_loader(ClassificationDataset(SIZE)))
+    logged = trainer.callback_metrics
+    assert float(logged["dynamics/kept_fraction"]) == 1.0
+    assert float(logged["dynamics/weight_mean"]) == 1.0
+    assert float(logged["dynamics/weight_max"]) == 1.0
+
+
+def test_signals_is_one_snapshot_per_epoch() -> None:
+    class Snapshots(pl.Callback):
+        """Reads the signals twice after the tracker's epoch end: the same tensors, new ones next epoch."""
+
+        def __init__(self) -> None:
+            self.losses: list[torch.Tensor] = []
+
+        def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            first, second = dynamics.signals(), dynamics.signals()
+            assert all(first[key] is second[key] for key in first)
+            assert first is not second  # a fresh dict each call: adding keys does not touch the snapshot
+            self.losses.append(first["loss"])
+
+    dynamics = TrainingDynamics()
+    snapshots = Snapshots()
+    make_trainer(max_epochs=2, callbacks=[dynamics, snapshots]).fit(
+        Classifier(), train_loader(ClassificationDataset(SIZE))
+    )
+    assert len(snapshots.losses) == 2
+    assert snapshots.losses[0] is not snapshots.losses[1]
+    assert not torch.equal(snapshots.losses[0], snapshots.losses[1])  # the first epoch's snapshot was kept as it was
+
+
+def test_count_dtype_follows_max_epochs() -> None:
+    short, long = TrainingDynamics(name="short"), TrainingDynamics(name="long")
+    make_trainer(max_epochs=3, callbacks=[short]).fit(Classifier(), train_loader(ClassificationDataset(SIZE)))
+    make_trainer(max_epochs=300, max_steps=2, callbacks=[long]).fit(
+        Classifier(), train_loader(ClassificationDataset(SIZE))
+    )
+    assert {t.dtype for t in short._tables.values() if not t.is_floating_point()} == {torch.uint8, torch.int8}
+    assert long._tables["epochs_seen"].dtype == torch.int16  # 300 epochs do not fit in a byte
+    assert short.signals()["epochs_seen"].tolist() == [3] * SIZE

@@ -27,7 +27,13 @@ from lightning_curricula.recipes.llm.module import CausalLMFineTuner, sequence_l
 from lightning_curricula.recipes.llm.policies import ScoreCurriculum  # noqa: E402
 from lightning_curricula.recipes.llm.report import DifficultyReport  # noqa: E402
 
-from lightning_curricula import CurriculumSampler, InfoBatch, TrainingDynamics, weighted_token_mean  # noqa: E402
+from lightning_curricula import (  # noqa: E402
+    CurriculumSampler,
+    DynamicsVisuals,
+    InfoBatch,
+    TrainingDynamics,
+    weighted_token_mean,
+)
 from lightning_curricula.policies import Curriculum  # noqa: E402
 
 CONFIGS = sorted((Path(__file__).parents[2] / "recipes" / "llm" / "configs").glob("*.yaml"))
@@ -149,9 +155,9 @@ def test_tiny_fit_two_epochs_with_a_curriculum(tmp_path, tokenizer):
         policy=Curriculum("loss", start=0.5, saturation=1.0, warmup_epochs=1),
     )
     module = CausalLMFineTuner(tiny_llama(len(tokenizer)), tokenizer, lr=1e-3, max_new_tokens=3, fit_start_scores=True)
-    dynamics = TrainingDynamics(plot_every_n_epochs=1)
+    dynamics = TrainingDynamics()
     report = DifficultyReport()
-    trainer = _trainer(tmp_path, [dynamics, report])
+    trainer = _trainer(tmp_path, [dynamics, DynamicsVisuals(plot_every_n_epochs=1), report])
     trainer.fit(module, data)
 
     signals = dynamics.signals()
@@ -212,7 +218,7 @@ def test_score_curriculum_by_ifd_trains_on_the_lowest_ifd(tmp_path, tokenizer):
         tokenizer=tokenizer, train_size=24, eval_size=0, batch_size=8, policy=ScoreCurriculum("ifd", keep=0.5)
     )
     module = CausalLMFineTuner(tiny_llama(len(tokenizer)), tokenizer, max_new_tokens=0, fit_start_scores=True)
-    dynamics = TrainingDynamics(plot_every_n_epochs=0)
+    dynamics = TrainingDynamics()
     _trainer(tmp_path, [dynamics], max_epochs=1).fit(module, data)
     visited = set((dynamics.signals()["visits"] > 0).nonzero().squeeze(1).tolist())
     easiest = set(torch.sort(module.example_scores["ifd"], stable=True).indices[:12].tolist())

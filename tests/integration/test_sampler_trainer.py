@@ -54,7 +54,7 @@ def run(request: pytest.FixtureRequest) -> dict[str, Any]:
     metrics = EpochMetrics()
     trainer = make_trainer(
         max_epochs=EPOCHS,
-        callbacks=[TrainingDynamics(log_histograms=False, plot_every_n_epochs=0), metrics],
+        callbacks=[TrainingDynamics(), metrics],
         reload_dataloaders_every_n_epochs=1,
     )
     trainer.fit(model)

@@ -41,7 +41,7 @@ class CrashAt(Callback):
 
 
 def tracker() -> TrainingDynamics:
-    return TrainingDynamics(history_epochs=2, log_histograms=False, plot_every_n_epochs=0)
+    return TrainingDynamics(history_epochs=2)
 
 
 def every_epoch(directory: Path) -> ModelCheckpoint:
@@ -92,7 +92,8 @@ def test_resume_gives_the_uninterrupted_tables_and_weights(
     assert sorted(path.name for path in checkpoints.iterdir()) == [f"epoch={e}.ckpt" for e in range(crash_epoch)]
     if crash_batch is not None:  # the crashed epoch's first batches were accumulated, not finished
         assert dynamics._accumulator is not None
-        assert float(dynamics._accumulator[0].sum()) == 8 * crash_batch
+        assert dynamics._layout is not None
+        assert float(dynamics._layout.per_example(dynamics._accumulator)[0].sum()) == 8 * crash_batch
 
     resumed_dynamics = dynamics if same_callback else tracker()
     resumed_model = Classifier(seed=123)  # different initial weights: the checkpoint must restore them
@@ -123,14 +124,14 @@ def test_each_epoch_checkpoint_holds_the_tables_of_the_finished_epochs(straight_
         state = checkpoint["callbacks"][key]
         assert state["epochs_tracked"] == epoch + 1
         assert state["tables"]["visits"].tolist() == [epoch + 1] * SIZE
-        assert state["tables"]["last_epoch"].tolist() == [epoch] * SIZE
+        assert state["tables"]["last_seen"].tolist() == [epoch + 1] * SIZE  # the last epoch seen, plus one
 
 
 def test_checkpoint_state_loads_with_weights_only(straight_run: StraightRun, tmp_path: Path) -> None:
     dynamics = straight_run.dynamics
     checkpoint = torch.load(straight_run.checkpoints / f"epoch={EPOCHS - 1}.ckpt", weights_only=True)
     state = checkpoint["callbacks"][dynamics.state_key]
-    assert state["version"] == 1
+    assert state["version"] == 2
     assert state["num_examples"] == SIZE
     assert state["epochs_tracked"] == EPOCHS
     assert isinstance(state["history"], torch.Tensor)
@@ -168,6 +169,6 @@ def test_resume_with_a_dataset_of_another_size_raises(one_epoch_checkpoint: Path
 
 
 def test_resume_with_another_num_examples_raises_when_loading(one_epoch_checkpoint: Path, tmp_path: Path) -> None:
-    dynamics = TrainingDynamics(num_examples=41, history_epochs=2, log_histograms=False, plot_every_n_epochs=0)
+    dynamics = TrainingDynamics(num_examples=41, history_epochs=2)
     with pytest.raises(ValueError, match=r"the checkpoint tracks 37 examples, this run has 41"):
         _resume_with(41, dynamics, one_epoch_checkpoint, tmp_path)

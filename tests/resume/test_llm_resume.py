@@ -67,7 +67,7 @@ def run(tokenizer: Any, root: Path, *, crash: bool = False, ckpt_path: Path | No
         batch_size=8,
         policy=Curriculum("loss", start=0.5, saturation=1.0, warmup_epochs=1),
     )
-    dynamics = TrainingDynamics(log_histograms=False, plot_every_n_epochs=0)
+    dynamics = TrainingDynamics()
     checkpoints = ModelCheckpoint(dirpath=root, filename="{epoch}", every_n_epochs=1, save_top_k=-1)
     callbacks: list[Callback] = [dynamics, checkpoints, *([CrashAtEpoch(2)] if crash else [])]
     trainer = make_trainer(

@@ -38,7 +38,7 @@ def fit(
 ) -> tuple[CurriculumClassifier, TrainingDynamics]:
     torch.manual_seed(0)  # the test's RNG; the library never reads it
     model = CurriculumClassifier(policy, plan_seed=5)
-    dynamics = TrainingDynamics(log_histograms=False, plot_every_n_epochs=0)
+    dynamics = TrainingDynamics()
     checkpoints = ModelCheckpoint(
         dirpath=root / "checkpoints",
         filename="{epoch}",

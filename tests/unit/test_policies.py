@@ -402,7 +402,7 @@ def test_budget_with_no_pruning_epoch_raises() -> None:
 def _tracker() -> Any:
     from lightning_curricula import TrainingDynamics
 
-    return TrainingDynamics(log_histograms=False, plot_every_n_epochs=0)
+    return TrainingDynamics()
 
 
 # ------------------------------------------------------------------------------------------------ bandit

@@ -201,7 +201,7 @@ def test_a_dataloader_over_the_sampler_yields_the_plan() -> None:
 
 
 def quiet_dynamics() -> TrainingDynamics:
-    return TrainingDynamics(log_histograms=False, plot_every_n_epochs=0)
+    return TrainingDynamics()
 
 
 def test_policy_reading_signals_needs_a_tracker() -> None:

@@ -151,3 +151,19 @@ def test_missing_ids_in_a_mapping_batch() -> None:
 def test_missing_ids_in_a_tuple_batch_names_the_key() -> None:
     with pytest.raises(ValueError, match=r"have 'id'\..*\"id\": batch\[-1\]"):
         read_step_outputs(outputs(), (torch.zeros(B, 2), torch.arange(B)), index_key="id")
+
+
+def test_weights_come_from_the_batch_or_the_outputs() -> None:
+    assert read_step_outputs(outputs(), batch()).weights is None
+    from_batch = read_step_outputs(outputs(), batch(weight=torch.tensor([1.0, 2.0, 0.5, 1.0], dtype=torch.float64)))
+    assert from_batch.weights is not None
+    assert from_batch.weights.tolist() == [1.0, 2.0, 0.5, 1.0]
+    given = torch.tensor([3.0, 3.0, 3.0, 3.0])
+    from_outputs = read_step_outputs(outputs(weight=given), batch(weight=torch.ones(B)))
+    assert from_outputs.weights is not None
+    assert from_outputs.weights.tolist() == [3.0] * B  # the outputs win, like the ids
+
+
+def test_weights_of_the_wrong_shape_raise() -> None:
+    with pytest.raises(ValueError, match=r"'weight' has shape \(3,\), expected \(4,\)"):
+        read_step_outputs(outputs(), batch(weight=torch.ones(3)))
