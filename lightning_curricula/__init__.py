@@ -25,6 +25,7 @@ from lightning_curricula.policies import (
     Policy,
     RandomSubset,
     RandomTwin,
+    ScoreCurriculum,
     SelfPaced,
     StaticPruning,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "Policy",
     "RandomSubset",
     "RandomTwin",
+    "ScoreCurriculum",
     "SelfPaced",
     "StaticPruning",
     "StepOutputs",

@@ -6,6 +6,7 @@ import math
 from typing import Literal
 
 import torch
+from torch import Tensor
 
 from lightning_curricula.pacing import Pacing, pacing_function
 from lightning_curricula.policies._base import (
@@ -19,7 +20,41 @@ from lightning_curricula.policies._base import (
 )
 from lightning_curricula.policies.selection import easiest_set, full_plan, random_plan, shuffled_plan
 
-__all__ = ["Curriculum", "SelfPaced"]
+__all__ = ["Curriculum", "ScoreCurriculum", "SelfPaced", "paced_size"]
+
+Order = Literal["easy_to_hard", "hard_to_easy", "random", "balanced"]
+
+
+def paced_size(pace: Pacing, num_examples: int, epoch: int, num_epochs: int | None, *, warmup_epochs: int) -> int:
+    """Examples in ``epoch`` of a paced curriculum: all of them during the warm-up, then ``pace``'s share.
+
+    The one sizing rule of `Curriculum` and `ScoreCurriculum`, so both give the same budget.
+
+    Examples:
+        >>> pace = pacing_function("linear", start=0.3, saturation=1.0)
+        >>> [paced_size(pace, 100, epoch, 4, warmup_epochs=1) for epoch in range(4)]
+        [100, 48, 65, 83]
+    """
+    if epoch < warmup_epochs or num_epochs is None:
+        return num_examples
+    share = min(max(pace(epoch / num_epochs), 0.0), 1.0)
+    return max(1, math.ceil(share * num_examples - 1e-9))  # 0.3 * 100 must give 30, not 31
+
+
+def check_order(order: str, allowed: tuple[str, ...]) -> None:
+    if order not in allowed:
+        raise ValueError(f"order must be one of {', '.join(allowed)}; got {order!r}.")
+
+
+def ordered_subset(difficulty: Tensor, size: int, order: str) -> Tensor:
+    """The ``size`` ids that ``order`` takes by ``difficulty`` (higher is harder; ties to the lower id; NaN last)."""
+    if order != "balanced":
+        return easiest_set(difficulty, size, hardest=order == "hard_to_easy")
+    easy = easiest_set(difficulty, size // 2)
+    rest = torch.ones(difficulty.numel(), dtype=torch.bool)
+    rest[easy] = False
+    rest_ids = rest.nonzero().squeeze(1)  # the hardest of the rest; unseen ids (NaN) come last in both orders
+    return torch.cat([easy, rest_ids[easiest_set(difficulty[rest_ids], size - easy.numel(), hardest=True)]])
 
 
 class Curriculum(Policy):
@@ -61,8 +96,7 @@ class Curriculum(Policy):
     ) -> None:
         check_signal(signal)
         check_warmup(warmup_epochs)
-        if order not in ("easy_to_hard", "hard_to_easy", "random", "balanced"):
-            raise ValueError(f"order must be easy_to_hard, hard_to_easy, random or balanced, got {order!r}.")
+        check_order(order, ("easy_to_hard", "hard_to_easy", "random", "balanced"))
         self.signal = signal
         self.order = order
         self.pace = pacing_function(pacing, start=start, saturation=saturation)
@@ -70,10 +104,7 @@ class Curriculum(Policy):
         self.signals = () if order == "random" else (signal,)
 
     def epoch_size(self, num_examples: int, epoch: int, num_epochs: int | None) -> int:  # noqa: D102
-        if epoch < self.warmup_epochs or num_epochs is None:
-            return num_examples
-        share = min(max(self.pace(epoch / num_epochs), 0.0), 1.0)
-        return max(1, math.ceil(share * num_examples - 1e-9))  # 0.3 * 100 must give 30, not 31
+        return paced_size(self.pace, num_examples, epoch, num_epochs, warmup_epochs=self.warmup_epochs)
 
     def plan(self, context: EpochContext) -> Plan:  # noqa: D102
         n = context.num_examples
@@ -82,16 +113,126 @@ class Curriculum(Policy):
             return full_plan(n, context.generator)
         if self.order == "random":
             return random_plan(n, size, context.generator)
-        difficulty = context.difficulty(self.signal)
-        if self.order != "balanced":
-            chosen = easiest_set(difficulty, size, hardest=self.order == "hard_to_easy")
-            return shuffled_plan(chosen, context.generator)
-        easy = easiest_set(difficulty, size // 2)
-        rest = torch.ones(n, dtype=torch.bool)
-        rest[easy] = False
-        rest_ids = rest.nonzero().squeeze(1)  # the hardest of the rest; unseen ids (NaN) come last in both orders
-        hardest = rest_ids[easiest_set(difficulty[rest_ids], size - easy.numel(), hardest=True)]
-        return shuffled_plan(torch.cat([easy, hardest]), context.generator)
+        return shuffled_plan(ordered_subset(context.difficulty(self.signal), size, self.order), context.generator)
+
+
+class ScoreCurriculum(Policy):
+    """A curriculum, or a fixed share, ranked by *given* per-example scores instead of a tracked signal.
+
+    `Curriculum` ranks by what `TrainingDynamics` learns, so it needs a warm-up. With a difficulty
+    known before training (a dataset's level, a length, a teacher's score, a previous run's exported
+    losses) the ranking exists before the first step: pass it as ``scores`` (higher is harder).
+
+    - ``keep=None`` (a curriculum, Hacohen & Weinshall 2019): epoch ``e`` trains on exactly as many
+      examples as ``Curriculum`` with the same ``pacing``, ``start``, ``saturation`` and
+      ``warmup_epochs`` (both use `paced_size`), chosen by ``order``.
+    - ``keep`` in ``(0, 1]``: every epoch trains on the same ``keep`` share (the easy-to-hard
+      generalisation set-up of Hase et al. 2024); no ``num_epochs`` needed, and no tracker.
+
+    Ties (a known difficulty has many) are broken by a permutation drawn once from the sampler's
+    ``seed``, so successive epochs' subsets are nested and do not favour low ids; ``order="random"``
+    takes the head of that permutation (reads no scores). ``scores`` may come later through
+    `with_scores`; ``score`` only names them (a recipe reads the dataset column of that name).
+
+    Args:
+        score: the scores' name (for example a dataset column such as ``difficulty``).
+        scores: ``(N,)`` higher is harder; NaN ranks last whichever the order.
+        order: ``easy_to_hard``, ``hard_to_easy``, ``random`` or ``balanced`` (as in `Curriculum`).
+        pacing: a name in `PACING_FUNCTIONS` or a callable of progress.
+        start: share of data at the first paced epoch, in ``(0, 1]``.
+        saturation: progress at which all data is used, in ``(0, 1]``.
+        keep: a fixed share instead of pacing, in ``(0, 1]``.
+        warmup_epochs: full-data epochs first, ``>= 0`` (the scores are already known).
+
+    Examples:
+        >>> policy = ScoreCurriculum(scores=torch.tensor([0.9, 0.1, 0.5, 0.3]), keep=0.5)
+        >>> context = EpochContext(epoch=0, num_examples=4, generator=torch.Generator().manual_seed(0))
+        >>> sorted(policy.plan(context).indices.tolist())
+        [1, 3]
+        >>> paced = ScoreCurriculum(start=0.3, saturation=1.0, warmup_epochs=1)
+        >>> learned = Curriculum(start=0.3, saturation=1.0)
+        >>> [paced.epoch_size(100, e, 4) for e in range(4)] == [learned.epoch_size(100, e, 4) for e in range(4)]
+        True
+
+    Note:
+        **DDP and resume**: the plan depends only on ``(seed, epoch, scores)``, so it is the same on
+        every rank and after a resume, as long as the scores are. A paced curriculum changes the
+        epoch length, so the sampler still needs a `TrainingDynamics` for its epoch clock.
+    """
+
+    def __init__(
+        self,
+        score: str = "difficulty",
+        *,
+        scores: Tensor | None = None,
+        order: Order = "easy_to_hard",
+        pacing: str | Pacing = "linear",
+        start: float = 0.2,
+        saturation: float = 0.8,
+        keep: float | None = None,
+        warmup_epochs: int = 0,
+    ) -> None:
+        check_order(order, ("easy_to_hard", "hard_to_easy", "random", "balanced"))
+        if keep is not None:
+            check_fraction("keep", keep)
+        if warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs!r}.")
+        if scores is not None and scores.dim() != 1:
+            raise ValueError(f"scores must be one score per example, shape (N,); got shape {tuple(scores.shape)}.")
+        self.score = score
+        self.scores = None if scores is None else scores.detach().float().cpu()
+        self.order: Order = order
+        self.pacing = pacing
+        self.start = start
+        self.saturation = saturation
+        self.pace = pacing_function(pacing, start=start, saturation=saturation)
+        self.keep = keep
+        self.warmup_epochs = warmup_epochs
+        self.needs_num_epochs = keep is None
+        self.varies_length = keep is None
+
+    def with_scores(self, scores: Tensor) -> ScoreCurriculum:
+        """The same policy, ranking by ``scores``.
+
+        Examples:
+            >>> ScoreCurriculum("length", keep=0.5).with_scores(torch.tensor([3.0, 1.0])).scores
+            tensor([3., 1.])
+        """
+        return ScoreCurriculum(
+            self.score,
+            scores=scores,
+            order=self.order,
+            pacing=self.pacing,
+            start=self.start,
+            saturation=self.saturation,
+            keep=self.keep,
+            warmup_epochs=self.warmup_epochs,
+        )
+
+    def validate(self, num_examples: int, num_epochs: int | None) -> None:  # noqa: D102
+        super().validate(num_examples, num_epochs)
+        if self.order != "random" and self.scores is None:
+            raise ValueError(f"ScoreCurriculum(score={self.score!r}) has no scores: pass scores= or use with_scores().")
+        if self.scores is not None and self.scores.numel() != num_examples:
+            raise ValueError(f"scores has {self.scores.numel()} entries, the dataset has {num_examples} examples.")
+
+    def epoch_size(self, num_examples: int, epoch: int, num_epochs: int | None) -> int:  # noqa: D102
+        if self.keep is not None:
+            return fraction_size(self.keep, num_examples)
+        return paced_size(self.pace, num_examples, epoch, num_epochs, warmup_epochs=self.warmup_epochs)
+
+    def plan(self, context: EpochContext) -> Plan:  # noqa: D102
+        n = context.num_examples
+        size = self.epoch_size(n, context.epoch, context.num_epochs)
+        if size == n:
+            return full_plan(n, context.generator)
+        tie_break = torch.randperm(n, generator=torch.Generator().manual_seed(context.seed))
+        if self.order == "random":
+            return shuffled_plan(tie_break[:size], context.generator)
+        if self.scores is None:
+            raise ValueError(f"ScoreCurriculum(score={self.score!r}) has no scores: pass scores= or use with_scores().")
+        chosen = tie_break[ordered_subset(self.scores[tie_break], size, self.order)]
+        return shuffled_plan(chosen, context.generator)
 
 
 class SelfPaced(Policy):

@@ -33,6 +33,7 @@ from lightning_curricula import (
     Policy,
     RandomSubset,
     RandomTwin,
+    ScoreCurriculum,
     SelfPaced,
     StaticPruning,
 )
@@ -52,6 +53,8 @@ def catalog(num_examples: int) -> dict[str, Policy]:
         "curriculum_hard_to_easy": Curriculum("el2n", order="hard_to_easy", pacing="step", start=0.5),
         "curriculum_balanced": Curriculum("margin", order="balanced", pacing="geometric", warmup_epochs=2),
         "curriculum_random": Curriculum(order="random", pacing="root"),
+        "score_curriculum": ScoreCurriculum(scores=torch.arange(num_examples) % 4 * 1.0, start=0.3),
+        "score_keep": ScoreCurriculum(scores=-torch.arange(num_examples) * 1.0, order="hard_to_easy", keep=0.4),
         "self_paced": SelfPaced(growth=1.5),
         "static_hard": StaticPruning("el2n", keep=0.5),
         "static_easy": StaticPruning("loss", keep=0.3, mode="easy", score_epochs=2),
@@ -70,7 +73,7 @@ def catalog(num_examples: int) -> dict[str, Policy]:
 
 def test_catalog_covers_every_policy() -> None:
     classes = {type(policy) for policy in catalog(10).values()}
-    assert set(POLICIES.values()) | {RandomTwin, NoiseAware} <= classes
+    assert set(POLICIES.values()) | {RandomTwin, NoiseAware, ScoreCurriculum} <= classes
 
 
 def classification_data(draw: st.DrawFn, num_examples: int) -> tuple[Tensor, Tensor]:
