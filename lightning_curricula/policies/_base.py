@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from lightning_curricula.pacing import training_progress
 from lightning_curricula.ranking import HARDER_WHEN_HIGHER, difficulty_scores
 
 __all__ = [
@@ -87,10 +88,10 @@ class EpochContext:
 
     @property
     def progress(self) -> float:
-        """Share of training done when this epoch starts: ``epoch / num_epochs``."""
+        """Progress of this epoch, 0 at the first and 1 at the last (see `training_progress`)."""
         if self.num_epochs is None:
             raise ValueError("This policy needs num_epochs: pass num_epochs to CurriculumSampler.")
-        return self.epoch / self.num_epochs
+        return training_progress(self.epoch, self.num_epochs)
 
     def difficulty(self, signal: str) -> Tensor:
         """Scores where higher is harder (see `difficulty_scores`); NaN for unseen examples."""

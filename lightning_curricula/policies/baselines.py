@@ -71,7 +71,7 @@ class RandomTwin(Policy):
         >>> from lightning_curricula.policies import Curriculum
         >>> twin = RandomTwin(Curriculum(start=0.5, saturation=1.0, warmup_epochs=1))
         >>> twin.epoch_size(100, 1, 4)
-        63
+        67
     """
 
     def __init__(self, policy: Policy) -> None:

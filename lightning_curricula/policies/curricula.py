@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_curricula.pacing import Pacing, pacing_function
+from lightning_curricula.pacing import Pacing, pacing_function, training_progress
 from lightning_curricula.policies._base import (
     EpochContext,
     Plan,
@@ -28,16 +28,18 @@ Order = Literal["easy_to_hard", "hard_to_easy", "random", "balanced"]
 def paced_size(pace: Pacing, num_examples: int, epoch: int, num_epochs: int | None, *, warmup_epochs: int) -> int:
     """Examples in ``epoch`` of a paced curriculum: all of them during the warm-up, then ``pace``'s share.
 
-    The one sizing rule of `Curriculum` and `ScoreCurriculum`, so both give the same budget.
+    The one sizing rule of `Curriculum` and `ScoreCurriculum`, so both give the same budget. The
+    share is ``pace(training_progress(epoch, num_epochs))``: the last epoch is at progress 1, so it
+    trains on all data whenever ``saturation`` is reached.
 
     Examples:
         >>> pace = pacing_function("linear", start=0.3, saturation=1.0)
         >>> [paced_size(pace, 100, epoch, 4, warmup_epochs=1) for epoch in range(4)]
-        [100, 48, 65, 83]
+        [100, 54, 77, 100]
     """
     if epoch < warmup_epochs or num_epochs is None:
         return num_examples
-    share = min(max(pace(epoch / num_epochs), 0.0), 1.0)
+    share = min(max(pace(training_progress(epoch, num_epochs)), 0.0), 1.0)
     return max(1, math.ceil(share * num_examples - 1e-9))  # 0.3 * 100 must give 30, not 31
 
 
@@ -61,7 +63,8 @@ class Curriculum(Policy):
     """Curriculum learning with a pacing function (Hacohen & Weinshall 2019; Wu et al. 2021).
 
     After ``warmup_epochs`` of full data (to score every example), epoch ``e`` trains on the
-    ``pace(e / num_epochs)`` share of the data chosen by ``order``, shuffled:
+    ``pace(e / (num_epochs - 1))`` share of the data chosen by ``order``, shuffled (the last epoch is
+    at progress 1, so every pacing reaches all data by then):
 
     - ``easy_to_hard``: the easiest examples by ``signal`` (the classic curriculum);
     - ``hard_to_easy``: the hardest (the anti-curriculum);
@@ -72,14 +75,14 @@ class Curriculum(Policy):
         signal: a tracked signal (see `HARDER_WHEN_HIGHER`).
         order: which examples the paced share holds.
         pacing: a name in `PACING_FUNCTIONS` or a callable of progress ``t in [0, 1]``.
-        start: share of data at the first paced epoch, in ``(0, 1]``.
-        saturation: progress at which all data is used, in ``(0, 1]``.
+        start: share of data at progress 0 (the first epoch), in ``(0, 1]``.
+        saturation: progress at which all data is used, in ``(0, 1]``; ``1.0`` reaches it at the last epoch.
         warmup_epochs: full-data epochs first, ``>= 1``.
 
     Examples:
         >>> policy = Curriculum(start=0.25, saturation=1.0)
         >>> [policy.epoch_size(100, epoch, 4) for epoch in range(4)]
-        [100, 44, 63, 82]
+        [100, 50, 75, 100]
     """
 
     needs_num_epochs = True
@@ -139,8 +142,8 @@ class ScoreCurriculum(Policy):
         scores: ``(N,)`` higher is harder; NaN ranks last whichever the order.
         order: ``easy_to_hard``, ``hard_to_easy``, ``random`` or ``balanced`` (as in `Curriculum`).
         pacing: a name in `PACING_FUNCTIONS` or a callable of progress.
-        start: share of data at the first paced epoch, in ``(0, 1]``.
-        saturation: progress at which all data is used, in ``(0, 1]``.
+        start: share of data at progress 0 (the first epoch), in ``(0, 1]``.
+        saturation: progress at which all data is used, in ``(0, 1]``; ``1.0`` reaches it at the last epoch.
         keep: a fixed share instead of pacing, in ``(0, 1]``.
         warmup_epochs: full-data epochs first, ``>= 0`` (the scores are already known).
 

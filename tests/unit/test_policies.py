@@ -181,7 +181,7 @@ def test_curriculum_keeps_the_easiest_or_hardest_share_ties_by_lower_id(order: A
     policy = Curriculum(order=order, start=0.25, saturation=1.0)
     for epoch in (1, 2, 3):
         plan = policy.plan(epoch_context(epoch, n, {"loss": torch.tensor(TIED)}, num_epochs=4))
-        size = math.ceil((0.25 + 0.75 * epoch / 4) * n - 1e-9)
+        size = math.ceil((0.25 + 0.75 * epoch / 3) * n - 1e-9)  # progress epoch / (num_epochs - 1)
         assert len(plan) == size
         assert sorted(plan.indices.tolist()) == sorted(by_key(TIED, hardest=hardest)[:size])
         assert plan.weights.tolist() == [1.0] * size
@@ -190,7 +190,7 @@ def test_curriculum_keeps_the_easiest_or_hardest_share_ties_by_lower_id(order: A
 def test_curriculum_balanced_takes_both_ends() -> None:
     scores = [0.5, 0.1, 0.9, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.0]
     policy = Curriculum(order="balanced", start=0.5, saturation=1.0)
-    plan = policy.plan(epoch_context(1, 10, {"loss": torch.tensor(scores)}, num_epochs=5))
+    plan = policy.plan(epoch_context(1, 10, {"loss": torch.tensor(scores)}, num_epochs=6))
     # share 0.5 + 0.5 * 0.2 = 0.6 -> 6 visits: the 3 easiest and the 3 hardest.
     assert sorted(plan.indices.tolist()) == sorted([9, 1, 5] + [2, 6, 4])
 
@@ -198,7 +198,7 @@ def test_curriculum_balanced_takes_both_ends() -> None:
 def test_curriculum_balanced_hard_half_skips_unseen_examples() -> None:
     scores = torch.tensor([0.5, math.nan, 0.1, 0.9, 0.3, 0.7, math.nan, 0.2, 0.8, 0.4])
     policy = Curriculum(order="balanced", start=0.4, saturation=1.0)
-    plan = policy.plan(epoch_context(1, 10, {"loss": scores}, num_epochs=5))
+    plan = policy.plan(epoch_context(1, 10, {"loss": scores}, num_epochs=6))
     # share 0.4 + 0.6 * 0.2 = 0.52 -> 6 visits: the 3 easiest and the 3 hardest seen, no unseen (NaN) id.
     assert sorted(plan.indices.tolist()) == sorted([2, 7, 4] + [3, 8, 5])
 
@@ -206,10 +206,10 @@ def test_curriculum_balanced_hard_half_skips_unseen_examples() -> None:
 def test_curriculum_unseen_examples_come_last() -> None:
     scores = {"loss": torch.tensor([0.5, math.nan, 0.1, math.nan, 0.3])}
     # Share 0.5 + 0.5 * 0.1 = 0.55 of 5 -> 3 visits: the seen ones.
-    plan = Curriculum(start=0.5, saturation=1.0).plan(epoch_context(1, 5, scores, num_epochs=10))
+    plan = Curriculum(start=0.5, saturation=1.0).plan(epoch_context(1, 5, scores, num_epochs=11))
     assert sorted(plan.indices.tolist()) == [0, 2, 4]
     # Share 0.64 -> 4 visits: then the unseen example with the lower id.
-    plan = Curriculum(start=0.6, saturation=1.0).plan(epoch_context(1, 5, scores, num_epochs=10))
+    plan = Curriculum(start=0.6, saturation=1.0).plan(epoch_context(1, 5, scores, num_epochs=11))
     assert sorted(plan.indices.tolist()) == [0, 1, 2, 4]
 
 
@@ -550,7 +550,7 @@ def test_self_paced_threshold_grows() -> None:
 def test_all_equal_scores_pick_the_lowest_ids() -> None:
     n = 10
     equal = {"loss": torch.ones(n), "el2n": torch.ones(n), "loss_ema": torch.ones(n), "epochs_seen": torch.ones(n)}
-    context = epoch_context(1, n, equal, num_epochs=2)
+    context = epoch_context(1, n, equal, num_epochs=3)  # progress 0.5: 0.3 + 0.7 * 0.5 of 10 -> 7 visits
     assert sorted(Curriculum(start=0.3, saturation=1.0).plan(context).indices.tolist()) == list(range(7))
     assert sorted(Curriculum(order="hard_to_easy", start=0.3, saturation=1.0).plan(context).indices.tolist()) == list(
         range(7)
