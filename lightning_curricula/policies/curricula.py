@@ -241,9 +241,24 @@ class ScoreCurriculum(Policy):
 class SelfPaced(Policy):
     """Self-paced learning (Kumar et al. 2010): train on examples whose loss is under a growing threshold.
 
-    At epoch ``e`` (after the warm-up) the threshold is ``threshold * growth ** (e - warmup_epochs)``;
-    with ``threshold=None`` it starts at the median of the current signal. At least ``min_fraction``
-    of the data (the easiest) is always kept.
+    At epoch ``e`` (after the warm-up) the examples whose difficulty score (`difficulty_scores`:
+    higher is harder, negated for signals where higher is easier) is at most `limit` train: the
+    threshold's height above ``min(0, easiest score)`` grows by ``growth`` per epoch, which is
+    ``threshold * growth ** (e - warmup_epochs)`` for a loss, and grows for every signal. With
+    ``threshold=None`` it starts at the median of the current scores. At least ``min_fraction`` of
+    the data (the easiest) is always kept.
+
+    Args:
+        signal: a tracked signal (see `HARDER_WHEN_HIGHER`).
+        threshold: the first threshold, in difficulty units (so ``-0.8`` admits a confidence of at
+            least 0.8); ``None``: the median of the scores, recomputed every epoch.
+        growth: factor per epoch, ``>= 1``.
+        min_fraction: share of the data always kept (the easiest), in ``(0, 1]``.
+        warmup_epochs: full-data epochs first, ``>= 1``.
+
+    Note:
+        **DDP and resume**: the plan depends only on ``(seed, epoch, synced signals)``; the signals
+        are in the tracker's checkpoint, so every rank and a resumed run plan the same epoch.
 
     Examples:
         >>> loss = torch.tensor([0.1, 0.2, 3.0, 4.0])
@@ -279,16 +294,32 @@ class SelfPaced(Policy):
             return full_plan(n, context.generator)
         hardness = context.difficulty(self.signal)
         seen = ~hardness.isnan()
-        start = (
-            self.threshold
-            if self.threshold is not None
-            else float(hardness[seen].median())
-            if bool(seen.any())
-            else math.inf
-        )
-        limit = start * self.growth ** (context.epoch - self.warmup_epochs)
-        chosen = (hardness <= limit) | ~seen
+        chosen = (hardness <= self.limit(hardness[seen], context.epoch - self.warmup_epochs)) | ~seen
         floor = fraction_size(self.min_fraction, n)
         if int(chosen.sum()) < floor:
             chosen[easiest_set(hardness, floor)] = True
         return shuffled_plan(chosen.nonzero().squeeze(1), context.generator)
+
+    def limit(self, seen: Tensor, step: int) -> float:
+        """The threshold ``step`` epochs after the warm-up, for the difficulty scores of the seen examples.
+
+        Its height above the origin ``min(0, easiest score)`` is multiplied by ``growth`` each epoch:
+        for a loss (never below 0) that is the paper's ``threshold * growth ** step``, and for a
+        negated signal (confidence, margin, AUM, correctness, all <= 0 when negated) it still grows.
+
+        Examples:
+            >>> SelfPaced(threshold=1.0, growth=2.0).limit(torch.tensor([0.5, 1.0, 3.0]), 2)
+            4.0
+            >>> round(SelfPaced(growth=2.0).limit(-torch.tensor([0.9, 0.6, 0.2]), 1), 3)  # confidence: from -0.9 up
+            -0.3
+        """
+        finite = seen[seen.isfinite()]
+        if seen.numel() == 0:
+            return math.inf
+        origin = min(0.0, float(finite.min())) if finite.numel() else 0.0
+        start = self.threshold if self.threshold is not None else float(seen.median())
+        height = start - origin
+        if height <= 0 and self.threshold is None:  # most scores tie at the easiest: reach the next one a step later
+            above = finite[finite > start]
+            height = (float(above.min()) - origin) / self.growth if above.numel() else 0.0
+        return origin + height * self.growth**step
