@@ -42,7 +42,7 @@ class FixedLossModel(pl.LightningModule):
         super().__init__()
         self.scale = nn.Parameter(torch.ones(()))
         self.register_buffer("table", fixed_losses())
-        self.policy = InfoBatch(budget=0.6, anneal=0.2)
+        self.policy = InfoBatch(0.8, budget=0.6, anneal=0.2)
         self.directory = Path(directory)
         self.record: dict[str, Any] = {}
 

@@ -45,7 +45,7 @@ class EpochMetrics(pl.Callback):
     scope="module",
     params=[
         pytest.param(Curriculum(start=0.3, saturation=0.8), id="curriculum"),
-        pytest.param(InfoBatch(budget=0.6, anneal=0.2), id="infobatch_budget"),
+        pytest.param(InfoBatch(0.8, budget=0.6, anneal=0.2), id="infobatch_budget"),
     ],
 )
 def run(request: pytest.FixtureRequest) -> dict[str, Any]:

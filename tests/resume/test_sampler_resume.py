@@ -64,7 +64,7 @@ def fit(
 @pytest.mark.parametrize(
     ("policy", "crash_epoch"),
     [
-        (InfoBatch(budget=0.6, anneal=0.2), 2),  # crash between two pruning epochs
+        (InfoBatch(0.8, budget=0.6, anneal=0.2), 2),  # crash between two pruning epochs
         (Curriculum(start=0.3, saturation=0.8), 3),
     ],
     ids=["infobatch_budget", "curriculum"],

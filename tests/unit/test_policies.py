@@ -309,26 +309,65 @@ def test_infobatch_ratio_prunes_only_below_the_mean_and_reweights() -> None:
 
 
 @pytest.mark.parametrize("prune", [0.5, 0.9])
-def test_infobatch_budget_drops_well_learned_first_up_to_prune_with_unbiased_weights(prune: float) -> None:
+def test_infobatch_budget_drops_the_easiest_first_with_bounded_unbiased_weights(prune: float) -> None:
     policy = InfoBatch(prune, budget=0.7, anneal=0.25)
     n, epochs = 12, 8
-    below = set((SCORES < SCORES.mean()).nonzero().squeeze(1).tolist())  # 8 well-learned, 4 others
+    policy.validate(n, epochs)
+    easiest = torch.argsort(SCORES).tolist()
+    learned = int((SCORES < SCORES.mean()).sum())  # 8 well-learned, 4 others
     for epoch in range(1, 6):
         size = policy.epoch_size(n, epoch, epochs)
         assert size is not None
         plan = policy.plan(epoch_context(epoch, n, {"loss": SCORES}, num_epochs=epochs))
         assert len(plan) == size
-        drop = n - size  # 6 or 7 of 12
-        learned_drops = min(drop, math.floor(prune * len(below)))  # 4 at prune 0.5 (weight 2), 7 at 0.9
-        other_drops = drop - learned_drops
+        drop = n - size  # 5 or 6 of 12
+        pool = max(learned, math.ceil(drop / prune))  # the well-learned, or the easiest beyond them
         kept = dict(zip(plan.indices.tolist(), plan.weights.tolist(), strict=True))
-        assert len(below - set(kept)) == learned_drops
-        assert len(set(range(n)) - below - set(kept)) == other_drops
+        assert set(range(n)) - set(kept) <= set(easiest[:pool])  # drops only from the easiest `pool`
         for index, weight in kept.items():
-            group, dropped = (len(below), learned_drops) if index in below else (n - len(below), other_drops)
-            assert weight == pytest.approx(group / (group - dropped))
-            if index in below:
-                assert weight <= 1.0 / (1.0 - prune) + 1e-6  # bounded weights, the point of the cap
+            assert weight == pytest.approx(pool / (pool - drop) if index in easiest[:pool] else 1.0)
+            assert weight <= 1.0 / (1.0 - prune) + 1e-6  # every weight bounded
+
+
+def test_infobatch_budget_never_drops_the_hardest_and_bounds_weights() -> None:
+    # Issue 8, bug 12: 1,000 skewed losses, 12 epochs; drops beyond the well-learned came uniformly from the
+    # hard examples (62 of the 100 hardest in an epoch) and weights reached 21.6.
+    generator = torch.Generator().manual_seed(0)
+    loss = torch.rand(1000, generator=generator).pow(4) * 5
+    hardest = set(torch.argsort(loss, descending=True)[:100].tolist())
+    policy = InfoBatch(0.7, budget=0.6)
+    policy.validate(1000, 12)
+    for epoch in range(12):
+        plan = policy.plan(epoch_context(epoch, 1000, {"loss": loss}, num_epochs=12))
+        assert hardest <= set(plan.indices.tolist()), epoch
+        assert float(plan.weights.max()) <= 1 / 0.3 + 1e-6
+
+
+def test_infobatch_budget_beyond_the_weight_bound_is_refused_at_setup_saying_which_budgets_can() -> None:
+    with pytest.raises(ValueError, match="budget=0.6 cannot") as error:
+        InfoBatch(budget=0.6).validate(1000, 12)  # 3 full epochs, 9 that drop at most 500
+    assert "at least 0.625" in str(error.value)
+    assert "Raise prune" in str(error.value)
+    InfoBatch(budget=0.625).validate(1000, 12)
+    with pytest.raises(ValueError, match="cannot drop 667 of 1000"):  # planned without validate: still refused
+        InfoBatch(0.5, budget=0.5, anneal=0.0).plan(epoch_context(1, 1000, {"loss": torch.rand(1000)}, num_epochs=4))
+
+
+def test_infobatch_non_finite_scores_are_never_well_learned() -> None:
+    # Issue 8, bug 2: forgetting_events scores never-learned examples +inf; the mean became inf and every
+    # other example counted as well-learned, so an example forgotten five times was pruned.
+    forgetting = torch.tensor([0.0, 0.0, 0.0, 0.0, 5.0, 1.0, 0.0, 0.0])
+    correctness = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 1.0, 0.0])  # id 7: never learned -> +inf
+    signals = {"forgetting_events": forgetting, "correctness": correctness}
+    dropped = Counter[int]()
+    for policy in (
+        InfoBatch(0.9, anneal=0.0, signal="forgetting_events"),
+        InfoBatch(0.5, budget=0.875, anneal=0.0, signal="forgetting_events"),
+    ):
+        for seed in range(30):
+            plan = policy.plan(epoch_context(1, 8, signals, num_epochs=2, seed=seed))
+            dropped.update(set(range(8)) - set(plan.indices.tolist()))
+    assert set(dropped) <= {0, 1, 2, 3, 6}  # mean of the finite counts is 0.75: only the zeros are well-learned
 
 
 def test_infobatch_anneals_to_full_data_at_the_end() -> None:
@@ -368,7 +407,8 @@ def test_infobatch_budget_is_exact_over_the_run(
     target = round(budget * num_epochs * num_examples)
     full = infobatch_full_epochs(num_epochs, anneal)
     pruning = num_epochs - full
-    feasible = pruning > 0 and full * num_examples + pruning <= target
+    smallest = num_examples - math.floor(0.5 * num_examples)  # drops at most prune * N, weights at most 2
+    feasible = pruning > 0 and full * num_examples + pruning * smallest <= target
     if not feasible:
         with pytest.raises(ValueError, match=re.escape(f"budget={budget}")):
             policy.validate(num_examples, num_epochs)
@@ -387,7 +427,7 @@ def test_infobatch_budget_is_exact_over_the_run(
 
 def test_infeasible_budget_raises_at_validate_with_a_true_minimum() -> None:
     policy = InfoBatch(budget=0.55, anneal=0.0)
-    # 2 epochs of 4 examples: epoch 0 is full (4 passes), so the run needs at least 4 + 1 = 5 of 8 passes.
+    # 2 epochs of 4 examples: epoch 0 is full (4 passes) and epoch 1 drops at most 2, so the run needs 6 of 8 passes.
     with pytest.raises(ValueError, match=r"budget=0\.55 cannot be met") as error:
         policy.validate(4, 2)
     stated = float(re.search(r"at least (\d\.\d+)", str(error.value)).group(1))  # type: ignore[union-attr]
@@ -561,11 +601,13 @@ def test_all_equal_scores_pick_the_lowest_ids() -> None:
     ratio = InfoBatch(0.9, anneal=0.0).plan(epoch_context(1, n, equal, num_epochs=4))
     assert sorted(ratio.indices.tolist()) == list(range(n))
     assert ratio.weights.tolist() == [1.0] * n
-    # ... and the budget mode drops uniformly from all, weighting the rest n / (n - d).
+    # ... and the budget mode drops 4 from the 4 / prune = 8 "easiest" (ties: the lowest ids), weighting the rest 8 / 4.
     budget = InfoBatch(budget=0.75, anneal=0.0).plan(epoch_context(1, n, equal, num_epochs=4))
     size = len(budget)
     assert size == 6  # (30 - 10) passes over 3 pruning epochs: 6, 7, 7
-    assert budget.weights.tolist() == pytest.approx([n / size] * size)
+    kept = dict(zip(budget.indices.tolist(), budget.weights.tolist(), strict=True))
+    assert {8: 1.0, 9: 1.0}.items() <= kept.items()
+    assert sorted(kept.values()) == [1.0, 1.0, 2.0, 2.0, 2.0, 2.0]
 
 
 @pytest.mark.parametrize("name", sorted(catalog(10)))

@@ -131,7 +131,7 @@ RNG_POLICIES = {
     "self_paced": lambda: SelfPaced(),
     "static": lambda: StaticPruning("el2n"),
     "infobatch": lambda: InfoBatch(0.5, anneal=0.2),
-    "infobatch_budget": lambda: InfoBatch(budget=0.7, anneal=0.2),
+    "infobatch_budget": lambda: InfoBatch(0.8, budget=0.7, anneal=0.2),
     "bandit": lambda: Bandit(0.4, strategy="epsilon_greedy"),
     "importance": lambda: ImportanceSampling(0.5),
     "twin": lambda: RandomTwin(Curriculum()),
@@ -258,7 +258,7 @@ def test_reusing_the_sampler_after_the_length_changed_raises() -> None:
     loop = HookLoop(dynamics, logits, targets, num_epochs=4)
     # What Lightning does with reload_dataloaders_every_n_epochs=0: one loader for the whole run, whose
     # length (and so num_training_batches) is read once; its fetcher asks len() again every epoch.
-    sampler = CurriculumSampler(range(20), InfoBatch(budget=0.6, anneal=0.25), dynamics=dynamics, num_epochs=4)
+    sampler = CurriculumSampler(range(20), InfoBatch(0.8, budget=0.6, anneal=0.25), dynamics=dynamics, num_epochs=4)
     assert len(loop.train_epoch(sampler, 0)) == 20
     with pytest.raises(RuntimeError, match=r"Trainer\(reload_dataloaders_every_n_epochs=1\)"):
         loop.train_epoch(sampler, 1)
@@ -276,7 +276,7 @@ class PlainLoaderClassifier(CurriculumClassifier):
 
 
 def test_a_trainer_that_does_not_reload_the_loader_fails_loudly() -> None:
-    model = PlainLoaderClassifier(InfoBatch(budget=0.6, anneal=0.25))
+    model = PlainLoaderClassifier(InfoBatch(0.9, budget=0.6, anneal=0.25))
     trainer = make_trainer(max_epochs=4, callbacks=[quiet_dynamics()], reload_dataloaders_every_n_epochs=0)
     with pytest.raises(RuntimeError, match=r"reload_dataloaders_every_n_epochs=1"):
         trainer.fit(model)
@@ -306,7 +306,7 @@ def test_curriculum_dataloader_sets_the_sampler_itself(key: str) -> None:
     ("policy", "epochs", "accumulate"),
     [
         (Curriculum(start=0.3, saturation=0.8), 4, 1),
-        (InfoBatch(budget=0.6, anneal=0.2), 5, 2),
+        (InfoBatch(0.8, budget=0.6, anneal=0.2), 5, 2),
     ],
     ids=["curriculum", "infobatch_budget"],
 )
