@@ -15,6 +15,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_curricula import signals as S
+from lightning_curricula._policy_binding import PolicyBinding
 from lightning_curricula._step_outputs import StepOutputs, read_step_outputs
 from lightning_curricula._visualize import log_epoch_visuals
 from lightning_curricula.ranking import HARDER_WHEN_HIGHER, difficulty_scores, select_indices
@@ -151,6 +152,8 @@ class TrainingDynamics(Callback):
         self._history: Tensor | None = None
         self._accumulator: Tensor | None = None
         self._checked_ids = False
+        #: The policy a `CurriculumSampler` bound to this tracker runs; its state is checkpointed here.
+        self.policy_binding = PolicyBinding()
 
     # ----------------------------------------------------------------------------------- Lightning hooks
 
@@ -235,6 +238,9 @@ class TrainingDynamics(Callback):
         }
         if self._history is not None:
             state["history"] = self._history.cpu().clone()
+        policy = self.policy_binding.state_dict()
+        if policy is not None:
+            state["policy"] = policy
         return state
 
     @override
@@ -261,6 +267,7 @@ class TrainingDynamics(Callback):
             )
         self._history = history.clone() if self.history_epochs and history is not None else None
         self._accumulator = None
+        self.policy_binding.load_state_dict(state_dict.get("policy"))
 
     # ----------------------------------------------------------------------------------- per step
 

@@ -98,6 +98,8 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
         if num_epochs is not None and num_epochs < 1:
             raise ValueError(f"num_epochs must be a positive integer, got {num_epochs!r}.")
         policy.validate(size, num_epochs)
+        if dynamics is not None:  # the tracker checkpoints the policy's state, and restores it on resume
+            dynamics.policy_binding.bind(policy, num_epochs=num_epochs)
         self.policy = policy
         self.dynamics = dynamics
         self.num_epochs = num_epochs

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -104,7 +105,12 @@ class EpochContext:
 
 
 class Policy(ABC):
-    """Base class: `plan` one epoch, and say in advance how large it will be when that is known."""
+    """Base class: `plan` one epoch, and say in advance how large it will be when that is known.
+
+    A policy's plan is a function of its `EpochContext`, plus, for the few policies that remember a
+    choice (`StaticPruning`'s subset), their own state: `state_dict` and `load_state_dict`, which the
+    tracker the sampler is bound to saves in Lightning checkpoints and hands back on resume.
+    """
 
     #: Tracked signals the policy reads (it then needs a `TrainingDynamics`).
     signals: tuple[str, ...] = ()
@@ -120,6 +126,22 @@ class Policy(ABC):
     def epoch_size(self, num_examples: int, epoch: int, num_epochs: int | None) -> int | None:
         """Number of visits planned for ``epoch``, or ``None`` when it depends on the scores."""
         return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The policy's own state for checkpoints: tensors, numbers and a ``version``; ``{}`` when stateless.
+
+        Examples:
+            >>> from lightning_curricula.policies import FullData
+            >>> FullData().state_dict()
+            {}
+        """
+        return {}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore `state_dict`'s output; a stateless policy accepts only ``{}``."""
+        if state_dict:
+            name = type(self).__name__
+            raise ValueError(f"{name} keeps no state, but was given a state with keys {sorted(state_dict)}.")
 
     def validate(self, num_examples: int, num_epochs: int | None) -> None:
         """Raise ``ValueError`` at setup if the policy cannot run on this dataset and schedule."""

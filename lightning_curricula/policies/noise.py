@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -58,6 +58,12 @@ class NoiseAware(Policy):
 
     def validate(self, num_examples: int, num_epochs: int | None) -> None:  # noqa: D102
         self.policy.validate(num_examples, num_epochs)
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        return self.policy.state_dict()
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:  # noqa: D102
+        self.policy.load_state_dict(state_dict)
 
     def epoch_size(self, num_examples: int, epoch: int, num_epochs: int | None) -> int | None:  # noqa: D102
         return self.policy.epoch_size(num_examples, epoch, num_epochs) if self.mode == "demote" else None

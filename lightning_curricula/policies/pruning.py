@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -34,8 +35,9 @@ class StaticPruning(Policy):
     """Static data pruning (Paul et al. 2021, Data Diet; Sorscher et al. 2022): score early, then keep a subset.
 
     Epochs before ``score_epochs`` train on all data; at epoch ``score_epochs`` the subset is chosen
-    by ``signal`` and kept for the rest of the run (on later epochs it is read back as the examples
-    seen since the pruning epoch, so the plan stays a pure function of the synced tables):
+    by ``signal``, recorded in the policy's state (`state_dict`), and planned again every later epoch,
+    so later epochs have exactly `epoch_size` visits whatever the selection epoch trained (non-finite
+    losses, ``drop_last_plan=True`` trimming, ``limit_train_batches`` or ``max_steps`` cutting it short):
 
     - ``hard``: the hardest ``keep`` share (Data Diet; best when data is plentiful);
     - ``easy``: the easiest (Sorscher et al.: best when data is scarce);
@@ -50,7 +52,16 @@ class StaticPruning(Policy):
         >>> context = EpochContext(epoch=1, num_examples=4, generator=torch.Generator(), signals={"el2n": el2n})
         >>> sorted(policy.plan(context).indices.tolist())
         [0, 3]
+        >>> policy.state_dict()
+        {'version': 1, 'subset': tensor([0, 3])}
+
+    Note:
+        **DDP**: every rank chooses the same subset from the synced signals. **Resume**: the subset
+        is in the policy's state, which the `TrainingDynamics` the sampler is bound to saves in its
+        checkpoint state and hands back when the resumed run's sampler binds the policy.
     """
+
+    state_version = 1
 
     def __init__(
         self,
@@ -82,6 +93,20 @@ class StaticPruning(Policy):
         self.class_balanced = class_balanced
         self.min_per_class = min_per_class
         self.signals = (signal,)
+        self.subset: Tensor | None = None  # the ids chosen at epoch score_epochs, in id order
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        state: dict[str, Any] = {"version": self.state_version}
+        if self.subset is not None:
+            state["subset"] = self.subset.clone()
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:  # noqa: D102
+        if state_dict.get("version") != self.state_version:
+            version = state_dict.get("version")
+            raise ValueError(f"StaticPruning state has version {version!r}; this release reads {self.state_version}.")
+        subset = state_dict.get("subset")
+        self.subset = None if subset is None else subset.clone().long()
 
     def validate(self, num_examples: int, num_epochs: int | None) -> None:  # noqa: D102
         super().validate(num_examples, num_epochs)
@@ -99,15 +124,26 @@ class StaticPruning(Policy):
     def plan(self, context: EpochContext) -> Plan:  # noqa: D102
         n = context.num_examples
         if context.epoch < self.score_epochs:
+            self.subset = None  # a new run: the choice is made again at the selection epoch
             return full_plan(n, context.generator)
-        if context.epoch > self.score_epochs and "last_epoch" in context.signals:
-            kept = (context.signals["last_epoch"] >= self.score_epochs).nonzero().squeeze(1)
-            return shuffled_plan(kept, context.generator)
+        if context.epoch == self.score_epochs:
+            self.subset = torch.sort(self._choose(context)).values
+        elif self.subset is None:
+            raise RuntimeError(
+                f"StaticPruning has no subset for epoch {context.epoch}: it is chosen when epoch {self.score_epochs} "
+                "is planned and kept in the policy's state. On resume, the TrainingDynamics state of the checkpoint "
+                "restores it when the sampler is built with that tracker."
+            )
+        if self.subset.numel() and int(self.subset.max()) >= n:
+            raise ValueError(f"StaticPruning's subset has ids up to {int(self.subset.max())}; the dataset has {n}.")
+        return shuffled_plan(self.subset, context.generator)
+
+    def _choose(self, context: EpochContext) -> Tensor:
+        n = context.num_examples
         if not self.class_balanced or self.labels is None:
             size = fraction_size(self.keep, n)
             skip = min(round(self.band_offset * n), n - size)  # rounding must not shrink the band
-            ranked = easiest_prefix(context.difficulty(self.signal), skip + size, hardest=self.mode != "easy")
-            return shuffled_plan(ranked[skip:], context.generator)
+            return easiest_prefix(context.difficulty(self.signal), skip + size, hardest=self.mode != "easy")[skip:]
         ranked = easiest_first(context.difficulty(self.signal), hardest=self.mode != "easy")
         labels = self.labels[ranked]
         chosen = []
@@ -116,7 +152,7 @@ class StaticPruning(Policy):
             quota = self._class_quota(members.numel())
             skip = min(round(self.band_offset * members.numel()), members.numel() - quota)
             chosen.append(members[skip : skip + quota])
-        return shuffled_plan(torch.cat(chosen), context.generator)
+        return torch.cat(chosen)
 
     def _class_quota(self, count: int) -> int:
         return min(count, max(self.min_per_class, round(self.keep * count)))

@@ -271,16 +271,44 @@ def test_static_pruning_class_balanced_with_min_per_class() -> None:
     assert plan.weights.tolist() == [1.0] * 6
 
 
-def test_static_pruning_after_the_pruning_epoch_keeps_what_was_trained_since() -> None:
+def test_static_pruning_keeps_the_subset_chosen_at_the_selection_epoch_in_its_state() -> None:
     policy = StaticPruning("loss", keep=0.5, score_epochs=2)
-    last_epoch = torch.tensor([1, 2, 2, 1, 3, 1, 2, -1])
-    # The current losses would choose other examples: the subset stays the one trained at the pruning epoch.
-    signals = {"loss": torch.arange(8, dtype=torch.float32), "last_epoch": last_epoch}
+    assert policy.state_dict() == {"version": 1}
+    assert len(policy.plan(epoch_context(0, 8, {}))) == 8
+    chosen = policy.plan(epoch_context(2, 8, {"loss": torch.arange(8, dtype=torch.float32)}))
+    assert sorted(chosen.indices.tolist()) == [4, 5, 6, 7]  # at the selection epoch it ranks by the scores
+    # Later scores, and which examples trained since (`last_epoch`), would choose others: the subset stays.
+    later = {"loss": -torch.arange(8, dtype=torch.float32), "last_epoch": torch.tensor([3, 3, 3, 3, 3, -1, -1, -1])}
     for epoch in (3, 4):
-        plan = policy.plan(epoch_context(epoch, 8, signals))
-        assert sorted(plan.indices.tolist()) == [1, 2, 4, 6]
-    # At the pruning epoch itself it ranks by the scores.
-    assert sorted(policy.plan(epoch_context(2, 8, signals)).indices.tolist()) == [4, 5, 6, 7]
+        assert sorted(policy.plan(epoch_context(epoch, 8, later)).indices.tolist()) == [4, 5, 6, 7]
+    state = policy.state_dict()
+    assert state["version"] == 1
+    assert state["subset"].tolist() == [4, 5, 6, 7]
+    # A fresh policy given the state plans the same; one without it refuses rather than guess.
+    restored = StaticPruning("loss", keep=0.5, score_epochs=2)
+    with pytest.raises(RuntimeError, match="no subset for epoch 3"):
+        restored.plan(epoch_context(3, 8, later))
+    restored.load_state_dict(state)
+    assert sorted(restored.plan(epoch_context(3, 8, later)).indices.tolist()) == [4, 5, 6, 7]
+    # A new run (an epoch before the selection) forgets the old choice.
+    restored.plan(epoch_context(0, 8, {}))
+    assert restored.state_dict() == {"version": 1}
+
+
+def test_policy_state_round_trips_through_torch_load_weights_only(tmp_path: Any) -> None:
+    policy = NoiseAware(StaticPruning("el2n", keep=0.5, score_epochs=1), mode="drop")
+    policy.plan(epoch_context(1, 6, {"el2n": torch.arange(6.0), "aum": torch.ones(6)}))
+    torch.save(policy.state_dict(), tmp_path / "state.pt")
+    loaded = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert loaded["subset"].tolist() == [3, 4, 5]
+    other = NoiseAware(StaticPruning("el2n", keep=0.5, score_epochs=1), mode="drop")
+    other.load_state_dict(loaded)
+    assert other.state_dict()["subset"].tolist() == [3, 4, 5]
+    assert FullData().state_dict() == {}
+    with pytest.raises(ValueError, match="FullData keeps no state"):
+        FullData().load_state_dict({"subset": torch.zeros(1)})
+    with pytest.raises(ValueError, match="version 7"):
+        StaticPruning().load_state_dict({"version": 7})
 
 
 def test_static_pruning_labels_must_match_the_dataset() -> None:
@@ -543,9 +571,8 @@ def test_random_twin_matches_the_size_with_uniform_ids() -> None:
 
 
 def test_random_twin_of_static_pruning_keeps_its_size_after_the_selection_epoch() -> None:
-    # StaticPruning reads its kept set back from `last_epoch`; the twin's visits are random, so planning the
-    # wrapped policy to learn the size would count every id the twin visited last epoch (a regression:
-    # epochs grew and the planned LR schedule ran out of steps).
+    # The twin's visits are random, so a StaticPruning that read its kept set back from `last_epoch` would
+    # count every id the twin visited last epoch (a regression: epochs grew and the LR schedule ran out of steps).
     twin = RandomTwin(StaticPruning("el2n", keep=0.5, score_epochs=1))
     n = 20
     last_epoch = torch.zeros(n, dtype=torch.int64)
@@ -616,13 +643,15 @@ def test_same_inputs_same_plan_and_epochs_differ(name: str) -> None:
     generator = torch.Generator().manual_seed(1)
     logits = torch.randn(n, NUM_CLASSES, generator=generator)
     targets = torch.randint(NUM_CLASSES, (n,), generator=generator)
-    first = tracked_run(catalog(n)[name], logits, targets, num_epochs=epochs, seed=3)
+    planner = catalog(n)[name]
+    first = tracked_run(planner, logits, targets, num_epochs=epochs, seed=3)
     second = tracked_run(catalog(n)[name], logits, targets, num_epochs=epochs, seed=3)
     for one, two in zip(first.plans, second.plans, strict=True):
         assert one.indices.tolist() == two.indices.tolist()
         assert torch.equal(one.weights, two.weights)
-    # Re-planning an epoch from the same signals gives the same plan; another epoch another one.
+    # Re-planning an epoch from the same signals (and state) gives the same plan; another epoch another one.
     policy = catalog(n)[name]
+    policy.load_state_dict(planner.state_dict())
     signals = first.signals_before[3]
     again = policy.plan(epoch_context(3, n, signals, num_epochs=epochs, seed=3))
     assert again.indices.tolist() == first.plans[3].indices.tolist()
