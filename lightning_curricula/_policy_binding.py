@@ -39,7 +39,8 @@ class PolicyBinding:
         """Bind ``policy``: give it a state loaded from a checkpoint, or the state of the policy it replaces.
 
         Raises:
-            ValueError: the loaded state is another policy's.
+            ValueError: the loaded state is another policy's, or its run had another ``num_epochs``
+                and the policy's plans depend on it (``needs_num_epochs``: pacing, annealing, budgets).
         """
         if self._loaded is not None:
             self._restore(policy, self._loaded, num_epochs)
@@ -77,5 +78,12 @@ class PolicyBinding:
         if state["policy"] != name:
             raise ValueError(
                 f"The checkpoint holds the state of a {state['policy']} policy; this run's policy is {name}."
+            )
+        saved = state["num_epochs"]
+        if policy.needs_num_epochs and saved != num_epochs:
+            raise ValueError(
+                f"Cannot resume {name} with max_epochs={num_epochs}: the checkpoint's run has max_epochs={saved}, "
+                f"and {name}'s plans (pacing, annealing or budget) depend on it. Resume with max_epochs={saved}, "
+                "or start a new run."
             )
         policy.load_state_dict(state["state"])

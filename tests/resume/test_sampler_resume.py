@@ -35,7 +35,13 @@ class CrashAt(Callback):
 
 
 def fit(
-    policy: Policy, root: Path, *, crash_at: int | None = None, ckpt_path: Path | None = None, **options: Any
+    policy: Policy,
+    root: Path,
+    *,
+    crash_at: int | None = None,
+    ckpt_path: Path | None = None,
+    max_epochs: int = EPOCHS,
+    **options: Any,
 ) -> tuple[CurriculumClassifier, TrainingDynamics]:
     torch.manual_seed(0)  # the test's RNG; the library never reads it
     model = CurriculumClassifier(policy, plan_seed=5)
@@ -52,7 +58,7 @@ def fit(
         callbacks.append(CrashAt(crash_at))
     trainer = make_trainer(
         root,
-        max_epochs=EPOCHS,
+        max_epochs=max_epochs,
         callbacks=callbacks,
         enable_checkpointing=True,
         reload_dataloaders_every_n_epochs=1,
@@ -116,3 +122,13 @@ def test_static_pruning_resumes_its_recorded_subset(tmp_path: Path) -> None:
         assert_plans_equal(resumed.plans[epoch], straight.plans[epoch])
         assert len(resumed.plans[epoch]) == policy.epoch_size(37, epoch, EPOCHS) > len(resumed.trained[epoch])
         assert sorted(resumed.plans[epoch].indices.tolist()) == subset
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_resuming_a_paced_curriculum_with_another_max_epochs_is_refused(tmp_path: Path) -> None:
+    # Issue 8, bug 9: the pacing depends on max_epochs; resuming with another silently changed every later epoch.
+    with pytest.raises(SimulatedCrash):
+        fit(Curriculum(start=0.3), tmp_path, crash_at=2)
+    checkpoint = tmp_path / "checkpoints" / "epoch=1.ckpt"
+    with pytest.raises(ValueError, match=r"max_epochs=8: the checkpoint's run has max_epochs=5"):
+        fit(Curriculum(start=0.3), tmp_path, ckpt_path=checkpoint, max_epochs=8)

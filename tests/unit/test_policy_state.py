@@ -15,7 +15,15 @@ import torch
 from selection_helpers import HookLoop, one_thread  # noqa: F401
 from torch.nn import functional as F
 
-from lightning_curricula import Curriculum, CurriculumSampler, RandomTwin, StaticPruning, TrainingDynamics
+from lightning_curricula import (
+    Curriculum,
+    CurriculumSampler,
+    InfoBatch,
+    Policy,
+    RandomTwin,
+    StaticPruning,
+    TrainingDynamics,
+)
 
 N, EPOCHS = 20, 5
 
@@ -113,3 +121,26 @@ def test_a_checkpoint_of_another_policy_is_refused() -> None:
     resumed.load_state_dict(dynamics.state_dict())
     with pytest.raises(ValueError, match=re.escape("holds the state of a StaticPruning policy; this run's policy is")):
         CurriculumSampler(range(N), Curriculum(), dynamics=resumed, num_epochs=EPOCHS)
+
+
+@pytest.mark.parametrize("policy", [Curriculum(), InfoBatch(budget=0.8), RandomTwin(Curriculum())])
+def test_resuming_with_another_max_epochs_is_refused_naming_both(policy: Policy) -> None:
+    # Issue 8, bug 9: pacing, annealing and budgets depend on num_epochs; a resume with another max_epochs
+    # silently changed them.
+    dynamics = quiet_tracker()
+    CurriculumSampler(range(N), policy, dynamics=dynamics, num_epochs=EPOCHS)
+    resumed = quiet_tracker()
+    resumed.load_state_dict(dynamics.state_dict())
+    with pytest.raises(ValueError, match=r"max_epochs=8: the checkpoint's run has max_epochs=5"):
+        CurriculumSampler(range(N), policy, dynamics=resumed, num_epochs=8)
+    again = quiet_tracker()
+    again.load_state_dict(dynamics.state_dict())
+    CurriculumSampler(range(N), policy, dynamics=again, num_epochs=EPOCHS)  # the same length resumes
+
+
+def test_policies_whose_plans_ignore_num_epochs_may_resume_with_another() -> None:
+    dynamics = quiet_tracker()
+    CurriculumSampler(range(N), StaticPruning(), dynamics=dynamics, num_epochs=EPOCHS)
+    resumed = quiet_tracker()
+    resumed.load_state_dict(dynamics.state_dict())
+    CurriculumSampler(range(N), StaticPruning(), dynamics=resumed, num_epochs=2 * EPOCHS)
