@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator, Mapping, Sized
 from typing import TYPE_CHECKING
 
 import torch
@@ -48,7 +48,10 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
 
     Raises:
         ValueError: at construction, for a policy that needs a tracker or ``num_epochs`` it was not
-            given, a tracker of a different dataset size, or a budget that cannot be met.
+            given, a tracker of a different dataset size, a budget that cannot be met, or a checkpoint
+            of another policy or (for policies that depend on it) another ``num_epochs``; when
+            planning, for a policy that reads a signal the tracker did not produce after an epoch
+            (a classification signal without ``logits`` and ``targets`` in the step outputs).
         RuntimeError: when iterated, if the ``DataLoader`` was not re-created after the epoch length
             changed (set ``Trainer(reload_dataloaders_every_n_epochs=1)``), or if ``set_epoch``
             disagrees with the tracker's clock (the tracker's state was not restored on resume).
@@ -125,6 +128,7 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
         if self._cached is not None and self._cached[0] == epoch:
             return self._cached[1]
         signals = self.dynamics.signals() if self.dynamics is not None and self.dynamics.has_tables else {}
+        self._check_signals(signals)
         context = EpochContext(
             epoch=epoch,
             num_examples=self.num_examples,
@@ -138,6 +142,26 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
             raise ValueError(f"{type(self.policy).__name__} planned no examples for epoch {epoch}.")
         self._cached = (epoch, plan)
         return plan
+
+    def _check_signals(self, signals: Mapping[str, Tensor]) -> None:
+        """Fail at the first plan after an epoch was tracked if the policy reads a signal the tracker lacks.
+
+        The tracker derives the classification signals only when ``training_step`` returns ``logits``
+        and ``targets``; without them a policy would otherwise fall back or fail epochs later.
+        """
+        if self.dynamics is None or self.dynamics.epochs_tracked < 1 or not signals:
+            return
+        if not bool(signals["visits"].any()):  # nothing trained yet: the tables cannot tell what the step returns
+            return
+        missing = [name for name in self.policy.signals if name not in signals]
+        if missing:
+            raise ValueError(
+                f"{type(self.policy).__name__} reads the signals {missing}, which TrainingDynamics"
+                f"(name={self.dynamics.name!r}) did not produce after {self.dynamics.epochs_tracked} epochs (it "
+                f"tracks {sorted(signals)}). The classification signals (margin, aum, el2n, confidence, variability, "
+                "correctness, forgetting_events) need training_step to return 'logits' (B, C) and integer "
+                "'targets' (B,) besides 'losses'."
+            )
 
     def __len__(self) -> int:
         length = shard_size(len(self.plan()), self.num_replicas, self.drop_last)

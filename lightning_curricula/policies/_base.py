@@ -94,6 +94,13 @@ class EpochContext:
             raise ValueError("This policy needs num_epochs: pass num_epochs to CurriculumSampler.")
         return training_progress(self.epoch, self.num_epochs)
 
+    @property
+    def tracked(self) -> bool:
+        """Whether the signals hold scores: some example was trained in a tracked epoch (``visits > 0``)."""
+        if not self.signals:
+            return False
+        return "visits" not in self.signals or bool(self.signals["visits"].any())
+
     def difficulty(self, signal: str) -> Tensor:
         """Scores where higher is harder (see `difficulty_scores`); NaN for unseen examples."""
         if not self.signals:

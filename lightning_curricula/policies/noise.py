@@ -29,6 +29,12 @@ class NoiseAware(Policy):
         >>> context = EpochContext(epoch=1, num_examples=3, generator=torch.Generator(), signals=signals)
         >>> policy.plan(context).indices.tolist()
         [2]
+
+    Note:
+        **DDP and resume**: the flags come from the synced signals, so every rank flags the same
+        examples; the wrapped policy's state is this policy's state. A ``training_step`` without
+        ``logits`` and ``targets`` gives no ``aum``: the sampler then fails at the first plan after
+        the first tracked epoch, rather than let this policy flag nothing.
     """
 
     def __init__(
@@ -50,7 +56,14 @@ class NoiseAware(Policy):
         self.needs_num_epochs = policy.needs_num_epochs
 
     def flagged(self, signals: Mapping[str, Tensor]) -> Tensor:
-        """Bool mask of likely-mislabeled examples (unseen examples are never flagged)."""
+        """Bool mask of likely-mislabeled examples (unseen examples are never flagged).
+
+        `CurriculumSampler` checks that the tracker produces ``aum`` (and ``forgetting_events``) before
+        it plans, so a loss-only ``training_step`` fails at once rather than flag nothing.
+        """
+        for name in self.signals:
+            if name not in signals:
+                raise ValueError(f"NoiseAware needs the tracked signal {name!r}; the signals are {sorted(signals)}.")
         flags = signals["aum"] < self.aum_threshold
         if self.min_forgetting is not None:
             flags |= signals["forgetting_events"] >= self.min_forgetting
@@ -69,7 +82,7 @@ class NoiseAware(Policy):
         return self.policy.epoch_size(num_examples, epoch, num_epochs) if self.mode == "demote" else None
 
     def plan(self, context: EpochContext) -> Plan:  # noqa: D102
-        if "aum" not in context.signals:
+        if not context.tracked:  # before the first tracked epoch (the inner policy's warm-up)
             return self.policy.plan(context)
         flags = self.flagged(context.signals)
         if self.mode == "drop":

@@ -339,3 +339,30 @@ def test_plans_of_different_seeds_do_not_replay_each_other() -> None:
     second = CurriculumSampler(range(50), seed=1)
     for epoch in range(3):
         assert not torch.equal(first.plan(epoch + 1).indices, second.plan(epoch).indices)
+
+
+class ReadsAum(FullData):
+    """Declares a classification signal it needs (and would silently ignore if missing)."""
+
+    signals = ("aum",)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [NoiseAware(Curriculum(start=0.5)), NoiseAware(StaticPruning("loss")), ReadsAum()],
+    ids=["noise_aware_curriculum", "noise_aware_static", "any_policy"],
+)
+def test_a_signal_the_tracker_never_produces_fails_at_the_first_plan_naming_it(policy: Policy) -> None:
+    # Issue 8, bug 7: with a loss-only training_step, NoiseAware fell back to its inner plan every epoch.
+    n = 12
+    dynamics = TrainingDynamics(num_examples=n, log_histograms=False, plot_every_n_epochs=0)
+    loop = HookLoop(dynamics, torch.zeros(n, 3), torch.zeros(n, dtype=torch.long), num_epochs=4)
+    sampler = CurriculumSampler(range(n), policy, dynamics=dynamics, num_epochs=4)
+    assert len(sampler.plan()) == n  # epoch 0: nothing tracked yet
+    ids = torch.tensor([index for index, _ in sampler])
+    dynamics.on_train_epoch_start(loop.trainer, loop.module)  # type: ignore[arg-type]
+    loss_only = {"losses": torch.rand(ids.numel())}
+    dynamics.on_train_batch_end(loop.trainer, loop.module, loss_only, {"index": ids}, 0)  # type: ignore[arg-type]
+    dynamics.on_train_epoch_end(loop.trainer, loop.module)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"reads the signals \[.*'aum'.*\].*'logits' \(B, C\) and integer 'targets'"):
+        CurriculumSampler(range(n), policy, dynamics=dynamics, num_epochs=4).plan()
