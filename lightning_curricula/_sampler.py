@@ -104,6 +104,10 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
         if dynamics is not None:  # the tracker checkpoints the policy's state, and restores it on resume
             dynamics.policy_binding.bind(policy, num_epochs=num_epochs)
         self.policy = policy
+        for epoch in range(num_epochs or 0):  # sizes known in advance fail at setup, not in epoch 7
+            planned = policy.epoch_size(size, epoch, num_epochs)
+            if planned is not None:
+                self._check_shards(planned, epoch)
         self.dynamics = dynamics
         self.num_epochs = num_epochs
         self.num_examples = size
@@ -140,8 +144,18 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
         plan = self.policy.plan(context)
         if len(plan) == 0:
             raise ValueError(f"{type(self.policy).__name__} planned no examples for epoch {epoch}.")
+        self._check_shards(len(plan), epoch)
         self._cached = (epoch, plan)
         return plan
+
+    def _check_shards(self, plan_size: int, epoch: int) -> None:
+        """A trimmed plan smaller than the world size would give every rank an empty epoch."""
+        if self.drop_last and plan_size < self.num_replicas:
+            raise ValueError(
+                f"{type(self.policy).__name__} plans {plan_size} visits for epoch {epoch}, fewer than the "
+                f"{self.num_replicas} ranks: with drop_last_plan=True (drop_last) every rank would train nothing. "
+                "Pad instead (drop_last_plan=False) or plan at least one visit per rank."
+            )
 
     def _check_signals(self, signals: Mapping[str, Tensor]) -> None:
         """Fail at the first plan after an epoch was tracked if the policy reads a signal the tracker lacks.

@@ -66,6 +66,10 @@ def test_ranks_split_any_plan_evenly_and_exactly(
 ) -> None:
     num_examples, ids, weights = plan
     policy = FixedPlan(ids, weights)
+    if drop_last and len(ids) < world:  # every rank would get nothing: refused (see the test below)
+        with pytest.raises(ValueError, match="fewer than the"):
+            shards(num_examples, policy, world, drop_last=drop_last)[0].plan()
+        return
     samplers = shards(num_examples, policy, world, drop_last=drop_last)
     per_rank = [list(sampler) for sampler in samplers]
     lengths = {len(items) for items in per_rank}
@@ -98,10 +102,10 @@ def test_full_data_not_divisible_by_the_world_size(world: int) -> None:
 
 
 def test_a_rank_with_no_data() -> None:
-    # 2 examples, 4 ranks: dropping the tail leaves every rank empty, the same on all of them.
+    # 2 examples, 4 ranks: dropping the tail would leave every rank empty, so it is refused.
     for sampler in shards(2, FullData(), 4, drop_last=True):
-        assert len(sampler) == 0
-        assert list(sampler) == []
+        with pytest.raises(ValueError, match="plans 2 visits for epoch 0, fewer than the 4 ranks"):
+            len(sampler)
     # Padding instead: every rank gets one visit, ranks 2 and 3 repeat the plan's start.
     padded = shards(2, FullData(), 4, drop_last=False)
     per_rank = [list(sampler) for sampler in padded]
@@ -366,3 +370,24 @@ def test_a_signal_the_tracker_never_produces_fails_at_the_first_plan_naming_it(p
     dynamics.on_train_epoch_end(loop.trainer, loop.module)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"reads the signals \[.*'aum'.*\].*'logits' \(B, C\) and integer 'targets'"):
         CurriculumSampler(range(n), policy, dynamics=dynamics, num_epochs=4).plan()
+
+
+def test_drop_last_with_a_plan_smaller_than_the_world_size_raises_naming_both() -> None:
+    # Issue 8, bug 8: every rank got an empty epoch, silently.
+    message = r"plans 1 visits for epoch 0, fewer than the 2 ranks: with drop_last_plan=True"
+    sampler = CurriculumSampler(range(5), FixedPlan([3]), num_replicas=2, rank=1, drop_last=True)
+    with pytest.raises(ValueError, match=message):
+        len(sampler)
+    # Sizes known in advance fail at construction: 3 of 4 ranks, at the first paced epoch.
+    with pytest.raises(ValueError, match=r"plans 3 visits for epoch 1, fewer than the 4 ranks"):
+        CurriculumSampler(
+            range(10),
+            StaticPruning(keep=0.3),
+            dynamics=TrainingDynamics(),
+            num_epochs=3,
+            num_replicas=4,
+            rank=0,
+            drop_last=True,
+        )
+    padded = CurriculumSampler(range(5), FixedPlan([3]), num_replicas=2, rank=1)  # padding still works
+    assert list(padded) == [(3, 1.0)]
