@@ -308,7 +308,7 @@ class SelfPaced(Policy):
         negated signal (confidence, margin, AUM, correctness, all <= 0 when negated) it still grows.
 
         Examples:
-            >>> SelfPaced(threshold=1.0, growth=2.0).limit(torch.tensor([0.5, 1.0, 3.0]), 2)
+            >>> round(SelfPaced(threshold=1.0, growth=2.0).limit(torch.tensor([0.5, 1.0, 3.0]), 2), 3)
             4.0
             >>> round(SelfPaced(growth=2.0).limit(-torch.tensor([0.9, 0.6, 0.2]), 1), 3)  # confidence: from -0.9 up
             -0.3
@@ -316,10 +316,12 @@ class SelfPaced(Policy):
         finite = seen[seen.isfinite()]
         if seen.numel() == 0:
             return math.inf
+        # Scores equal in exact arithmetic differ by float noise (means of repeated sums): treat them as ties.
+        tie = 1e-5 * float(finite.abs().max()) if finite.numel() else 0.0
         origin = min(0.0, float(finite.min())) if finite.numel() else 0.0
         start = self.threshold if self.threshold is not None else float(seen.median())
         height = start - origin
-        if height <= 0 and self.threshold is None:  # most scores tie at the easiest: reach the next one a step later
-            above = finite[finite > start]
+        if height <= tie and self.threshold is None:  # most scores tie at the easiest: reach the next one a step later
+            above = finite[finite > start + tie]
             height = (float(above.min()) - origin) / self.growth if above.numel() else 0.0
-        return origin + height * self.growth**step
+        return origin + height * self.growth**step + tie
