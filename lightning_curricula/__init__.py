@@ -28,6 +28,7 @@ from lightning_curricula.policies import (
     Policy,
     RandomSubset,
     RandomTwin,
+    ScoreCurriculum,
     SelfPaced,
     StaticPruning,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "Policy",
     "RandomSubset",
     "RandomTwin",
+    "ScoreCurriculum",
     "SelfPaced",
     "StaticPruning",
     "StepOutputs",

@@ -15,6 +15,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_curricula import _tables as T
+from lightning_curricula._policy_binding import PolicyBinding
 from lightning_curricula._step_outputs import StepOutputs, read_step_outputs
 from lightning_curricula.ranking import difficulty_scores, select_indices
 
@@ -137,6 +138,8 @@ class TrainingDynamics(Callback):
         self._world_size, self._rank = 1, 0
         self._max_epochs: int | None = None  # sizes the count tables; from trainer.max_epochs
         self._checked_ids = False
+        #: The policy a `CurriculumSampler` bound to this tracker runs; its state is checkpointed here.
+        self.policy_binding = PolicyBinding()
 
     # ----------------------------------------------------------------------------------- Lightning hooks
 
@@ -229,6 +232,9 @@ class TrainingDynamics(Callback):
         }
         if self._history is not None:
             state["history"] = self._history.cpu().clone()
+        policy = self.policy_binding.state_dict()
+        if policy is not None:
+            state["policy"] = policy
         return state
 
     @override
@@ -256,6 +262,7 @@ class TrainingDynamics(Callback):
             )
         self._history = history.clone() if self.history_epochs and history is not None else None
         self._accumulator = self._layout = None
+        self.policy_binding.load_state_dict(state_dict.get("policy"))
 
     # ----------------------------------------------------------------------------------- per step
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator, Mapping, Sized
 from typing import TYPE_CHECKING
 
 import torch
@@ -48,7 +48,10 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
 
     Raises:
         ValueError: at construction, for a policy that needs a tracker or ``num_epochs`` it was not
-            given, a tracker of a different dataset size, or a budget that cannot be met.
+            given, a tracker of a different dataset size, a budget that cannot be met, or a checkpoint
+            of another policy or (for policies that depend on it) another ``num_epochs``; when
+            planning, for a policy that reads a signal the tracker did not produce after an epoch
+            (a classification signal without ``logits`` and ``targets`` in the step outputs).
         RuntimeError: when iterated, if the ``DataLoader`` was not re-created after the epoch length
             changed (set ``Trainer(reload_dataloaders_every_n_epochs=1)``), or if ``set_epoch``
             disagrees with the tracker's clock (the tracker's state was not restored on resume).
@@ -98,7 +101,13 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
         if num_epochs is not None and num_epochs < 1:
             raise ValueError(f"num_epochs must be a positive integer, got {num_epochs!r}.")
         policy.validate(size, num_epochs)
+        if dynamics is not None:  # the tracker checkpoints the policy's state, and restores it on resume
+            dynamics.policy_binding.bind(policy, num_epochs=num_epochs)
         self.policy = policy
+        for epoch in range(num_epochs or 0):  # sizes known in advance fail at setup, not in epoch 7
+            planned = policy.epoch_size(size, epoch, num_epochs)
+            if planned is not None:
+                self._check_shards(planned, epoch)
         self.dynamics = dynamics
         self.num_epochs = num_epochs
         self.num_examples = size
@@ -123,6 +132,7 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
         if self._cached is not None and self._cached[0] == epoch:
             return self._cached[1]
         signals = self.dynamics.signals() if self.dynamics is not None and self.dynamics.has_tables else {}
+        self._check_signals(signals)
         context = EpochContext(
             epoch=epoch,
             num_examples=self.num_examples,
@@ -134,8 +144,38 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
         plan = self.policy.plan(context)
         if len(plan) == 0:
             raise ValueError(f"{type(self.policy).__name__} planned no examples for epoch {epoch}.")
+        self._check_shards(len(plan), epoch)
         self._cached = (epoch, plan)
         return plan
+
+    def _check_shards(self, plan_size: int, epoch: int) -> None:
+        """A trimmed plan smaller than the world size would give every rank an empty epoch."""
+        if self.drop_last and plan_size < self.num_replicas:
+            raise ValueError(
+                f"{type(self.policy).__name__} plans {plan_size} visits for epoch {epoch}, fewer than the "
+                f"{self.num_replicas} ranks: with drop_last_plan=True (drop_last) every rank would train nothing. "
+                "Pad instead (drop_last_plan=False) or plan at least one visit per rank."
+            )
+
+    def _check_signals(self, signals: Mapping[str, Tensor]) -> None:
+        """Fail at the first plan after an epoch was tracked if the policy reads a signal the tracker lacks.
+
+        The tracker derives the classification signals only when ``training_step`` returns ``logits``
+        and ``targets``; without them a policy would otherwise fall back or fail epochs later.
+        """
+        if self.dynamics is None or self.dynamics.epochs_tracked < 1 or not signals:
+            return
+        if not bool(signals["visits"].any()):  # nothing trained yet: the tables cannot tell what the step returns
+            return
+        missing = [name for name in self.policy.signals if name not in signals]
+        if missing:
+            raise ValueError(
+                f"{type(self.policy).__name__} reads the signals {missing}, which TrainingDynamics"
+                f"(name={self.dynamics.name!r}) did not produce after {self.dynamics.epochs_tracked} epochs (it "
+                f"tracks {sorted(signals)}). The classification signals (margin, aum, el2n, confidence, variability, "
+                "correctness, forgetting_events) need training_step to return 'logits' (B, C) and integer "
+                "'targets' (B,) besides 'losses'."
+            )
 
     def __len__(self) -> int:
         length = shard_size(len(self.plan()), self.num_replicas, self.drop_last)

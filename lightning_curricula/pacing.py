@@ -12,9 +12,25 @@ import functools
 import math
 from collections.abc import Callable
 
-__all__ = ["PACING_FUNCTIONS", "Pacing", "pacing_function"]
+__all__ = ["PACING_FUNCTIONS", "Pacing", "pacing_function", "training_progress"]
 
 Pacing = Callable[[float], float]
+
+
+def training_progress(epoch: int, num_epochs: int) -> float:
+    """Progress ``t`` of ``epoch`` in a run of ``num_epochs``: 0 at the first epoch, 1 at the last.
+
+    ``epoch / (num_epochs - 1)``, so a pacing with ``saturation=1.0`` trains the last epoch on all
+    data (``epoch / num_epochs`` never reaches 1). A one-epoch run, and any epoch past the last, is at
+    progress 1.
+
+    Examples:
+        >>> [training_progress(epoch, 5) for epoch in range(5)]
+        [0.0, 0.25, 0.5, 0.75, 1.0]
+    """
+    if num_epochs < 1 or epoch < 0:
+        raise ValueError(f"epoch must be >= 0 and num_epochs >= 1, got {epoch!r} and {num_epochs!r}.")
+    return min(epoch / (num_epochs - 1), 1.0) if num_epochs > 1 else 1.0
 
 
 def _linear(x: float) -> float:

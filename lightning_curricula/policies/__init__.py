@@ -14,7 +14,7 @@ is then ``weighted_mean(losses, batch["weight"])``.
 
 from lightning_curricula.policies._base import EpochContext, Plan, Policy, derived_seed, epoch_generator
 from lightning_curricula.policies.baselines import FullData, RandomSubset, RandomTwin
-from lightning_curricula.policies.curricula import Curriculum, SelfPaced
+from lightning_curricula.policies.curricula import Curriculum, ScoreCurriculum, SelfPaced
 from lightning_curricula.policies.noise import NoiseAware
 from lightning_curricula.policies.pruning import Bandit, InfoBatch, StaticPruning
 from lightning_curricula.policies.sampling import ImportanceSampling
@@ -38,6 +38,7 @@ __all__ = [
     "Policy",
     "RandomSubset",
     "RandomTwin",
+    "ScoreCurriculum",
     "SelfPaced",
     "StaticPruning",
     "derived_seed",

@@ -5,10 +5,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from lightning_curricula.pacing import training_progress
 from lightning_curricula.ranking import HARDER_WHEN_HIGHER, difficulty_scores
 
 __all__ = [
@@ -87,10 +89,17 @@ class EpochContext:
 
     @property
     def progress(self) -> float:
-        """Share of training done when this epoch starts: ``epoch / num_epochs``."""
+        """Progress of this epoch, 0 at the first and 1 at the last (see `training_progress`)."""
         if self.num_epochs is None:
             raise ValueError("This policy needs num_epochs: pass num_epochs to CurriculumSampler.")
-        return self.epoch / self.num_epochs
+        return training_progress(self.epoch, self.num_epochs)
+
+    @property
+    def tracked(self) -> bool:
+        """Whether the signals hold scores: some example was trained in a tracked epoch (``visits > 0``)."""
+        if not self.signals:
+            return False
+        return "visits" not in self.signals or bool(self.signals["visits"].any())
 
     def difficulty(self, signal: str) -> Tensor:
         """Scores where higher is harder (see `difficulty_scores`); NaN for unseen examples."""
@@ -103,7 +112,12 @@ class EpochContext:
 
 
 class Policy(ABC):
-    """Base class: `plan` one epoch, and say in advance how large it will be when that is known."""
+    """Base class: `plan` one epoch, and say in advance how large it will be when that is known.
+
+    A policy's plan is a function of its `EpochContext`, plus, for the few policies that remember a
+    choice (`StaticPruning`'s subset), their own state: `state_dict` and `load_state_dict`, which the
+    tracker the sampler is bound to saves in Lightning checkpoints and hands back on resume.
+    """
 
     #: Tracked signals the policy reads (it then needs a `TrainingDynamics`).
     signals: tuple[str, ...] = ()
@@ -119,6 +133,22 @@ class Policy(ABC):
     def epoch_size(self, num_examples: int, epoch: int, num_epochs: int | None) -> int | None:
         """Number of visits planned for ``epoch``, or ``None`` when it depends on the scores."""
         return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The policy's own state for checkpoints: tensors, numbers and a ``version``; ``{}`` when stateless.
+
+        Examples:
+            >>> from lightning_curricula.policies import FullData
+            >>> FullData().state_dict()
+            {}
+        """
+        return {}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore `state_dict`'s output; a stateless policy accepts only ``{}``."""
+        if state_dict:
+            name = type(self).__name__
+            raise ValueError(f"{name} keeps no state, but was given a state with keys {sorted(state_dict)}.")
 
     def validate(self, num_examples: int, num_epochs: int | None) -> None:
         """Raise ``ValueError`` at setup if the policy cannot run on this dataset and schedule."""

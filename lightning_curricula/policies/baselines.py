@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
 from lightning_curricula.policies._base import EpochContext, Plan, Policy, check_fraction, fraction_size
@@ -71,7 +74,7 @@ class RandomTwin(Policy):
         >>> from lightning_curricula.policies import Curriculum
         >>> twin = RandomTwin(Curriculum(start=0.5, saturation=1.0, warmup_epochs=1))
         >>> twin.epoch_size(100, 1, 4)
-        63
+        67
     """
 
     def __init__(self, policy: Policy) -> None:
@@ -93,3 +96,9 @@ class RandomTwin(Policy):
 
     def validate(self, num_examples: int, num_epochs: int | None) -> None:  # noqa: D102
         self.policy.validate(num_examples, num_epochs)
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        return self.policy.state_dict()
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:  # noqa: D102
+        self.policy.load_state_dict(state_dict)

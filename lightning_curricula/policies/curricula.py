@@ -6,8 +6,9 @@ import math
 from typing import Literal
 
 import torch
+from torch import Tensor
 
-from lightning_curricula.pacing import Pacing, pacing_function
+from lightning_curricula.pacing import Pacing, pacing_function, training_progress
 from lightning_curricula.policies._base import (
     EpochContext,
     Plan,
@@ -19,14 +20,51 @@ from lightning_curricula.policies._base import (
 )
 from lightning_curricula.policies.selection import easiest_set, full_plan, random_plan, shuffled_plan
 
-__all__ = ["Curriculum", "SelfPaced"]
+__all__ = ["Curriculum", "ScoreCurriculum", "SelfPaced", "paced_size"]
+
+Order = Literal["easy_to_hard", "hard_to_easy", "random", "balanced"]
+
+
+def paced_size(pace: Pacing, num_examples: int, epoch: int, num_epochs: int | None, *, warmup_epochs: int) -> int:
+    """Examples in ``epoch`` of a paced curriculum: all of them during the warm-up, then ``pace``'s share.
+
+    The one sizing rule of `Curriculum` and `ScoreCurriculum`, so both give the same budget. The
+    share is ``pace(training_progress(epoch, num_epochs))``: the last epoch is at progress 1, so it
+    trains on all data whenever ``saturation`` is reached.
+
+    Examples:
+        >>> pace = pacing_function("linear", start=0.3, saturation=1.0)
+        >>> [paced_size(pace, 100, epoch, 4, warmup_epochs=1) for epoch in range(4)]
+        [100, 54, 77, 100]
+    """
+    if epoch < warmup_epochs or num_epochs is None:
+        return num_examples
+    share = min(max(pace(training_progress(epoch, num_epochs)), 0.0), 1.0)
+    return max(1, math.ceil(share * num_examples - 1e-9))  # 0.3 * 100 must give 30, not 31
+
+
+def check_order(order: str, allowed: tuple[str, ...]) -> None:
+    if order not in allowed:
+        raise ValueError(f"order must be one of {', '.join(allowed)}; got {order!r}.")
+
+
+def ordered_subset(difficulty: Tensor, size: int, order: str) -> Tensor:
+    """The ``size`` ids that ``order`` takes by ``difficulty`` (higher is harder; ties to the lower id; NaN last)."""
+    if order != "balanced":
+        return easiest_set(difficulty, size, hardest=order == "hard_to_easy")
+    easy = easiest_set(difficulty, size // 2)
+    rest = torch.ones(difficulty.numel(), dtype=torch.bool)
+    rest[easy] = False
+    rest_ids = rest.nonzero().squeeze(1)  # the hardest of the rest; unseen ids (NaN) come last in both orders
+    return torch.cat([easy, rest_ids[easiest_set(difficulty[rest_ids], size - easy.numel(), hardest=True)]])
 
 
 class Curriculum(Policy):
     """Curriculum learning with a pacing function (Hacohen & Weinshall 2019; Wu et al. 2021).
 
     After ``warmup_epochs`` of full data (to score every example), epoch ``e`` trains on the
-    ``pace(e / num_epochs)`` share of the data chosen by ``order``, shuffled:
+    ``pace(e / (num_epochs - 1))`` share of the data chosen by ``order``, shuffled (the last epoch is
+    at progress 1, so every pacing reaches all data by then):
 
     - ``easy_to_hard``: the easiest examples by ``signal`` (the classic curriculum);
     - ``hard_to_easy``: the hardest (the anti-curriculum);
@@ -37,14 +75,14 @@ class Curriculum(Policy):
         signal: a tracked signal (see `HARDER_WHEN_HIGHER`).
         order: which examples the paced share holds.
         pacing: a name in `PACING_FUNCTIONS` or a callable of progress ``t in [0, 1]``.
-        start: share of data at the first paced epoch, in ``(0, 1]``.
-        saturation: progress at which all data is used, in ``(0, 1]``.
+        start: share of data at progress 0 (the first epoch), in ``(0, 1]``.
+        saturation: progress at which all data is used, in ``(0, 1]``; ``1.0`` reaches it at the last epoch.
         warmup_epochs: full-data epochs first, ``>= 1``.
 
     Examples:
         >>> policy = Curriculum(start=0.25, saturation=1.0)
         >>> [policy.epoch_size(100, epoch, 4) for epoch in range(4)]
-        [100, 44, 63, 82]
+        [100, 50, 75, 100]
     """
 
     needs_num_epochs = True
@@ -61,8 +99,7 @@ class Curriculum(Policy):
     ) -> None:
         check_signal(signal)
         check_warmup(warmup_epochs)
-        if order not in ("easy_to_hard", "hard_to_easy", "random", "balanced"):
-            raise ValueError(f"order must be easy_to_hard, hard_to_easy, random or balanced, got {order!r}.")
+        check_order(order, ("easy_to_hard", "hard_to_easy", "random", "balanced"))
         self.signal = signal
         self.order = order
         self.pace = pacing_function(pacing, start=start, saturation=saturation)
@@ -70,10 +107,7 @@ class Curriculum(Policy):
         self.signals = () if order == "random" else (signal,)
 
     def epoch_size(self, num_examples: int, epoch: int, num_epochs: int | None) -> int:  # noqa: D102
-        if epoch < self.warmup_epochs or num_epochs is None:
-            return num_examples
-        share = min(max(self.pace(epoch / num_epochs), 0.0), 1.0)
-        return max(1, math.ceil(share * num_examples - 1e-9))  # 0.3 * 100 must give 30, not 31
+        return paced_size(self.pace, num_examples, epoch, num_epochs, warmup_epochs=self.warmup_epochs)
 
     def plan(self, context: EpochContext) -> Plan:  # noqa: D102
         n = context.num_examples
@@ -82,24 +116,149 @@ class Curriculum(Policy):
             return full_plan(n, context.generator)
         if self.order == "random":
             return random_plan(n, size, context.generator)
-        difficulty = context.difficulty(self.signal)
-        if self.order != "balanced":
-            chosen = easiest_set(difficulty, size, hardest=self.order == "hard_to_easy")
-            return shuffled_plan(chosen, context.generator)
-        easy = easiest_set(difficulty, size // 2)
-        rest = torch.ones(n, dtype=torch.bool)
-        rest[easy] = False
-        rest_ids = rest.nonzero().squeeze(1)  # the hardest of the rest; unseen ids (NaN) come last in both orders
-        hardest = rest_ids[easiest_set(difficulty[rest_ids], size - easy.numel(), hardest=True)]
-        return shuffled_plan(torch.cat([easy, hardest]), context.generator)
+        return shuffled_plan(ordered_subset(context.difficulty(self.signal), size, self.order), context.generator)
+
+
+class ScoreCurriculum(Policy):
+    """A curriculum, or a fixed share, ranked by *given* per-example scores instead of a tracked signal.
+
+    `Curriculum` ranks by what `TrainingDynamics` learns, so it needs a warm-up. With a difficulty
+    known before training (a dataset's level, a length, a teacher's score, a previous run's exported
+    losses) the ranking exists before the first step: pass it as ``scores`` (higher is harder).
+
+    - ``keep=None`` (a curriculum, Hacohen & Weinshall 2019): epoch ``e`` trains on exactly as many
+      examples as ``Curriculum`` with the same ``pacing``, ``start``, ``saturation`` and
+      ``warmup_epochs`` (both use `paced_size`), chosen by ``order``.
+    - ``keep`` in ``(0, 1]``: every epoch trains on the same ``keep`` share (the easy-to-hard
+      generalisation set-up of Hase et al. 2024); no ``num_epochs`` needed, and no tracker.
+
+    Ties (a known difficulty has many) are broken by a permutation drawn once from the sampler's
+    ``seed``, so successive epochs' subsets are nested and do not favour low ids; ``order="random"``
+    takes the head of that permutation (reads no scores). ``scores`` may come later through
+    `with_scores`; ``score`` only names them (a recipe reads the dataset column of that name).
+
+    Args:
+        score: the scores' name (for example a dataset column such as ``difficulty``).
+        scores: ``(N,)`` higher is harder; NaN ranks last whichever the order.
+        order: ``easy_to_hard``, ``hard_to_easy``, ``random`` or ``balanced`` (as in `Curriculum`).
+        pacing: a name in `PACING_FUNCTIONS` or a callable of progress.
+        start: share of data at progress 0 (the first epoch), in ``(0, 1]``.
+        saturation: progress at which all data is used, in ``(0, 1]``; ``1.0`` reaches it at the last epoch.
+        keep: a fixed share instead of pacing, in ``(0, 1]``.
+        warmup_epochs: full-data epochs first, ``>= 0`` (the scores are already known).
+
+    Examples:
+        >>> policy = ScoreCurriculum(scores=torch.tensor([0.9, 0.1, 0.5, 0.3]), keep=0.5)
+        >>> context = EpochContext(epoch=0, num_examples=4, generator=torch.Generator().manual_seed(0))
+        >>> sorted(policy.plan(context).indices.tolist())
+        [1, 3]
+        >>> paced = ScoreCurriculum(start=0.3, saturation=1.0, warmup_epochs=1)
+        >>> learned = Curriculum(start=0.3, saturation=1.0)
+        >>> [paced.epoch_size(100, e, 4) for e in range(4)] == [learned.epoch_size(100, e, 4) for e in range(4)]
+        True
+
+    Note:
+        **DDP and resume**: the plan depends only on ``(seed, epoch, scores)``, so it is the same on
+        every rank and after a resume, as long as the scores are. A paced curriculum changes the
+        epoch length, so the sampler still needs a `TrainingDynamics` for its epoch clock.
+    """
+
+    def __init__(
+        self,
+        score: str = "difficulty",
+        *,
+        scores: Tensor | None = None,
+        order: Order = "easy_to_hard",
+        pacing: str | Pacing = "linear",
+        start: float = 0.2,
+        saturation: float = 0.8,
+        keep: float | None = None,
+        warmup_epochs: int = 0,
+    ) -> None:
+        check_order(order, ("easy_to_hard", "hard_to_easy", "random", "balanced"))
+        if keep is not None:
+            check_fraction("keep", keep)
+        if warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs!r}.")
+        if scores is not None and scores.dim() != 1:
+            raise ValueError(f"scores must be one score per example, shape (N,); got shape {tuple(scores.shape)}.")
+        self.score = score
+        self.scores = None if scores is None else scores.detach().float().cpu()
+        self.order: Order = order
+        self.pacing = pacing
+        self.start = start
+        self.saturation = saturation
+        self.pace = pacing_function(pacing, start=start, saturation=saturation)
+        self.keep = keep
+        self.warmup_epochs = warmup_epochs
+        self.needs_num_epochs = keep is None
+        self.varies_length = keep is None
+
+    def with_scores(self, scores: Tensor) -> ScoreCurriculum:
+        """The same policy, ranking by ``scores``.
+
+        Examples:
+            >>> ScoreCurriculum("length", keep=0.5).with_scores(torch.tensor([3.0, 1.0])).scores
+            tensor([3., 1.])
+        """
+        return ScoreCurriculum(
+            self.score,
+            scores=scores,
+            order=self.order,
+            pacing=self.pacing,
+            start=self.start,
+            saturation=self.saturation,
+            keep=self.keep,
+            warmup_epochs=self.warmup_epochs,
+        )
+
+    def validate(self, num_examples: int, num_epochs: int | None) -> None:  # noqa: D102
+        super().validate(num_examples, num_epochs)
+        if self.order != "random" and self.scores is None:
+            raise ValueError(f"ScoreCurriculum(score={self.score!r}) has no scores: pass scores= or use with_scores().")
+        if self.scores is not None and self.scores.numel() != num_examples:
+            raise ValueError(f"scores has {self.scores.numel()} entries, the dataset has {num_examples} examples.")
+
+    def epoch_size(self, num_examples: int, epoch: int, num_epochs: int | None) -> int:  # noqa: D102
+        if self.keep is not None:
+            return fraction_size(self.keep, num_examples)
+        return paced_size(self.pace, num_examples, epoch, num_epochs, warmup_epochs=self.warmup_epochs)
+
+    def plan(self, context: EpochContext) -> Plan:  # noqa: D102
+        n = context.num_examples
+        size = self.epoch_size(n, context.epoch, context.num_epochs)
+        if size == n:
+            return full_plan(n, context.generator)
+        tie_break = torch.randperm(n, generator=torch.Generator().manual_seed(context.seed))
+        if self.order == "random":
+            return shuffled_plan(tie_break[:size], context.generator)
+        if self.scores is None:
+            raise ValueError(f"ScoreCurriculum(score={self.score!r}) has no scores: pass scores= or use with_scores().")
+        chosen = tie_break[ordered_subset(self.scores[tie_break], size, self.order)]
+        return shuffled_plan(chosen, context.generator)
 
 
 class SelfPaced(Policy):
     """Self-paced learning (Kumar et al. 2010): train on examples whose loss is under a growing threshold.
 
-    At epoch ``e`` (after the warm-up) the threshold is ``threshold * growth ** (e - warmup_epochs)``;
-    with ``threshold=None`` it starts at the median of the current signal. At least ``min_fraction``
-    of the data (the easiest) is always kept.
+    At epoch ``e`` (after the warm-up) the examples whose difficulty score (`difficulty_scores`:
+    higher is harder, negated for signals where higher is easier) is at most `limit` train: the
+    threshold's height above ``min(0, easiest score)`` grows by ``growth`` per epoch, which is
+    ``threshold * growth ** (e - warmup_epochs)`` for a loss, and grows for every signal. With
+    ``threshold=None`` it starts at the median of the current scores. At least ``min_fraction`` of
+    the data (the easiest) is always kept.
+
+    Args:
+        signal: a tracked signal (see `HARDER_WHEN_HIGHER`).
+        threshold: the first threshold, in difficulty units (so ``-0.8`` admits a confidence of at
+            least 0.8); ``None``: the median of the scores, recomputed every epoch.
+        growth: factor per epoch, ``>= 1``.
+        min_fraction: share of the data always kept (the easiest), in ``(0, 1]``.
+        warmup_epochs: full-data epochs first, ``>= 1``.
+
+    Note:
+        **DDP and resume**: the plan depends only on ``(seed, epoch, synced signals)``; the signals
+        are in the tracker's checkpoint, so every rank and a resumed run plan the same epoch.
 
     Examples:
         >>> loss = torch.tensor([0.1, 0.2, 3.0, 4.0])
@@ -135,16 +294,34 @@ class SelfPaced(Policy):
             return full_plan(n, context.generator)
         hardness = context.difficulty(self.signal)
         seen = ~hardness.isnan()
-        start = (
-            self.threshold
-            if self.threshold is not None
-            else float(hardness[seen].median())
-            if bool(seen.any())
-            else math.inf
-        )
-        limit = start * self.growth ** (context.epoch - self.warmup_epochs)
-        chosen = (hardness <= limit) | ~seen
+        chosen = (hardness <= self.limit(hardness[seen], context.epoch - self.warmup_epochs)) | ~seen
         floor = fraction_size(self.min_fraction, n)
         if int(chosen.sum()) < floor:
             chosen[easiest_set(hardness, floor)] = True
         return shuffled_plan(chosen.nonzero().squeeze(1), context.generator)
+
+    def limit(self, seen: Tensor, step: int) -> float:
+        """The threshold ``step`` epochs after the warm-up, for the difficulty scores of the seen examples.
+
+        Its height above the origin ``min(0, easiest score)`` is multiplied by ``growth`` each epoch:
+        for a loss (never below 0) that is the paper's ``threshold * growth ** step``, and for a
+        negated signal (confidence, margin, AUM, correctness, all <= 0 when negated) it still grows.
+
+        Examples:
+            >>> round(SelfPaced(threshold=1.0, growth=2.0).limit(torch.tensor([0.5, 1.0, 3.0]), 2), 3)
+            4.0
+            >>> round(SelfPaced(growth=2.0).limit(-torch.tensor([0.9, 0.6, 0.2]), 1), 3)  # confidence: from -0.9 up
+            -0.3
+        """
+        finite = seen[seen.isfinite()]
+        if seen.numel() == 0:
+            return math.inf
+        # Scores equal in exact arithmetic differ by float noise (means of repeated sums): treat them as ties.
+        tie = 1e-5 * float(finite.abs().max()) if finite.numel() else 0.0
+        origin = min(0.0, float(finite.min())) if finite.numel() else 0.0
+        start = self.threshold if self.threshold is not None else float(seen.median())
+        height = start - origin
+        if height <= tie and self.threshold is None:  # most scores tie at the easiest: reach the next one a step later
+            above = finite[finite > start + tie]
+            height = (float(above.min()) - origin) / self.growth if above.numel() else 0.0
+        return origin + height * self.growth**step + tie

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -29,6 +29,12 @@ class NoiseAware(Policy):
         >>> context = EpochContext(epoch=1, num_examples=3, generator=torch.Generator(), signals=signals)
         >>> policy.plan(context).indices.tolist()
         [2]
+
+    Note:
+        **DDP and resume**: the flags come from the synced signals, so every rank flags the same
+        examples; the wrapped policy's state is this policy's state. A ``training_step`` without
+        ``logits`` and ``targets`` gives no ``aum``: the sampler then fails at the first plan after
+        the first tracked epoch, rather than let this policy flag nothing.
     """
 
     def __init__(
@@ -50,7 +56,14 @@ class NoiseAware(Policy):
         self.needs_num_epochs = policy.needs_num_epochs
 
     def flagged(self, signals: Mapping[str, Tensor]) -> Tensor:
-        """Bool mask of likely-mislabeled examples (unseen examples are never flagged)."""
+        """Bool mask of likely-mislabeled examples (unseen examples are never flagged).
+
+        `CurriculumSampler` checks that the tracker produces ``aum`` (and ``forgetting_events``) before
+        it plans, so a loss-only ``training_step`` fails at once rather than flag nothing.
+        """
+        for name in self.signals:
+            if name not in signals:
+                raise ValueError(f"NoiseAware needs the tracked signal {name!r}; the signals are {sorted(signals)}.")
         flags = signals["aum"] < self.aum_threshold
         if self.min_forgetting is not None:
             flags |= signals["forgetting_events"] >= self.min_forgetting
@@ -59,11 +72,17 @@ class NoiseAware(Policy):
     def validate(self, num_examples: int, num_epochs: int | None) -> None:  # noqa: D102
         self.policy.validate(num_examples, num_epochs)
 
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        return self.policy.state_dict()
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:  # noqa: D102
+        self.policy.load_state_dict(state_dict)
+
     def epoch_size(self, num_examples: int, epoch: int, num_epochs: int | None) -> int | None:  # noqa: D102
         return self.policy.epoch_size(num_examples, epoch, num_epochs) if self.mode == "demote" else None
 
     def plan(self, context: EpochContext) -> Plan:  # noqa: D102
-        if "aum" not in context.signals:
+        if not context.tracked:  # before the first tracked epoch (the inner policy's warm-up)
             return self.policy.plan(context)
         flags = self.flagged(context.signals)
         if self.mode == "drop":

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -27,15 +28,16 @@ from lightning_curricula.policies.selection import (
 )
 from lightning_curricula.ranking import HARDER_WHEN_HIGHER
 
-__all__ = ["Bandit", "InfoBatch", "StaticPruning"]
+__all__ = ["Bandit", "InfoBatch", "StaticPruning", "well_learned_mask"]
 
 
 class StaticPruning(Policy):
     """Static data pruning (Paul et al. 2021, Data Diet; Sorscher et al. 2022): score early, then keep a subset.
 
     Epochs before ``score_epochs`` train on all data; at epoch ``score_epochs`` the subset is chosen
-    by ``signal`` and kept for the rest of the run (on later epochs it is read back as the examples
-    seen since the pruning epoch, so the plan stays a pure function of the synced tables):
+    by ``signal``, recorded in the policy's state (`state_dict`), and planned again every later epoch,
+    so later epochs have exactly `epoch_size` visits whatever the selection epoch trained (non-finite
+    losses, ``drop_last_plan=True`` trimming, ``limit_train_batches`` or ``max_steps`` cutting it short):
 
     - ``hard``: the hardest ``keep`` share (Data Diet; best when data is plentiful);
     - ``easy``: the easiest (Sorscher et al.: best when data is scarce);
@@ -50,7 +52,16 @@ class StaticPruning(Policy):
         >>> context = EpochContext(epoch=1, num_examples=4, generator=torch.Generator(), signals={"el2n": el2n})
         >>> sorted(policy.plan(context).indices.tolist())
         [0, 3]
+        >>> policy.state_dict()
+        {'version': 1, 'subset': tensor([0, 3])}
+
+    Note:
+        **DDP**: every rank chooses the same subset from the synced signals. **Resume**: the subset
+        is in the policy's state, which the `TrainingDynamics` the sampler is bound to saves in its
+        checkpoint state and hands back when the resumed run's sampler binds the policy.
     """
+
+    state_version = 1
 
     def __init__(
         self,
@@ -82,6 +93,20 @@ class StaticPruning(Policy):
         self.class_balanced = class_balanced
         self.min_per_class = min_per_class
         self.signals = (signal,)
+        self.subset: Tensor | None = None  # the ids chosen at epoch score_epochs, in id order
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        state: dict[str, Any] = {"version": self.state_version}
+        if self.subset is not None:
+            state["subset"] = self.subset.clone()
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:  # noqa: D102
+        if state_dict.get("version") != self.state_version:
+            version = state_dict.get("version")
+            raise ValueError(f"StaticPruning state has version {version!r}; this release reads {self.state_version}.")
+        subset = state_dict.get("subset")
+        self.subset = None if subset is None else subset.clone().long()
 
     def validate(self, num_examples: int, num_epochs: int | None) -> None:  # noqa: D102
         super().validate(num_examples, num_epochs)
@@ -99,15 +124,26 @@ class StaticPruning(Policy):
     def plan(self, context: EpochContext) -> Plan:  # noqa: D102
         n = context.num_examples
         if context.epoch < self.score_epochs:
+            self.subset = None  # a new run: the choice is made again at the selection epoch
             return full_plan(n, context.generator)
-        if context.epoch > self.score_epochs and "last_epoch" in context.signals:
-            kept = (context.signals["last_epoch"] >= self.score_epochs).nonzero().squeeze(1)
-            return shuffled_plan(kept, context.generator)
+        if context.epoch == self.score_epochs:
+            self.subset = torch.sort(self._choose(context)).values
+        elif self.subset is None:
+            raise RuntimeError(
+                f"StaticPruning has no subset for epoch {context.epoch}: it is chosen when epoch {self.score_epochs} "
+                "is planned and kept in the policy's state. On resume, the TrainingDynamics state of the checkpoint "
+                "restores it when the sampler is built with that tracker."
+            )
+        if self.subset.numel() and int(self.subset.max()) >= n:
+            raise ValueError(f"StaticPruning's subset has ids up to {int(self.subset.max())}; the dataset has {n}.")
+        return shuffled_plan(self.subset, context.generator)
+
+    def _choose(self, context: EpochContext) -> Tensor:
+        n = context.num_examples
         if not self.class_balanced or self.labels is None:
             size = fraction_size(self.keep, n)
             skip = min(round(self.band_offset * n), n - size)  # rounding must not shrink the band
-            ranked = easiest_prefix(context.difficulty(self.signal), skip + size, hardest=self.mode != "easy")
-            return shuffled_plan(ranked[skip:], context.generator)
+            return easiest_prefix(context.difficulty(self.signal), skip + size, hardest=self.mode != "easy")[skip:]
         ranked = easiest_first(context.difficulty(self.signal), hardest=self.mode != "easy")
         labels = self.labels[ranked]
         chosen = []
@@ -116,7 +152,7 @@ class StaticPruning(Policy):
             quota = self._class_quota(members.numel())
             skip = min(round(self.band_offset * members.numel()), members.numel() - quota)
             chosen.append(members[skip : skip + quota])
-        return shuffled_plan(torch.cat(chosen), context.generator)
+        return torch.cat(chosen)
 
     def _class_quota(self, count: int) -> int:
         return min(count, max(self.min_per_class, round(self.keep * count)))
@@ -126,26 +162,45 @@ class InfoBatch(Policy):
     """Dynamic soft pruning with unbiased rescaling (Qin et al., ICLR 2024, "InfoBatch").
 
     Each epoch, the *well-learned* examples are those whose ``signal`` (default: the loss of their
-    last epoch) is below the mean over seen examples. Two ways to say how many are pruned:
+    last epoch) is below the mean over the seen examples with a finite score; an example with a
+    non-finite score (``forgetting_events`` scores never-learned examples ``+inf``) is never
+    well-learned and never pulls the mean. Two ways to say how many are pruned:
 
     - ``prune`` (the paper's knob): each well-learned example is dropped independently with
       probability ``prune``; kept ones get weight ``1 / (1 - prune)``. The epoch size varies.
     - ``budget``: the whole run uses exactly ``round(budget * num_epochs * N)`` sample passes. Pruning
-      epochs get sizes that add up to that; the drops come uniformly from the well-learned examples,
-      at most a ``prune`` share of them (so their weights stay at most ``1 / (1 - prune)``), and the
-      rest of the drops uniformly from the other examples. Each kept example of a group of ``n`` with
-      ``d`` dropped gets weight ``n / (n - d)`` (an epoch of one visit draws it from all ``N``, weight ``N``).
+      epochs get sizes that add up to that. An epoch that drops ``d`` examples drops them uniformly
+      from the easiest ``m = max(L, ceil(d / prune))`` examples, where ``L`` is the number of
+      well-learned ones: the well-learned examples alone while ``d <= prune * L`` (the paper's
+      InfoBatch), else the easiest examples beyond them, never the hardest first. The ``m - d`` kept
+      ones get weight ``m / (m - d) <= 1 / (1 - prune)``, so ``prune`` bounds every weight, and
+      `validate` refuses at setup a budget whose drops cannot stay under that bound.
 
-    Either way the expected weighted loss equals the full-data loss. The first epoch (no scores yet)
-    and the last ``anneal`` share of epochs train on all data with weight 1, which the paper found
-    needed to close the remaining gap.
+    Either way the expected weighted loss *sum* of the epoch equals the full-data sum (see
+    ``docs/methods/index.md`` on what that means for the learning rate). The first epoch (no scores
+    yet) and the last ``anneal`` share of epochs train on all data with weight 1, which the paper
+    found needed to close the remaining gap.
 
     Args:
         prune: probability of dropping a well-learned example, in ``[0, 1)``; with ``budget``, the largest
-            share of the well-learned examples dropped in an epoch.
+            share of the candidates dropped in an epoch, so weights stay at most ``1 / (1 - prune)``.
         anneal: share of final epochs on full data, in ``[0, 1)``.
         signal: the score; must be a signal where higher is harder.
-        budget: share of full-data sample passes for the whole run, in ``(0, 1]``; overrides ``prune``.
+        budget: share of full-data sample passes for the whole run, in ``(0, 1]``; overrides ``prune``
+            as the epoch size.
+
+    Examples:
+        >>> InfoBatch(budget=0.5, anneal=0.0).validate(100, 4)
+        Traceback (most recent call last):
+        ...
+        ValueError: budget=0.5 cannot be met with num_epochs=4, anneal=0.0 and prune=0.5 on 100 examples: ...
+        >>> InfoBatch(prune=0.7, budget=0.5, anneal=0.0).epoch_size(100, 1, 4)
+        33
+
+    Note:
+        **DDP and resume**: the plan depends only on ``(seed, epoch, synced signals)``, so every rank
+        draws the same drops; the budget's epoch sizes depend on ``num_epochs``, so a resume with
+        another ``max_epochs`` is refused.
     """
 
     needs_num_epochs = True
@@ -178,21 +233,34 @@ class InfoBatch(Policy):
         """The first annealing epoch (full data from there on)."""
         return max(1, math.floor((1.0 - self.anneal) * num_epochs + 1e-9))
 
+    def max_drop(self, num_examples: int) -> int:
+        """The most examples a budget epoch may drop with every weight at most ``1 / (1 - prune)``."""
+        return math.floor(self.prune * num_examples + 1e-9)
+
     def validate(self, num_examples: int, num_epochs: int | None) -> None:  # noqa: D102
         super().validate(num_examples, num_epochs)
         if self.budget is None or num_epochs is None:
             return
         pruning = [e for e in range(num_epochs) if not self.full_epoch(e, num_epochs)]
         passes = round(self.budget * num_epochs * num_examples) - (num_epochs - len(pruning)) * num_examples
-        if not pruning or not len(pruning) <= passes <= len(pruning) * num_examples:
-            full = num_epochs - len(pruning)
-            # Full epochs, plus at least one visit per pruning epoch; rounded up so the stated minimum is enough.
-            lowest = math.ceil(1000 * (full * num_examples + len(pruning)) / (num_epochs * num_examples)) / 1000
-            need = f"the budget must be at least {lowest:.3f}" if pruning else "some epoch must prune"
-            raise ValueError(
-                f"budget={self.budget} cannot be met with num_epochs={num_epochs} and anneal={self.anneal}: "
-                f"{full} epochs train on all data, so {need} (or lower anneal, or add epochs)."
-            )
+        smallest = num_examples - self.max_drop(num_examples)  # the smallest pruning epoch under the weight bound
+        if pruning and smallest * len(pruning) <= passes <= len(pruning) * num_examples:
+            return
+        full = num_epochs - len(pruning)
+        context = (
+            f"budget={self.budget} cannot be met with num_epochs={num_epochs}, anneal={self.anneal} and "
+            f"prune={self.prune} on {num_examples} examples: "
+        )
+        if not pruning:
+            raise ValueError(context + f"all {full} epochs train on all data, so some epoch must prune (lower anneal).")
+        # Rounded up so that the stated minimum is enough.
+        lowest = math.ceil(1000 * (full + len(pruning) * smallest / num_examples) / num_epochs) / 1000
+        raise ValueError(
+            context + f"{full} epochs train on all data and a pruning epoch drops at most "
+            f"{num_examples - smallest} examples (floor(prune * N), so that every weight stays at most "
+            f"1 / (1 - prune) = {1 / (1 - self.prune):.3g}); so the budget must be at least {lowest:.3f}, "
+            "up to 1. Raise prune (a larger weight bound), lower anneal, or add epochs."
+        )
 
     def epoch_size(self, num_examples: int, epoch: int, num_epochs: int | None) -> int | None:  # noqa: D102
         if num_epochs is None:
@@ -212,23 +280,39 @@ class InfoBatch(Policy):
         if size == n:
             return full_plan(n, context.generator)
         scores = context.difficulty(self.signal)
-        seen = ~scores.isnan()
-        mean = scores[seen].mean() if bool(seen.any()) else torch.tensor(math.inf)
-        well_learned = seen & (scores < mean)
-        strata = (~well_learned).long()  # 0: well learned, 1: the rest
+        well_learned = well_learned_mask(scores)
         if size is None:
             dropped = well_learned & (torch.rand(n, generator=context.generator) < self.prune)
             weights = torch.where(well_learned, 1.0 / (1.0 - self.prune), 1.0)
             kept = (~dropped).nonzero().squeeze(1)
             return shuffled_plan(kept, context.generator, weights[kept])
         drop = n - size
-        learned = int(well_learned.sum())
-        drops = [min(drop, math.floor(self.prune * learned)), 0]
-        drops[1] = drop - drops[0]
-        if drops[1] >= n - learned:  # a single visit cannot stand for both groups: draw it from all, weight n
-            strata, drops = torch.zeros_like(strata), [drop]
-        ids, weights = stratified_keep(strata, drops, context.generator)
+        if drop > self.max_drop(n):
+            raise ValueError(
+                f"InfoBatch cannot drop {drop} of {n} examples with weights at most 1 / (1 - prune) (prune="
+                f"{self.prune}); call validate(num_examples, num_epochs) at setup."
+            )
+        candidates = max(int(well_learned.sum()), math.ceil(drop / self.prune - 1e-9), drop + 1)
+        strata = torch.ones(n, dtype=torch.int64)  # 0: the easiest `candidates`, the drops' pool; 1: the rest
+        strata[easiest_set(scores, candidates) if candidates > int(well_learned.sum()) else well_learned] = 0
+        ids, weights = stratified_keep(strata, [drop, 0], context.generator)
         return shuffled_plan(ids, context.generator, weights)
+
+
+def well_learned_mask(scores: Tensor) -> Tensor:
+    """InfoBatch's well-learned examples: a finite score below the mean of the finite scores.
+
+    Unseen (NaN) and non-finite scores (a never-learned example's infinite forgetting count) are never
+    well-learned and never enter the mean, so one ``+inf`` cannot make every other example well-learned.
+
+    Examples:
+        >>> well_learned_mask(torch.tensor([0.0, 5.0, float("inf"), 1.0, float("nan")])).tolist()
+        [True, False, False, True, False]
+    """
+    finite = scores.isfinite()
+    if not bool(finite.any()):
+        return torch.zeros_like(finite)
+    return finite & (scores < scores[finite].mean())
 
 
 class Bandit(Policy):

@@ -23,7 +23,15 @@ from selection_helpers import one_thread  # noqa: F401
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from lightning_curricula import CurriculumSampler, InfoBatch, TrainingDynamics, curriculum_dataloader, weighted_mean
+from lightning_curricula import (
+    CurriculumSampler,
+    InfoBatch,
+    Policy,
+    StaticPruning,
+    TrainingDynamics,
+    curriculum_dataloader,
+    weighted_mean,
+)
 
 SIZE = 37  # odd: a plan of odd length is padded with its first visit for two ranks
 WORLD_SIZE = 2
@@ -38,17 +46,23 @@ def fixed_losses() -> Tensor:
 class FixedLossModel(pl.LightningModule):
     """Loss of example ``i`` is ``scale * table[i]``; with ``lr=0`` the scale stays 1, so losses never change."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, policy: Policy | None = None, *, drop_last_plan: bool = False) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.ones(()))
         self.register_buffer("table", fixed_losses())
-        self.policy = InfoBatch(budget=0.6, anneal=0.2)
+        self.policy = InfoBatch(0.8, budget=0.6, anneal=0.2) if policy is None else policy
+        self.drop_last_plan = drop_last_plan
         self.directory = Path(directory)
         self.record: dict[str, Any] = {}
 
     def train_dataloader(self) -> DataLoader[Any]:
         return curriculum_dataloader(
-            ClassificationDataset(SIZE), self.trainer, self.policy, seed=3, batch_size=BATCH_SIZE
+            ClassificationDataset(SIZE),
+            self.trainer,
+            self.policy,
+            seed=3,
+            batch_size=BATCH_SIZE,
+            drop_last_plan=self.drop_last_plan,
         )
 
     def on_train_epoch_start(self) -> None:
@@ -77,7 +91,7 @@ class FixedLossModel(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
-def fit(directory: Path, **trainer_options: Any) -> None:
+def fit(directory: Path, model: FixedLossModel | None = None, **trainer_options: Any) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     trainer = make_trainer(
         max_epochs=EPOCHS,
@@ -85,7 +99,7 @@ def fit(directory: Path, **trainer_options: Any) -> None:
         reload_dataloaders_every_n_epochs=1,
         **trainer_options,
     )
-    trainer.fit(FixedLossModel(str(directory)))
+    trainer.fit(FixedLossModel(str(directory)) if model is None else model)
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +151,21 @@ def test_ddp_plans_equal_the_single_process_plans(runs: tuple[Path, Path]) -> No
         assert torch.equal(distributed["plan_weights"], alone["plan_weights"]), f"epoch {epoch}"
     weights = torch.cat([load(single, 0, epoch)["plan_weights"] for epoch in range(EPOCHS)])
     assert bool((weights > 1).any())  # pruned epochs were reweighted
+
+
+@pytest.mark.slow
+def test_static_pruning_keeps_its_subset_when_drop_last_plan_trims_the_selection_epoch(tmp_path: Path) -> None:
+    # Issue 8, bug 6: keep=0.3 of 37 is 11 examples; drop_last_plan=True trims a plan of 11 to 10 for two ranks,
+    # and the subset used to be read back from the tables, so the trimmed example left it for good.
+    policy = StaticPruning("loss", keep=0.3, score_epochs=1)
+    fit(tmp_path, FixedLossModel(str(tmp_path), policy, drop_last_plan=True), strategy="ddp_spawn", devices=WORLD_SIZE)
+    size = policy.epoch_size(SIZE, 1, EPOCHS)
+    assert size == 11
+    subset = sorted(load(tmp_path, 0, 1)["plan_indices"].tolist())
+    for epoch in range(1, EPOCHS):
+        ranks = [load(tmp_path, rank, epoch) for rank in range(WORLD_SIZE)]
+        for record in ranks:
+            assert record["plan_indices"].numel() == size, f"epoch {epoch}"
+            assert sorted(record["plan_indices"].tolist()) == subset
+            assert len(record["ids"]) == size // WORLD_SIZE  # trimmed, never padded
+        assert torch.equal(ranks[0]["plan_indices"], ranks[1]["plan_indices"])

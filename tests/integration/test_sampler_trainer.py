@@ -20,7 +20,7 @@ from selection_helpers import (  # noqa: F401
     plan_pairs,
 )
 
-from lightning_curricula import Curriculum, InfoBatch, Policy, TrainingDynamics
+from lightning_curricula import Curriculum, InfoBatch, Policy, StaticPruning, TrainingDynamics
 
 SIZE = 37
 BATCH_SIZE = 8
@@ -45,7 +45,7 @@ class EpochMetrics(pl.Callback):
     scope="module",
     params=[
         pytest.param(Curriculum(start=0.3, saturation=0.8), id="curriculum"),
-        pytest.param(InfoBatch(budget=0.6, anneal=0.2), id="infobatch_budget"),
+        pytest.param(InfoBatch(0.8, budget=0.6, anneal=0.2), id="infobatch_budget"),
     ],
 )
 def run(request: pytest.FixtureRequest) -> dict[str, Any]:
@@ -102,3 +102,22 @@ def test_logged_plan_metrics(run: dict[str, Any]) -> None:
         assert logged["passes_saved_fraction"] == pytest.approx(1.0 - passes / ((epoch + 1) * SIZE))
         assert logged["weight_mean"] == pytest.approx(float(plan.weights.double().mean()), rel=1e-6)
     assert metrics[EPOCHS - 1]["passes_saved_fraction"] > 0.0
+
+
+def test_static_pruning_keeps_its_size_when_the_selection_epoch_is_cut_short() -> None:
+    # Issue 8, bug 6: the subset was read back from the tables, so the examples that a cut-short selection epoch
+    # did not reach left it for good and later epochs were smaller than epoch_size() (and the LR schedule).
+    policy = StaticPruning("loss", keep=0.5, score_epochs=1)
+    model = CurriculumClassifier(policy, size=SIZE, batch_size=BATCH_SIZE, plan_seed=7)
+    trainer = make_trainer(
+        max_epochs=4,
+        callbacks=[TrainingDynamics(log_histograms=False, plot_every_n_epochs=0)],
+        reload_dataloaders_every_n_epochs=1,
+        limit_train_batches=2,  # 16 of the 18 chosen examples train in each pruned epoch
+    )
+    trainer.fit(model)
+    assert len(model.plans) == 4
+    for epoch, plan in model.plans.items():
+        assert len(plan) == policy.epoch_size(SIZE, epoch, 4), epoch
+    assert len(model.trained[1]) < len(model.plans[1])  # the selection epoch was cut short
+    assert sorted(model.plans[2].indices.tolist()) == sorted(model.plans[1].indices.tolist())

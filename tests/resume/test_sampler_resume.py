@@ -7,6 +7,7 @@ parameters and the tracker's signals equal those of an uninterrupted run, for sc
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import pytest
@@ -15,7 +16,7 @@ from helpers import assert_signals_equal, make_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from selection_helpers import CurriculumClassifier, assert_plans_equal, one_thread  # noqa: F401
 
-from lightning_curricula import Curriculum, InfoBatch, Policy, TrainingDynamics
+from lightning_curricula import Curriculum, InfoBatch, Policy, StaticPruning, TrainingDynamics
 
 EPOCHS = 5
 
@@ -34,7 +35,13 @@ class CrashAt(Callback):
 
 
 def fit(
-    policy: Policy, root: Path, *, crash_at: int | None = None, ckpt_path: Path | None = None
+    policy: Policy,
+    root: Path,
+    *,
+    crash_at: int | None = None,
+    ckpt_path: Path | None = None,
+    max_epochs: int = EPOCHS,
+    **options: Any,
 ) -> tuple[CurriculumClassifier, TrainingDynamics]:
     torch.manual_seed(0)  # the test's RNG; the library never reads it
     model = CurriculumClassifier(policy, plan_seed=5)
@@ -51,10 +58,11 @@ def fit(
         callbacks.append(CrashAt(crash_at))
     trainer = make_trainer(
         root,
-        max_epochs=EPOCHS,
+        max_epochs=max_epochs,
         callbacks=callbacks,
         enable_checkpointing=True,
         reload_dataloaders_every_n_epochs=1,
+        **options,
     )
     trainer.fit(model, ckpt_path=ckpt_path)
     return model, dynamics
@@ -64,7 +72,7 @@ def fit(
 @pytest.mark.parametrize(
     ("policy", "crash_epoch"),
     [
-        (InfoBatch(budget=0.6, anneal=0.2), 2),  # crash between two pruning epochs
+        (InfoBatch(0.8, budget=0.6, anneal=0.2), 2),  # crash between two pruning epochs
         (Curriculum(start=0.3, saturation=0.8), 3),
     ],
     ids=["infobatch_budget", "curriculum"],
@@ -91,3 +99,36 @@ def test_resumed_run_plans_and_trains_like_the_uninterrupted_one(
         assert torch.equal(want, got), name
     assert resumed_dynamics.epochs_tracked == straight_dynamics.epochs_tracked == EPOCHS
     assert_signals_equal(resumed_dynamics.signals(), straight_dynamics.signals())
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_static_pruning_resumes_its_recorded_subset(tmp_path: Path) -> None:
+    # Issue 8, bug 6: the subset is the policy's state, saved with the tracker's; after a resume it is planned
+    # again in full, although the selection epoch trained only part of it (limit_train_batches).
+    crash_epoch, options = 3, {"limit_train_batches": 2}
+    straight, _ = fit(StaticPruning("loss", keep=0.5, score_epochs=1), tmp_path / "straight", **options)
+    with pytest.raises(SimulatedCrash):
+        fit(StaticPruning("loss", keep=0.5, score_epochs=1), tmp_path / "crashed", crash_at=crash_epoch, **options)
+    checkpoint = tmp_path / "crashed" / "checkpoints" / f"epoch={crash_epoch - 1}.ckpt"
+    saved = torch.load(checkpoint, weights_only=True)["callbacks"]
+    (tracker_state,) = [state for key, state in saved.items() if key.startswith("TrainingDynamics")]
+    subset = sorted(straight.plans[1].indices.tolist())
+    assert tracker_state["policy"]["policy"] == "StaticPruning"
+    assert tracker_state["policy"]["state"]["subset"].tolist() == subset
+
+    policy = StaticPruning("loss", keep=0.5, score_epochs=1)
+    resumed, _ = fit(policy, tmp_path / "crashed", ckpt_path=checkpoint, **options)
+    for epoch in range(crash_epoch, EPOCHS):
+        assert_plans_equal(resumed.plans[epoch], straight.plans[epoch])
+        assert len(resumed.plans[epoch]) == policy.epoch_size(37, epoch, EPOCHS) > len(resumed.trained[epoch])
+        assert sorted(resumed.plans[epoch].indices.tolist()) == subset
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_resuming_a_paced_curriculum_with_another_max_epochs_is_refused(tmp_path: Path) -> None:
+    # Issue 8, bug 9: the pacing depends on max_epochs; resuming with another silently changed every later epoch.
+    with pytest.raises(SimulatedCrash):
+        fit(Curriculum(start=0.3), tmp_path, crash_at=2)
+    checkpoint = tmp_path / "checkpoints" / "epoch=1.ckpt"
+    with pytest.raises(ValueError, match=r"max_epochs=8: the checkpoint's run has max_epochs=5"):
+        fit(Curriculum(start=0.3), tmp_path, ckpt_path=checkpoint, max_epochs=8)

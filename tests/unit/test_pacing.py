@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lightning_curricula import Curriculum
-from lightning_curricula.pacing import PACING_FUNCTIONS, pacing_function
+from lightning_curricula.pacing import PACING_FUNCTIONS, pacing_function, training_progress
 
 START, SATURATION = 0.2, 0.8
 
@@ -100,3 +100,21 @@ def test_named_pacing_and_a_curriculum_holding_it_pickle(name: str) -> None:
     assert [policy.epoch_size(100, epoch, 5) for epoch in range(5)] == [
         Curriculum(pacing=name, start=0.3, saturation=0.6).epoch_size(100, epoch, 5) for epoch in range(5)
     ]
+
+
+@pytest.mark.parametrize("name", sorted(PACING_FUNCTIONS))
+@pytest.mark.parametrize("num_epochs", [2, 3, 8, 10])
+def test_saturation_one_trains_the_last_epoch_on_all_data(name: str, num_epochs: int) -> None:
+    # epoch / num_epochs stopped at (E - 1) / E: with 8 epochs the last trained on 90% (linear), 80% (step).
+    policy = Curriculum(pacing=name, start=0.2, saturation=1.0)
+    assert policy.epoch_size(1000, num_epochs - 1, num_epochs) == 1000
+    if num_epochs > 2:
+        assert policy.epoch_size(1000, num_epochs - 2, num_epochs) < 1000
+
+
+def test_training_progress_runs_from_zero_to_one() -> None:
+    assert [training_progress(epoch, 8) for epoch in (0, 7)] == [0.0, 1.0]
+    assert training_progress(0, 1) == 1.0
+    assert training_progress(9, 8) == 1.0
+    with pytest.raises(ValueError, match="got -1 and 3"):
+        training_progress(-1, 3)

@@ -33,6 +33,7 @@ from lightning_curricula import (
     Policy,
     RandomSubset,
     RandomTwin,
+    ScoreCurriculum,
     SelfPaced,
     StaticPruning,
 )
@@ -52,6 +53,8 @@ def catalog(num_examples: int) -> dict[str, Policy]:
         "curriculum_hard_to_easy": Curriculum("el2n", order="hard_to_easy", pacing="step", start=0.5),
         "curriculum_balanced": Curriculum("margin", order="balanced", pacing="geometric", warmup_epochs=2),
         "curriculum_random": Curriculum(order="random", pacing="root"),
+        "score_curriculum": ScoreCurriculum(scores=torch.arange(num_examples) % 4 * 1.0, start=0.3),
+        "score_keep": ScoreCurriculum(scores=-torch.arange(num_examples) * 1.0, order="hard_to_easy", keep=0.4),
         "self_paced": SelfPaced(growth=1.5),
         "static_hard": StaticPruning("el2n", keep=0.5),
         "static_easy": StaticPruning("loss", keep=0.3, mode="easy", score_epochs=2),
@@ -70,7 +73,7 @@ def catalog(num_examples: int) -> dict[str, Policy]:
 
 def test_catalog_covers_every_policy() -> None:
     classes = {type(policy) for policy in catalog(10).values()}
-    assert set(POLICIES.values()) | {RandomTwin, NoiseAware} <= classes
+    assert set(POLICIES.values()) | {RandomTwin, NoiseAware, ScoreCurriculum} <= classes
 
 
 def classification_data(draw: st.DrawFn, num_examples: int) -> tuple[Tensor, Tensor]:
@@ -178,7 +181,7 @@ def test_curriculum_keeps_the_easiest_or_hardest_share_ties_by_lower_id(order: A
     policy = Curriculum(order=order, start=0.25, saturation=1.0)
     for epoch in (1, 2, 3):
         plan = policy.plan(epoch_context(epoch, n, {"loss": torch.tensor(TIED)}, num_epochs=4))
-        size = math.ceil((0.25 + 0.75 * epoch / 4) * n - 1e-9)
+        size = math.ceil((0.25 + 0.75 * epoch / 3) * n - 1e-9)  # progress epoch / (num_epochs - 1)
         assert len(plan) == size
         assert sorted(plan.indices.tolist()) == sorted(by_key(TIED, hardest=hardest)[:size])
         assert plan.weights.tolist() == [1.0] * size
@@ -187,7 +190,7 @@ def test_curriculum_keeps_the_easiest_or_hardest_share_ties_by_lower_id(order: A
 def test_curriculum_balanced_takes_both_ends() -> None:
     scores = [0.5, 0.1, 0.9, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.0]
     policy = Curriculum(order="balanced", start=0.5, saturation=1.0)
-    plan = policy.plan(epoch_context(1, 10, {"loss": torch.tensor(scores)}, num_epochs=5))
+    plan = policy.plan(epoch_context(1, 10, {"loss": torch.tensor(scores)}, num_epochs=6))
     # share 0.5 + 0.5 * 0.2 = 0.6 -> 6 visits: the 3 easiest and the 3 hardest.
     assert sorted(plan.indices.tolist()) == sorted([9, 1, 5] + [2, 6, 4])
 
@@ -195,7 +198,7 @@ def test_curriculum_balanced_takes_both_ends() -> None:
 def test_curriculum_balanced_hard_half_skips_unseen_examples() -> None:
     scores = torch.tensor([0.5, math.nan, 0.1, 0.9, 0.3, 0.7, math.nan, 0.2, 0.8, 0.4])
     policy = Curriculum(order="balanced", start=0.4, saturation=1.0)
-    plan = policy.plan(epoch_context(1, 10, {"loss": scores}, num_epochs=5))
+    plan = policy.plan(epoch_context(1, 10, {"loss": scores}, num_epochs=6))
     # share 0.4 + 0.6 * 0.2 = 0.52 -> 6 visits: the 3 easiest and the 3 hardest seen, no unseen (NaN) id.
     assert sorted(plan.indices.tolist()) == sorted([2, 7, 4] + [3, 8, 5])
 
@@ -203,10 +206,10 @@ def test_curriculum_balanced_hard_half_skips_unseen_examples() -> None:
 def test_curriculum_unseen_examples_come_last() -> None:
     scores = {"loss": torch.tensor([0.5, math.nan, 0.1, math.nan, 0.3])}
     # Share 0.5 + 0.5 * 0.1 = 0.55 of 5 -> 3 visits: the seen ones.
-    plan = Curriculum(start=0.5, saturation=1.0).plan(epoch_context(1, 5, scores, num_epochs=10))
+    plan = Curriculum(start=0.5, saturation=1.0).plan(epoch_context(1, 5, scores, num_epochs=11))
     assert sorted(plan.indices.tolist()) == [0, 2, 4]
     # Share 0.64 -> 4 visits: then the unseen example with the lower id.
-    plan = Curriculum(start=0.6, saturation=1.0).plan(epoch_context(1, 5, scores, num_epochs=10))
+    plan = Curriculum(start=0.6, saturation=1.0).plan(epoch_context(1, 5, scores, num_epochs=11))
     assert sorted(plan.indices.tolist()) == [0, 1, 2, 4]
 
 
@@ -268,16 +271,44 @@ def test_static_pruning_class_balanced_with_min_per_class() -> None:
     assert plan.weights.tolist() == [1.0] * 6
 
 
-def test_static_pruning_after_the_pruning_epoch_keeps_what_was_trained_since() -> None:
+def test_static_pruning_keeps_the_subset_chosen_at_the_selection_epoch_in_its_state() -> None:
     policy = StaticPruning("loss", keep=0.5, score_epochs=2)
-    last_epoch = torch.tensor([1, 2, 2, 1, 3, 1, 2, -1])
-    # The current losses would choose other examples: the subset stays the one trained at the pruning epoch.
-    signals = {"loss": torch.arange(8, dtype=torch.float32), "last_epoch": last_epoch}
+    assert policy.state_dict() == {"version": 1}
+    assert len(policy.plan(epoch_context(0, 8, {}))) == 8
+    chosen = policy.plan(epoch_context(2, 8, {"loss": torch.arange(8, dtype=torch.float32)}))
+    assert sorted(chosen.indices.tolist()) == [4, 5, 6, 7]  # at the selection epoch it ranks by the scores
+    # Later scores, and which examples trained since (`last_epoch`), would choose others: the subset stays.
+    later = {"loss": -torch.arange(8, dtype=torch.float32), "last_epoch": torch.tensor([3, 3, 3, 3, 3, -1, -1, -1])}
     for epoch in (3, 4):
-        plan = policy.plan(epoch_context(epoch, 8, signals))
-        assert sorted(plan.indices.tolist()) == [1, 2, 4, 6]
-    # At the pruning epoch itself it ranks by the scores.
-    assert sorted(policy.plan(epoch_context(2, 8, signals)).indices.tolist()) == [4, 5, 6, 7]
+        assert sorted(policy.plan(epoch_context(epoch, 8, later)).indices.tolist()) == [4, 5, 6, 7]
+    state = policy.state_dict()
+    assert state["version"] == 1
+    assert state["subset"].tolist() == [4, 5, 6, 7]
+    # A fresh policy given the state plans the same; one without it refuses rather than guess.
+    restored = StaticPruning("loss", keep=0.5, score_epochs=2)
+    with pytest.raises(RuntimeError, match="no subset for epoch 3"):
+        restored.plan(epoch_context(3, 8, later))
+    restored.load_state_dict(state)
+    assert sorted(restored.plan(epoch_context(3, 8, later)).indices.tolist()) == [4, 5, 6, 7]
+    # A new run (an epoch before the selection) forgets the old choice.
+    restored.plan(epoch_context(0, 8, {}))
+    assert restored.state_dict() == {"version": 1}
+
+
+def test_policy_state_round_trips_through_torch_load_weights_only(tmp_path: Any) -> None:
+    policy = NoiseAware(StaticPruning("el2n", keep=0.5, score_epochs=1), mode="drop")
+    policy.plan(epoch_context(1, 6, {"el2n": torch.arange(6.0), "aum": torch.ones(6)}))
+    torch.save(policy.state_dict(), tmp_path / "state.pt")
+    loaded = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert loaded["subset"].tolist() == [3, 4, 5]
+    other = NoiseAware(StaticPruning("el2n", keep=0.5, score_epochs=1), mode="drop")
+    other.load_state_dict(loaded)
+    assert other.state_dict()["subset"].tolist() == [3, 4, 5]
+    assert FullData().state_dict() == {}
+    with pytest.raises(ValueError, match="FullData keeps no state"):
+        FullData().load_state_dict({"subset": torch.zeros(1)})
+    with pytest.raises(ValueError, match="version 7"):
+        StaticPruning().load_state_dict({"version": 7})
 
 
 def test_static_pruning_labels_must_match_the_dataset() -> None:
@@ -306,26 +337,65 @@ def test_infobatch_ratio_prunes_only_below_the_mean_and_reweights() -> None:
 
 
 @pytest.mark.parametrize("prune", [0.5, 0.9])
-def test_infobatch_budget_drops_well_learned_first_up_to_prune_with_unbiased_weights(prune: float) -> None:
+def test_infobatch_budget_drops_the_easiest_first_with_bounded_unbiased_weights(prune: float) -> None:
     policy = InfoBatch(prune, budget=0.7, anneal=0.25)
     n, epochs = 12, 8
-    below = set((SCORES < SCORES.mean()).nonzero().squeeze(1).tolist())  # 8 well-learned, 4 others
+    policy.validate(n, epochs)
+    easiest = torch.argsort(SCORES).tolist()
+    learned = int((SCORES < SCORES.mean()).sum())  # 8 well-learned, 4 others
     for epoch in range(1, 6):
         size = policy.epoch_size(n, epoch, epochs)
         assert size is not None
         plan = policy.plan(epoch_context(epoch, n, {"loss": SCORES}, num_epochs=epochs))
         assert len(plan) == size
-        drop = n - size  # 6 or 7 of 12
-        learned_drops = min(drop, math.floor(prune * len(below)))  # 4 at prune 0.5 (weight 2), 7 at 0.9
-        other_drops = drop - learned_drops
+        drop = n - size  # 5 or 6 of 12
+        pool = max(learned, math.ceil(drop / prune))  # the well-learned, or the easiest beyond them
         kept = dict(zip(plan.indices.tolist(), plan.weights.tolist(), strict=True))
-        assert len(below - set(kept)) == learned_drops
-        assert len(set(range(n)) - below - set(kept)) == other_drops
+        assert set(range(n)) - set(kept) <= set(easiest[:pool])  # drops only from the easiest `pool`
         for index, weight in kept.items():
-            group, dropped = (len(below), learned_drops) if index in below else (n - len(below), other_drops)
-            assert weight == pytest.approx(group / (group - dropped))
-            if index in below:
-                assert weight <= 1.0 / (1.0 - prune) + 1e-6  # bounded weights, the point of the cap
+            assert weight == pytest.approx(pool / (pool - drop) if index in easiest[:pool] else 1.0)
+            assert weight <= 1.0 / (1.0 - prune) + 1e-6  # every weight bounded
+
+
+def test_infobatch_budget_never_drops_the_hardest_and_bounds_weights() -> None:
+    # Issue 8, bug 12: 1,000 skewed losses, 12 epochs; drops beyond the well-learned came uniformly from the
+    # hard examples (62 of the 100 hardest in an epoch) and weights reached 21.6.
+    generator = torch.Generator().manual_seed(0)
+    loss = torch.rand(1000, generator=generator).pow(4) * 5
+    hardest = set(torch.argsort(loss, descending=True)[:100].tolist())
+    policy = InfoBatch(0.7, budget=0.6)
+    policy.validate(1000, 12)
+    for epoch in range(12):
+        plan = policy.plan(epoch_context(epoch, 1000, {"loss": loss}, num_epochs=12))
+        assert hardest <= set(plan.indices.tolist()), epoch
+        assert float(plan.weights.max()) <= 1 / 0.3 + 1e-6
+
+
+def test_infobatch_budget_beyond_the_weight_bound_is_refused_at_setup_saying_which_budgets_can() -> None:
+    with pytest.raises(ValueError, match="budget=0.6 cannot") as error:
+        InfoBatch(budget=0.6).validate(1000, 12)  # 3 full epochs, 9 that drop at most 500
+    assert "at least 0.625" in str(error.value)
+    assert "Raise prune" in str(error.value)
+    InfoBatch(budget=0.625).validate(1000, 12)
+    with pytest.raises(ValueError, match="cannot drop 667 of 1000"):  # planned without validate: still refused
+        InfoBatch(0.5, budget=0.5, anneal=0.0).plan(epoch_context(1, 1000, {"loss": torch.rand(1000)}, num_epochs=4))
+
+
+def test_infobatch_non_finite_scores_are_never_well_learned() -> None:
+    # Issue 8, bug 2: forgetting_events scores never-learned examples +inf; the mean became inf and every
+    # other example counted as well-learned, so an example forgotten five times was pruned.
+    forgetting = torch.tensor([0.0, 0.0, 0.0, 0.0, 5.0, 1.0, 0.0, 0.0])
+    correctness = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 1.0, 0.0])  # id 7: never learned -> +inf
+    signals = {"forgetting_events": forgetting, "correctness": correctness}
+    dropped = Counter[int]()
+    for policy in (
+        InfoBatch(0.9, anneal=0.0, signal="forgetting_events"),
+        InfoBatch(0.5, budget=0.875, anneal=0.0, signal="forgetting_events"),
+    ):
+        for seed in range(30):
+            plan = policy.plan(epoch_context(1, 8, signals, num_epochs=2, seed=seed))
+            dropped.update(set(range(8)) - set(plan.indices.tolist()))
+    assert set(dropped) <= {0, 1, 2, 3, 6}  # mean of the finite counts is 0.75: only the zeros are well-learned
 
 
 def test_infobatch_anneals_to_full_data_at_the_end() -> None:
@@ -365,7 +435,8 @@ def test_infobatch_budget_is_exact_over_the_run(
     target = round(budget * num_epochs * num_examples)
     full = infobatch_full_epochs(num_epochs, anneal)
     pruning = num_epochs - full
-    feasible = pruning > 0 and full * num_examples + pruning <= target
+    smallest = num_examples - math.floor(0.5 * num_examples)  # drops at most prune * N, weights at most 2
+    feasible = pruning > 0 and full * num_examples + pruning * smallest <= target
     if not feasible:
         with pytest.raises(ValueError, match=re.escape(f"budget={budget}")):
             policy.validate(num_examples, num_epochs)
@@ -384,7 +455,7 @@ def test_infobatch_budget_is_exact_over_the_run(
 
 def test_infeasible_budget_raises_at_validate_with_a_true_minimum() -> None:
     policy = InfoBatch(budget=0.55, anneal=0.0)
-    # 2 epochs of 4 examples: epoch 0 is full (4 passes), so the run needs at least 4 + 1 = 5 of 8 passes.
+    # 2 epochs of 4 examples: epoch 0 is full (4 passes) and epoch 1 drops at most 2, so the run needs 6 of 8 passes.
     with pytest.raises(ValueError, match=r"budget=0\.55 cannot be met") as error:
         policy.validate(4, 2)
     stated = float(re.search(r"at least (\d\.\d+)", str(error.value)).group(1))  # type: ignore[union-attr]
@@ -500,9 +571,8 @@ def test_random_twin_matches_the_size_with_uniform_ids() -> None:
 
 
 def test_random_twin_of_static_pruning_keeps_its_size_after_the_selection_epoch() -> None:
-    # StaticPruning reads its kept set back from `last_epoch`; the twin's visits are random, so planning the
-    # wrapped policy to learn the size would count every id the twin visited last epoch (a regression:
-    # epochs grew and the planned LR schedule ran out of steps).
+    # The twin's visits are random, so a StaticPruning that read its kept set back from `last_epoch` would
+    # count every id the twin visited last epoch (a regression: epochs grew and the LR schedule ran out of steps).
     twin = RandomTwin(StaticPruning("el2n", keep=0.5, score_epochs=1))
     n = 20
     last_epoch = torch.zeros(n, dtype=torch.int64)
@@ -547,7 +617,7 @@ def test_self_paced_threshold_grows() -> None:
 def test_all_equal_scores_pick_the_lowest_ids() -> None:
     n = 10
     equal = {"loss": torch.ones(n), "el2n": torch.ones(n), "loss_ema": torch.ones(n), "epochs_seen": torch.ones(n)}
-    context = epoch_context(1, n, equal, num_epochs=2)
+    context = epoch_context(1, n, equal, num_epochs=3)  # progress 0.5: 0.3 + 0.7 * 0.5 of 10 -> 7 visits
     assert sorted(Curriculum(start=0.3, saturation=1.0).plan(context).indices.tolist()) == list(range(7))
     assert sorted(Curriculum(order="hard_to_easy", start=0.3, saturation=1.0).plan(context).indices.tolist()) == list(
         range(7)
@@ -558,11 +628,13 @@ def test_all_equal_scores_pick_the_lowest_ids() -> None:
     ratio = InfoBatch(0.9, anneal=0.0).plan(epoch_context(1, n, equal, num_epochs=4))
     assert sorted(ratio.indices.tolist()) == list(range(n))
     assert ratio.weights.tolist() == [1.0] * n
-    # ... and the budget mode drops uniformly from all, weighting the rest n / (n - d).
+    # ... and the budget mode drops 4 from the 4 / prune = 8 "easiest" (ties: the lowest ids), weighting the rest 8 / 4.
     budget = InfoBatch(budget=0.75, anneal=0.0).plan(epoch_context(1, n, equal, num_epochs=4))
     size = len(budget)
     assert size == 6  # (30 - 10) passes over 3 pruning epochs: 6, 7, 7
-    assert budget.weights.tolist() == pytest.approx([n / size] * size)
+    kept = dict(zip(budget.indices.tolist(), budget.weights.tolist(), strict=True))
+    assert {8: 1.0, 9: 1.0}.items() <= kept.items()
+    assert sorted(kept.values()) == [1.0, 1.0, 2.0, 2.0, 2.0, 2.0]
 
 
 @pytest.mark.parametrize("name", sorted(catalog(10)))
@@ -571,13 +643,15 @@ def test_same_inputs_same_plan_and_epochs_differ(name: str) -> None:
     generator = torch.Generator().manual_seed(1)
     logits = torch.randn(n, NUM_CLASSES, generator=generator)
     targets = torch.randint(NUM_CLASSES, (n,), generator=generator)
-    first = tracked_run(catalog(n)[name], logits, targets, num_epochs=epochs, seed=3)
+    planner = catalog(n)[name]
+    first = tracked_run(planner, logits, targets, num_epochs=epochs, seed=3)
     second = tracked_run(catalog(n)[name], logits, targets, num_epochs=epochs, seed=3)
     for one, two in zip(first.plans, second.plans, strict=True):
         assert one.indices.tolist() == two.indices.tolist()
         assert torch.equal(one.weights, two.weights)
-    # Re-planning an epoch from the same signals gives the same plan; another epoch another one.
+    # Re-planning an epoch from the same signals (and state) gives the same plan; another epoch another one.
     policy = catalog(n)[name]
+    policy.load_state_dict(planner.state_dict())
     signals = first.signals_before[3]
     again = policy.plan(epoch_context(3, n, signals, num_epochs=epochs, seed=3))
     assert again.indices.tolist() == first.plans[3].indices.tolist()

@@ -66,6 +66,10 @@ def test_ranks_split_any_plan_evenly_and_exactly(
 ) -> None:
     num_examples, ids, weights = plan
     policy = FixedPlan(ids, weights)
+    if drop_last and len(ids) < world:  # every rank would get nothing: refused (see the test below)
+        with pytest.raises(ValueError, match="fewer than the"):
+            shards(num_examples, policy, world, drop_last=drop_last)[0].plan()
+        return
     samplers = shards(num_examples, policy, world, drop_last=drop_last)
     per_rank = [list(sampler) for sampler in samplers]
     lengths = {len(items) for items in per_rank}
@@ -98,10 +102,10 @@ def test_full_data_not_divisible_by_the_world_size(world: int) -> None:
 
 
 def test_a_rank_with_no_data() -> None:
-    # 2 examples, 4 ranks: dropping the tail leaves every rank empty, the same on all of them.
+    # 2 examples, 4 ranks: dropping the tail would leave every rank empty, so it is refused.
     for sampler in shards(2, FullData(), 4, drop_last=True):
-        assert len(sampler) == 0
-        assert list(sampler) == []
+        with pytest.raises(ValueError, match="plans 2 visits for epoch 0, fewer than the 4 ranks"):
+            len(sampler)
     # Padding instead: every rank gets one visit, ranks 2 and 3 repeat the plan's start.
     padded = shards(2, FullData(), 4, drop_last=False)
     per_rank = [list(sampler) for sampler in padded]
@@ -131,7 +135,7 @@ RNG_POLICIES = {
     "self_paced": lambda: SelfPaced(),
     "static": lambda: StaticPruning("el2n"),
     "infobatch": lambda: InfoBatch(0.5, anneal=0.2),
-    "infobatch_budget": lambda: InfoBatch(budget=0.7, anneal=0.2),
+    "infobatch_budget": lambda: InfoBatch(0.8, budget=0.7, anneal=0.2),
     "bandit": lambda: Bandit(0.4, strategy="epsilon_greedy"),
     "importance": lambda: ImportanceSampling(0.5),
     "twin": lambda: RandomTwin(Curriculum()),
@@ -258,7 +262,7 @@ def test_reusing_the_sampler_after_the_length_changed_raises() -> None:
     loop = HookLoop(dynamics, logits, targets, num_epochs=4)
     # What Lightning does with reload_dataloaders_every_n_epochs=0: one loader for the whole run, whose
     # length (and so num_training_batches) is read once; its fetcher asks len() again every epoch.
-    sampler = CurriculumSampler(range(20), InfoBatch(budget=0.6, anneal=0.25), dynamics=dynamics, num_epochs=4)
+    sampler = CurriculumSampler(range(20), InfoBatch(0.8, budget=0.6, anneal=0.25), dynamics=dynamics, num_epochs=4)
     assert len(loop.train_epoch(sampler, 0)) == 20
     with pytest.raises(RuntimeError, match=r"Trainer\(reload_dataloaders_every_n_epochs=1\)"):
         loop.train_epoch(sampler, 1)
@@ -276,7 +280,7 @@ class PlainLoaderClassifier(CurriculumClassifier):
 
 
 def test_a_trainer_that_does_not_reload_the_loader_fails_loudly() -> None:
-    model = PlainLoaderClassifier(InfoBatch(budget=0.6, anneal=0.25))
+    model = PlainLoaderClassifier(InfoBatch(0.9, budget=0.6, anneal=0.25))
     trainer = make_trainer(max_epochs=4, callbacks=[quiet_dynamics()], reload_dataloaders_every_n_epochs=0)
     with pytest.raises(RuntimeError, match=r"reload_dataloaders_every_n_epochs=1"):
         trainer.fit(model)
@@ -306,7 +310,7 @@ def test_curriculum_dataloader_sets_the_sampler_itself(key: str) -> None:
     ("policy", "epochs", "accumulate"),
     [
         (Curriculum(start=0.3, saturation=0.8), 4, 1),
-        (InfoBatch(budget=0.6, anneal=0.2), 5, 2),
+        (InfoBatch(0.8, budget=0.6, anneal=0.2), 5, 2),
     ],
     ids=["curriculum", "infobatch_budget"],
 )
@@ -339,3 +343,51 @@ def test_plans_of_different_seeds_do_not_replay_each_other() -> None:
     second = CurriculumSampler(range(50), seed=1)
     for epoch in range(3):
         assert not torch.equal(first.plan(epoch + 1).indices, second.plan(epoch).indices)
+
+
+class ReadsAum(FullData):
+    """Declares a classification signal it needs (and would silently ignore if missing)."""
+
+    signals = ("aum",)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [NoiseAware(Curriculum(start=0.5)), NoiseAware(StaticPruning("loss")), ReadsAum()],
+    ids=["noise_aware_curriculum", "noise_aware_static", "any_policy"],
+)
+def test_a_signal_the_tracker_never_produces_fails_at_the_first_plan_naming_it(policy: Policy) -> None:
+    # Issue 8, bug 7: with a loss-only training_step, NoiseAware fell back to its inner plan every epoch.
+    n = 12
+    dynamics = TrainingDynamics(num_examples=n, log_histograms=False, plot_every_n_epochs=0)
+    loop = HookLoop(dynamics, torch.zeros(n, 3), torch.zeros(n, dtype=torch.long), num_epochs=4)
+    sampler = CurriculumSampler(range(n), policy, dynamics=dynamics, num_epochs=4)
+    assert len(sampler.plan()) == n  # epoch 0: nothing tracked yet
+    ids = torch.tensor([index for index, _ in sampler])
+    dynamics.on_train_epoch_start(loop.trainer, loop.module)  # type: ignore[arg-type]
+    loss_only = {"losses": torch.rand(ids.numel())}
+    dynamics.on_train_batch_end(loop.trainer, loop.module, loss_only, {"index": ids}, 0)  # type: ignore[arg-type]
+    dynamics.on_train_epoch_end(loop.trainer, loop.module)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"reads the signals \[.*'aum'.*\].*'logits' \(B, C\) and integer 'targets'"):
+        CurriculumSampler(range(n), policy, dynamics=dynamics, num_epochs=4).plan()
+
+
+def test_drop_last_with_a_plan_smaller_than_the_world_size_raises_naming_both() -> None:
+    # Issue 8, bug 8: every rank got an empty epoch, silently.
+    message = r"plans 1 visits for epoch 0, fewer than the 2 ranks: with drop_last_plan=True"
+    sampler = CurriculumSampler(range(5), FixedPlan([3]), num_replicas=2, rank=1, drop_last=True)
+    with pytest.raises(ValueError, match=message):
+        len(sampler)
+    # Sizes known in advance fail at construction: 3 of 4 ranks, at the first paced epoch.
+    with pytest.raises(ValueError, match=r"plans 3 visits for epoch 1, fewer than the 4 ranks"):
+        CurriculumSampler(
+            range(10),
+            StaticPruning(keep=0.3),
+            dynamics=TrainingDynamics(),
+            num_epochs=3,
+            num_replicas=4,
+            rank=0,
+            drop_last=True,
+        )
+    padded = CurriculumSampler(range(5), FixedPlan([3]), num_replicas=2, rank=1)  # padding still works
+    assert list(padded) == [(3, 1.0)]

@@ -69,27 +69,27 @@ def test_infobatch_ratio_weighted_sum_is_unbiased() -> None:
 
 
 @pytest.mark.parametrize(
-    ("budget", "spills"),
+    ("budget", "prune", "spills"),
     [
-        (0.8, False),  # the drops come from the well-learned examples alone
-        (0.35, True),  # the drops take all but one well-learned example and some of the rest
-        (0.234, True),  # 56 of 240 passes: every pruning epoch is a single visit
+        (0.8, 0.5, False),  # 6 drops from the 13 well-learned examples alone
+        (0.6, 0.5, True),  # 12 drops, the most under weight 2: from all 24
+        (0.4, 0.8, True),  # 18 drops from the 23 easiest, weights 23 / 5
     ],
 )
-def test_infobatch_budget_weighted_sum_is_unbiased(budget: float, spills: bool) -> None:
+def test_infobatch_budget_weighted_sum_is_unbiased(budget: float, prune: float, spills: bool) -> None:
     loss = losses()
     num_epochs = 10
-    policy = InfoBatch(budget=budget, anneal=0.1)
+    policy = InfoBatch(prune, budget=budget, anneal=0.1)
     policy.validate(N, num_epochs)
     epoch = 4
     size = policy.epoch_size(N, epoch, num_epochs)
     assert size is not None
     assert size < N
     learned = int((loss < loss.mean()).sum())
-    assert (N - size > learned - 1) == spills
-    assert (size == 1) == (budget == 0.234)
+    assert (N - size > prune * learned) == spills  # beyond the well-learned, the drops come from the easiest next
     drawn = plans(policy, epoch, num_epochs, loss)
     assert all(len(plan) == size for plan in drawn)
+    assert all(float(plan.weights.max()) <= 1 / (1 - prune) + 1e-6 for plan in drawn)
     weighted = [float((plan.weights.double() * loss[plan.indices]).sum()) for plan in drawn]
     plain = [float(loss[plan.indices].sum()) for plan in drawn]
     full = float(loss.sum())
