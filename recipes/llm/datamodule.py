@@ -20,12 +20,11 @@ from lightning_curricula.recipes.llm.data import (
     split_by_difficulty,
 )
 from lightning_curricula.recipes.llm.model import SMOLLM2, load_tokenizer
-from lightning_curricula.recipes.llm.policies import ScoreCurriculum
 from lightning_curricula.recipes.llm.report import DifficultyReport
 from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
-from lightning_curricula import FullData, Policy, ShardedStream, WithIndex, curriculum_dataloader
+from lightning_curricula import FullData, Policy, ScoreCurriculum, ShardedStream, WithIndex, curriculum_dataloader
 
 if TYPE_CHECKING:
     import datasets

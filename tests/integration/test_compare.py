@@ -15,9 +15,9 @@ from lightning_curricula.recipes.compare import RunResult, accuracy_figure, main
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-ARGS = ["--policies", "full", "curriculum", "--seeds", "0", "--max-epochs", "2", "--fast-dev"]
-# --fast-dev trains on 256 images; the curriculum's second epoch takes the easiest ceil(0.7 * 256).
-PASSES = {"full": [256, 512], "curriculum": [256, 256 + 180]}
+ARGS = ["--policies", "full", "curriculum", "--seeds", "0", "--max-epochs", "3", "--fast-dev"]
+# --fast-dev trains on 256 images; the curriculum's second epoch takes the easiest ceil(0.7 * 256), its last all.
+PASSES = {"full": [256, 512, 768], "curriculum": [256, 256 + 180, 256 + 180 + 256]}
 
 
 def run(output: Path, *args: str) -> int:
@@ -51,9 +51,9 @@ def test_summary_table_and_csv(comparison: Path) -> None:
         assert float(train_ratio) > 0
         assert time_to_full == "n/a" or float(time_to_full) > 0
     assert float(rows["full"][8]) <= 1.0  # full data reaches its own final accuracy by its last epoch
-    assert rows["full"][3] == "512"
+    assert rows["full"][3] == "768"
     assert rows["full"][4] == "1.00"
-    assert rows["curriculum"][3] == "436"
+    assert rows["curriculum"][3] == "692"
     assert "test split doubles as the validation set" in markdown
 
     with (comparison / "summary.csv").open() as file:
@@ -69,7 +69,7 @@ def test_summary_table_and_csv(comparison: Path) -> None:
         assert 0 < stored[policy]["train_seconds"] < stored[policy]["wall_seconds"]  # evaluation left out
         for epoch in stored[policy]["epochs"]:
             assert 0 < epoch["train_seconds"] < epoch["seconds"]
-    assert float(summary["curriculum"]["passes_ratio"]) == pytest.approx(436 / 512)
+    assert float(summary["curriculum"]["passes_ratio"]) == pytest.approx(692 / 768)
 
 
 def test_tensorboard_logs_accuracy_by_passes_and_hparams(comparison: Path) -> None:
@@ -142,10 +142,10 @@ def test_more_seeds_extend_the_comparison(comparison: Path, tmp_path: Path, monk
 
 
 def test_refuses_a_different_comparison(comparison: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(comparison, *ARGS[:-2], "3", "--fast-dev") == 2
+    assert run(comparison, *ARGS[:-2], "4", "--fast-dev") == 2
     error = capsys.readouterr().err
     assert "holds a different comparison" in error
-    assert "max_epochs: stored 2, now 3" in error
+    assert "max_epochs: stored 3, now 4" in error
     assert "another --output" in error
     assert run(comparison, *ARGS, "--dataset", "digits") == 2
     assert "dataset: stored 'embedded', now 'digits'" in capsys.readouterr().err
@@ -235,15 +235,15 @@ def test_summarize_charges_scoring_forwards_and_times_the_reach_of_full_accuracy
 
 def test_llm_recipe_comparison_reports_hard_accuracy_tokens_and_rank_correlation(tmp_path: Path) -> None:
     output = tmp_path / "llm"
-    args = ["--recipe", "llm", "--policies", "full", "curriculum_difficulty", "--max-epochs", "2", "--fast-dev"]
+    args = ["--recipe", "llm", "--policies", "full", "curriculum_difficulty", "--max-epochs", "3", "--fast-dev"]
     assert run(output, *args) == 0
     stored = {
         policy: json.loads((output / "results" / policy / "seed_0.json").read_text())
         for policy in ("full", "curriculum_difficulty")
     }
     assert stored["full"]["train_examples"] == 32
-    assert stored["full"]["sample_passes"] == 64
-    assert stored["curriculum_difficulty"]["sample_passes"] < 64  # the paced curriculum trains on less
+    assert stored["full"]["sample_passes"] == 96
+    assert stored["curriculum_difficulty"]["sample_passes"] == 32 + 24 + 32  # the paced curriculum trains on less
     for result in stored.values():
         assert 0.0 <= result["final_acc"] <= result["best_acc"] <= 1.0
         assert result["extras"]["train/tokens_seen"] > 0
@@ -268,7 +268,7 @@ def test_llm_recipe_comparison_reports_hard_accuracy_tokens_and_rank_correlation
     )
     events = EventAccumulator(str(output / "tensorboard" / "full" / "seed_0"), size_guidance={"scalars": 0})
     events.Reload()
-    assert [event.step for event in events.Scalars("val/hard_accuracy_by_sample_passes")] == [32, 64]
+    assert [event.step for event in events.Scalars("val/hard_accuracy_by_sample_passes")] == [32, 64, 96]
 
 
 def test_runs_take_the_policies_in_turn_seed_by_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

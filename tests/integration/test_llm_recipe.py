@@ -24,7 +24,6 @@ from lightning_curricula.recipes.llm.data import CausalLMCollator, ensure_pad_to
 from lightning_curricula.recipes.llm.datamodule import InstructionDataModule  # noqa: E402
 from lightning_curricula.recipes.llm.model import SMOLLM2, TINY, tiny_llama, tiny_tokenizer  # noqa: E402
 from lightning_curricula.recipes.llm.module import CausalLMFineTuner, sequence_losses, token_losses  # noqa: E402
-from lightning_curricula.recipes.llm.policies import ScoreCurriculum  # noqa: E402
 from lightning_curricula.recipes.llm.report import DifficultyReport  # noqa: E402
 
 from lightning_curricula import (  # noqa: E402
@@ -34,7 +33,7 @@ from lightning_curricula import (  # noqa: E402
     TrainingDynamics,
     weighted_token_mean,
 )
-from lightning_curricula.policies import Curriculum  # noqa: E402
+from lightning_curricula.policies import Curriculum, ScoreCurriculum  # noqa: E402
 
 CONFIGS = sorted((Path(__file__).parents[2] / "recipes" / "llm" / "configs").glob("*.yaml"))
 
@@ -157,23 +156,24 @@ def test_tiny_fit_two_epochs_with_a_curriculum(tmp_path, tokenizer):
     module = CausalLMFineTuner(tiny_llama(len(tokenizer)), tokenizer, lr=1e-3, max_new_tokens=3, fit_start_scores=True)
     dynamics = TrainingDynamics()
     report = DifficultyReport()
-    trainer = _trainer(tmp_path, [dynamics, DynamicsVisuals(plot_every_n_epochs=1), report])
+    trainer = _trainer(tmp_path, [dynamics, DynamicsVisuals(plot_every_n_epochs=1), report], max_epochs=3)
     trainer.fit(module, data)
 
     signals = dynamics.signals()
-    assert dynamics.epochs_tracked == 2
-    assert signals["epochs_seen"].tolist().count(2) == math.ceil(0.75 * 40)  # epoch 1 trains on the easiest 75%
-    seen_twice = signals["epochs_seen"] == 2
-    assert signals["loss"][seen_twice].isfinite().all()
-    assert trainer.global_step == module.total_steps == 5 + 4  # the LR schedule ends with the plan
+    assert dynamics.epochs_tracked == 3
+    # Epoch 1 trains on the easiest 75%, epochs 0 and 2 (the last, at saturation) on all.
+    assert signals["epochs_seen"].tolist().count(3) == math.ceil(0.75 * 40)
+    seen_thrice = signals["epochs_seen"] == 3
+    assert signals["loss"].isfinite().all()
+    assert trainer.global_step == module.total_steps == 5 + 4 + 5  # the LR schedule ends with the plan
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 * 0.1)  # at min_lr_ratio on time
     assert module.token_count is None  # no reweighting: the usual token mean
     assert data.val_split_names == ["easy", "hard"]
     metrics = trainer.callback_metrics
     for name in ("val/easy/loss", "val/hard/loss", "val/easy/accuracy", "val/hard/accuracy", "train/tokens_seen"):
         assert name in metrics
-    assert module.tokens_seen == sum(len(ids) for ids in data.train_dataset["input_ids"]) + sum(
-        len(data.train_dataset[i]["input_ids"]) for i in seen_twice.nonzero().squeeze(1).tolist()
+    assert module.tokens_seen == 2 * sum(len(ids) for ids in data.train_dataset["input_ids"]) + sum(
+        len(data.train_dataset[i]["input_ids"]) for i in seen_thrice.nonzero().squeeze(1).tolist()
     )
     assert module.example_scores["ifd"].isfinite().all()
     assert set(report.correlations) == {"loss", "loss_mean", "loss_ema", "initial_loss", "response_loss", "ifd"}
@@ -206,7 +206,7 @@ def test_a_reweighting_policy_trains_on_the_unbiased_token_loss(tmp_path, tokeni
     )
     module = CausalLMFineTuner(tiny_llama(len(tokenizer)), tokenizer, max_new_tokens=0)
     record = RecordLoss()
-    _trainer(tmp_path, [TrainingDynamics(plot_every_n_epochs=0), record], max_epochs=2).fit(module, data)
+    _trainer(tmp_path, [TrainingDynamics(), record], max_epochs=2).fit(module, data)
     loss_tokens = sum(sum(label != -100 for label in row[1:]) for row in data.train_dataset["labels"])
     assert module.token_count == pytest.approx(8 * loss_tokens / 16)
     assert len(record.returned) >= 3

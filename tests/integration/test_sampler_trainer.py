@@ -111,7 +111,7 @@ def test_static_pruning_keeps_its_size_when_the_selection_epoch_is_cut_short() -
     model = CurriculumClassifier(policy, size=SIZE, batch_size=BATCH_SIZE, plan_seed=7)
     trainer = make_trainer(
         max_epochs=4,
-        callbacks=[TrainingDynamics(log_histograms=False, plot_every_n_epochs=0)],
+        callbacks=[TrainingDynamics()],
         reload_dataloaders_every_n_epochs=1,
         limit_train_batches=2,  # 16 of the 18 chosen examples train in each pruned epoch
     )

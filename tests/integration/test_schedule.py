@@ -50,7 +50,7 @@ class Scheduled(CurriculumClassifier):
 def fit(module: Scheduled, *, max_epochs: int = 4, **kwargs: Any) -> Any:
     trainer = make_trainer(
         max_epochs=max_epochs,
-        callbacks=[TrainingDynamics(plot_every_n_epochs=0)],
+        callbacks=[TrainingDynamics()],
         reload_dataloaders_every_n_epochs=1,
         **kwargs,
     )

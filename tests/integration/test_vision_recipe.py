@@ -67,7 +67,7 @@ def test_fit_subcommand_end_to_end(tmp_path: Path) -> None:
             "--config",
             str(CONFIGS / "curriculum.yaml"),
             "--trainer.max_epochs",
-            "2",
+            "3",
             "--trainer.logger.init_args.save_dir",
             str(tmp_path),
             *TINY,
@@ -80,10 +80,11 @@ def test_fit_subcommand_end_to_end(tmp_path: Path) -> None:
     logged = scalars(run)
     for tag in ("val/acc", "val/loss", "train/loss", "val/acc_by_sample_passes", "dynamics/sample_passes"):
         assert tag in logged, tag
-    # Curriculum: a full first epoch (96), then the easiest share pace(1/2) = 0.2 + 0.8 * 0.5 / 0.8 = 0.7 of it.
+    # Curriculum: a full first epoch (96), then the easiest share pace(1/2) = 0.2 + 0.8 * 0.5 / 0.8 = 0.7 of it,
+    # then all of it (the last epoch is at progress 1).
     passes = [step for step, _ in logged["val/acc_by_sample_passes"]]
-    assert passes == [96, 96 + 68]
-    assert [value for _, value in logged["dynamics/sample_passes"]] == [96.0, 164.0]
+    assert passes == [96, 96 + 68, 96 + 68 + 96]
+    assert [value for _, value in logged["dynamics/sample_passes"]] == [96.0, 164.0, 260.0]
 
 
 def test_schedule_ends_exactly_at_the_planned_step(tmp_path: Path) -> None:

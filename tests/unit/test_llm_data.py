@@ -28,10 +28,9 @@ from lightning_curricula.recipes.llm.data import (  # noqa: E402
     truncate,
 )
 from lightning_curricula.recipes.llm.model import tiny_tokenizer  # noqa: E402
-from lightning_curricula.recipes.llm.policies import ScoreCurriculum  # noqa: E402
 from lightning_curricula.recipes.llm.report import spearman  # noqa: E402
 
-from lightning_curricula import CurriculumSampler, EpochContext, TrainingDynamics  # noqa: E402
+from lightning_curricula import CurriculumSampler, EpochContext, ScoreCurriculum, TrainingDynamics  # noqa: E402
 
 QA = {"question": ["Calculate 2 + 3.", "Calculate 12 * 7 - 4."], "answer": ["5", "80"]}
 
@@ -319,7 +318,7 @@ def test_score_curriculum_paces_easiest_first_nested():
     scores = torch.tensor([3.0, 0.0, 2.0, 1.0, 0.0, 3.0, 1.0, 2.0, 0.0, 1.0])
     policy = ScoreCurriculum(scores=scores, start=0.3, saturation=1.0)
     planned = [set(policy.plan(_context(epoch, 10)).indices.tolist()) for epoch in range(4)]
-    assert [len(p) for p in planned] == [policy.epoch_size(10, e, 4) for e in range(4)] == [3, 5, 7, 9]
+    assert [len(p) for p in planned] == [policy.epoch_size(10, e, 4) for e in range(4)] == [3, 6, 8, 10]
     assert planned[0] == {1, 4, 8}
     assert planned[0] <= planned[1] <= planned[2] <= planned[3]
     assert max(scores[list(planned[1])]) <= 1.0
@@ -333,7 +332,7 @@ def test_score_curriculum_validation_and_binding():
     clock = TrainingDynamics(num_examples=4)  # a paced plan changes size: the sampler wants the tracker's clock
     with pytest.raises(ValueError, match="has no scores"):
         CurriculumSampler(range(4), policy, num_epochs=2, dynamics=clock)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match="scores has 3 entries, the dataset has 4"):
         CurriculumSampler(range(4), policy.with_scores(torch.zeros(3)), num_epochs=2, dynamics=clock)
     sampler = CurriculumSampler(range(4), policy.with_scores(torch.arange(4.0)), num_epochs=2, dynamics=clock)
     assert sampler.planned_steps(batch_size=2) == 1 + 2

@@ -34,7 +34,7 @@ def classification(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def quiet_tracker() -> TrainingDynamics:
-    return TrainingDynamics(num_examples=N, log_histograms=False, plot_every_n_epochs=0)
+    return TrainingDynamics(num_examples=N)
 
 
 def run_epochs(

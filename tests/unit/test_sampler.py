@@ -359,7 +359,7 @@ class ReadsAum(FullData):
 def test_a_signal_the_tracker_never_produces_fails_at_the_first_plan_naming_it(policy: Policy) -> None:
     # Issue 8, bug 7: with a loss-only training_step, NoiseAware fell back to its inner plan every epoch.
     n = 12
-    dynamics = TrainingDynamics(num_examples=n, log_histograms=False, plot_every_n_epochs=0)
+    dynamics = TrainingDynamics(num_examples=n)
     loop = HookLoop(dynamics, torch.zeros(n, 3), torch.zeros(n, dtype=torch.long), num_epochs=4)
     sampler = CurriculumSampler(range(n), policy, dynamics=dynamics, num_epochs=4)
     assert len(sampler.plan()) == n  # epoch 0: nothing tracked yet
