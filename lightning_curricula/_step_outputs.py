@@ -38,7 +38,9 @@ def read_step_outputs(outputs: Any, batch: Any, *, index_key: str = "index", wei
 
     ``index`` comes from ``outputs[index_key]`` when present, else from ``batch[index_key]`` (a mapping
     batch from `WithIndex`); the plan ``weights`` likewise from ``weight_key``, and are ``None`` when
-    neither has them. Shape checks are Python comparisons only: no device synchronisation.
+    neither has them. When the step reports its own ``index`` (it trained on part of the batch, say), the
+    batch's weights describe other examples and are not read: return ``weight`` too. Shape checks are
+    Python comparisons only: no device synchronisation.
 
     Examples:
         >>> step = read_step_outputs({"losses": torch.tensor([0.5, 2.0])},
@@ -74,7 +76,7 @@ def read_step_outputs(outputs: Any, batch: Any, *, index_key: str = "index", wei
         _check_shape("targets", targets, (size,), "(batch_size,) class ids")
         if targets.is_floating_point() or targets.is_complex():
             raise TypeError(f"'targets' must hold integer class ids, got dtype {targets.dtype}.")
-    weights = _read_weights(outputs, batch, weight_key, size)
+    weights = _read_weights(outputs, None if index_key in outputs else batch, weight_key, size)
     return StepOutputs(index=index, losses=losses, logits=logits, targets=targets, weights=weights)
 
 

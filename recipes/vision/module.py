@@ -218,7 +218,8 @@ class VisionClassifier(pl.LightningModule):
         losses = F.cross_entropy(logits, targets, reduction="none")
         loss = weighted_mean(losses, batch.get("weight"))
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=targets.numel(), sync_dist=True)
-        return {"loss": loss, "losses": losses, "logits": logits, "targets": targets, "index": batch["index"]}
+        outputs = {"loss": loss, "losses": losses, "logits": logits, "targets": targets, "index": batch["index"]}
+        return outputs | ({"weight": batch["weight"]} if "weight" in batch else {})
 
     def _selected(self, batch: dict[str, Tensor], selection: OnlineBatchSelection) -> dict[str, Tensor]:
         """The kept part of ``batch``: scored by a forward in eval mode without gradients, then selected."""

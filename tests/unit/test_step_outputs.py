@@ -167,3 +167,12 @@ def test_weights_come_from_the_batch_or_the_outputs() -> None:
 def test_weights_of_the_wrong_shape_raise() -> None:
     with pytest.raises(ValueError, match=r"'weight' has shape \(3,\), expected \(4,\)"):
         read_step_outputs(outputs(), batch(weight=torch.ones(3)))
+
+
+def test_a_step_that_reports_its_own_ids_is_not_given_the_batch_weights() -> None:
+    # Selection inside the step trains on part of the batch: the batch's weights belong to other examples.
+    batch = {"index": torch.tensor([0, 1, 2, 3]), "weight": torch.tensor([1.0, 2.0, 3.0, 4.0])}
+    part = read_step_outputs({"losses": torch.tensor([0.5, 2.0]), "index": torch.tensor([3, 1])}, batch)
+    assert part.weights is None
+    own = {"losses": torch.tensor([0.5, 2.0]), "index": torch.tensor([3, 1]), "weight": torch.tensor([4.0, 2.0])}
+    assert read_step_outputs(own, batch).weights.tolist() == [4.0, 2.0]
