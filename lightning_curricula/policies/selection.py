@@ -1,7 +1,9 @@
 """Selection kernels shared by the policies: shuffles, easiest-first sets and stratified drops.
 
 Pure functions of tensors and an explicit ``torch.Generator``; linear-time selections (``kthvalue``)
-wherever the result is shuffled anyway, since sorting 10M scores costs more than a whole plan.
+wherever the result is shuffled anyway, since sorting 10M scores costs more than a whole plan. The
+shuffles are a `keyed_permutation` whose key is one draw from the generator: a random order that is
+evaluated where needed (a plan's head, a rank's shard) rather than materialised with ``torch.randperm``.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ import math
 import torch
 from torch import Tensor
 
-from lightning_curricula.policies._base import Plan
+from lightning_curricula.policies._base import Plan, derived_seed
 
 __all__ = [
     "easiest_first",
     "easiest_prefix",
     "easiest_set",
     "full_plan",
+    "generator_key",
+    "keyed_permutation",
     "random_plan",
     "sampling_probabilities",
     "shuffled_plan",
@@ -26,27 +30,137 @@ __all__ = [
 
 
 def shuffled_plan(indices: Tensor, generator: torch.Generator, weights: Tensor | None = None) -> Plan:
-    """A plan visiting ``indices`` in a random order drawn from ``generator``.
+    """A plan visiting ``indices`` in a random order drawn from ``generator`` (a `keyed_permutation`).
 
     Examples:
         >>> plan = shuffled_plan(torch.arange(5), torch.Generator().manual_seed(0))
         >>> sorted(plan.indices.tolist()), plan.weights.tolist()
         ([0, 1, 2, 3, 4], [1.0, 1.0, 1.0, 1.0, 1.0])
     """
-    order = torch.randperm(indices.numel(), generator=generator)
+    order = keyed_permutation(indices.numel(), generator_key(generator))
     if weights is None:  # all ones: nothing to permute
         return Plan(indices[order].long(), torch.ones(indices.numel()))
     return Plan(indices[order].long(), weights.float()[order])
 
 
 def full_plan(num_examples: int, generator: torch.Generator) -> Plan:
-    """Every example once, shuffled: ``shuffled_plan(torch.arange(n), generator)`` without the gather."""
-    return Plan(torch.randperm(num_examples, generator=generator), torch.ones(num_examples))
+    """Every example once, shuffled: ``shuffled_plan(torch.arange(n), generator)`` without the gather.
+
+    Examples:
+        >>> sorted(full_plan(4, torch.Generator().manual_seed(0)).indices.tolist())
+        [0, 1, 2, 3]
+    """
+    return Plan(keyed_permutation(num_examples, generator_key(generator)), torch.ones(num_examples))
 
 
 def random_plan(num_examples: int, size: int, generator: torch.Generator) -> Plan:
-    """A uniformly random subset of ``size`` ids in a random order: the head of one permutation."""
-    return Plan(torch.randperm(num_examples, generator=generator)[:size], torch.ones(size))
+    """A uniformly random subset of ``size`` ids in a random order: the head of one permutation, costing ``size``.
+
+    Examples:
+        >>> plan = random_plan(10, 3, torch.Generator().manual_seed(0))
+        >>> len(plan), len(set(plan.indices.tolist()))
+        (3, 3)
+    """
+    positions = torch.arange(min(max(size, 0), num_examples))
+    return Plan(keyed_permutation(num_examples, generator_key(generator), positions), torch.ones(positions.numel()))
+
+
+def generator_key(generator: torch.Generator) -> int:
+    """A 64-bit key for `keyed_permutation`: one draw from ``generator`` (which it advances).
+
+    Examples:
+        >>> generator_key(torch.Generator().manual_seed(0)) == generator_key(torch.Generator().manual_seed(0))
+        True
+    """
+    return int(torch.randint(-(1 << 63), (1 << 63) - 1, (), generator=generator))
+
+
+_MAX_PERMUTATION_SIZE = 1 << 40  # round tables of at most 2**20 entries
+
+
+def keyed_permutation(n: int, key: int, positions: Tensor | None = None) -> Tensor:
+    """The values at ``positions`` of a pseudo-random permutation of ``[0, n)`` chosen by ``key``.
+
+    A random order that is never materialised: ``keyed_permutation(n, key)[p]`` equals
+    ``keyed_permutation(n, key, positions=p)``, so a rank can evaluate just its shard of a shuffled plan,
+    and a plan's head is a uniformly random subset in a random order at the cost of its size, not of N.
+
+    It is a Feistel network over the ``2**k`` ids with ``2**(k-1) < max(n, 4) <= 2**k``: the id splits into
+    a high part of ``k // 2`` bits and a low part of ``k - k // 2``, and each round maps
+    ``(left, right)`` to ``(right, left ^ table[right])`` with a random table drawn from ``key`` (four
+    rounds; eight up to 256 ids, where a round of a few bits mixes little). Cycle-walking keeps it a
+    bijection of ``[0, n)``: a value at or above ``n`` goes through the network again until it lands
+    below ``n`` (under two passes on average, as ``2**k < 2n``). Each pass is a few vectorised, in-place
+    ``int32`` operations (``int64`` above ``2**31`` ids). It is not a uniform draw from all ``n!``
+    orders, but a Feistel network with random round functions is a pseudo-random permutation (Luby and
+    Rackoff, 1988): each id's position and the relative order of any few ids look uniform.
+
+    Args:
+        n: the size of the permuted range, ``0 <= n <= 2**40``.
+        key: any integer (its low 64 bits are used); the same key gives the same permutation everywhere.
+        positions: int positions in ``[0, n)`` to evaluate; ``None`` for all of ``0, ..., n - 1``.
+
+    Returns:
+        ``int64`` values, one per position (``n`` of them without ``positions``).
+
+    Raises:
+        ValueError: for ``n`` outside ``[0, 2**40]`` or a position outside ``[0, n)``.
+
+    Examples:
+        >>> order = keyed_permutation(10, key=7)
+        >>> sorted(order.tolist()) == list(range(10))
+        True
+        >>> torch.equal(keyed_permutation(10, key=7, positions=torch.tensor([3, 0])), order[[3, 0]])
+        True
+    """
+    if not 0 <= n <= _MAX_PERMUTATION_SIZE:
+        raise ValueError(f"n must be in [0, 2**40], got {n!r}.")
+    bits = max(2, (n - 1).bit_length())
+    low = bits - bits // 2  # the low part's width; the high part has bits // 2
+    dtype = torch.int32 if bits <= 31 else torch.int64
+    if positions is None:
+        x = torch.arange(n, dtype=dtype)
+    else:
+        if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= n):
+            raise ValueError(
+                f"positions must be in [0, {n}), got values in [{int(positions.min())}, {int(positions.max())}]."
+            )
+        x = positions.reshape(-1).to(dtype, copy=True)
+    tables = _feistel_tables(bits, key, dtype)
+    out = x  # cycle-walk: pass the values still >= n through the network again
+    pending: Tensor | None = None
+    while x.numel():
+        x = _feistel(x, tables, low)
+        if pending is None:
+            out = x
+            pending = (x >= n).nonzero().squeeze(1)
+            x = x[pending]
+        else:
+            out[pending] = x
+            again = (x >= n).nonzero().squeeze(1)
+            pending, x = pending[again], x[again]
+    return out.long()
+
+
+def _feistel_tables(bits: int, key: int, dtype: torch.dtype) -> list[Tensor]:
+    """The round functions: round ``i`` maps its right part (``b`` bits) to ``a`` bits, widths alternating."""
+    generator = torch.Generator().manual_seed(derived_seed(key, bits))
+    high, low = bits // 2, bits - bits // 2
+    rounds = 8 if bits <= 8 else 4  # a round of a few bits mixes little: eight on at most 256 ids
+    widths = [(high, low) if i % 2 == 0 else (low, high) for i in range(rounds)]
+    return [torch.randint(1 << a, (1 << b,), generator=generator, dtype=dtype) for a, b in widths]
+
+
+def _feistel(x: Tensor, tables: list[Tensor], low: int) -> Tensor:
+    """One pass over ``x`` (which it consumes): ``(left, right) -> (right, left ^ table[right])`` per round."""
+    left = torch.bitwise_right_shift(x, low)
+    right = x.bitwise_and_((1 << low) - 1)
+    mixed = torch.empty_like(x)
+    for table in tables:
+        torch.index_select(table, 0, right, out=mixed)
+        left.bitwise_xor_(mixed)
+        left, right = right, left
+    return left.bitwise_left_shift_(low).bitwise_or_(right)  # an even number of rounds: widths are back
 
 
 def easiest_set(difficulty: Tensor, count: int, *, hardest: bool = False) -> Tensor:
@@ -119,7 +233,8 @@ def stratified_keep(strata: Tensor, drops: list[int], generator: torch.Generator
             continue
         if drop >= members.numel():
             raise ValueError(f"Cannot drop {drop} of the {members.numel()} examples of stratum {stratum}.")
-        keep[members[torch.randperm(members.numel(), generator=generator)[:drop]]] = False
+        dropped = keyed_permutation(members.numel(), generator_key(generator), torch.arange(drop))
+        keep[members[dropped]] = False
         weights[members] = members.numel() / (members.numel() - drop)
     ids = keep.nonzero().squeeze(1)
     return ids, weights[ids]
