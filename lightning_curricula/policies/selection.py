@@ -38,9 +38,10 @@ def shuffled_plan(indices: Tensor, generator: torch.Generator, weights: Tensor |
         ([0, 1, 2, 3, 4], [1.0, 1.0, 1.0, 1.0, 1.0])
     """
     order = keyed_permutation(indices.numel(), generator_key(generator))
+    shuffled = torch.index_select(indices.long(), 0, order)  # index_select: advanced indexing syncs threads often
     if weights is None:  # all ones: nothing to permute
-        return Plan(indices[order].long(), torch.ones(indices.numel()))
-    return Plan(indices[order].long(), weights.float()[order])
+        return Plan(shuffled, torch.ones(indices.numel()))
+    return Plan(shuffled, torch.index_select(weights.float(), 0, order))
 
 
 def full_plan(num_examples: int, generator: torch.Generator) -> Plan:
@@ -127,18 +128,14 @@ def keyed_permutation(n: int, key: int, positions: Tensor | None = None) -> Tens
             )
         x = positions.reshape(-1).to(dtype, copy=True)
     tables = _feistel_tables(bits, key, dtype)
-    out = x  # cycle-walk: pass the values still >= n through the network again
-    pending: Tensor | None = None
-    while x.numel():
-        x = _feistel(x, tables, low)
-        if pending is None:
-            out = x
-            pending = (x >= n).nonzero().squeeze(1)
-            x = x[pending]
-        else:
-            out[pending] = x
-            again = (x >= n).nonzero().squeeze(1)
-            pending, x = pending[again], x[again]
+    # Cycle-walk: pass the values still >= n through the network again. (index_select and index_copy_, not
+    # advanced indexing, whose kernels synchronise threads even on small tensors.)
+    out = _feistel(x, tables, low)
+    pending = (out >= n).nonzero().squeeze(1)
+    while pending.numel():
+        values = _feistel(torch.index_select(out, 0, pending), tables, low)
+        out.index_copy_(0, pending, values)
+        pending = torch.index_select(pending, 0, (values >= n).nonzero().squeeze(1))
     return out.long()
 
 
