@@ -35,6 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmar
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the recipes package, when run as a script
 import llm_throughput  # noqa: E402
 import tracking_overhead  # noqa: E402
+from lightning_curricula.recipes.llm.datamodule import InstructionDataModule  # noqa: E402
+from lightning_curricula.recipes.llm.model import SMOLLM2, load_causal_lm, load_tokenizer  # noqa: E402
+from lightning_curricula.recipes.llm.module import CausalLMFineTuner  # noqa: E402
 
 from lightning_curricula import TrainingDynamics, WithIndex  # noqa: E402
 
@@ -87,9 +90,9 @@ def vision(args: argparse.Namespace) -> dict[str, Any]:
 
 def llm(args: argparse.Namespace) -> dict[str, Any]:
     """Tokens per second and peak memory with and without tracking, bf16-mixed, interleaved pairs."""
-    tokenizer = llm_throughput.load_tokenizer(args.model)
-    model = llm_throughput.load_causal_lm(args.model)
-    data = llm_throughput.InstructionDataModule(
+    tokenizer = load_tokenizer(args.model)
+    model = load_causal_lm(args.model)
+    data = InstructionDataModule(
         tokenizer=tokenizer,
         train_size=args.batch_size * (args.warmup + args.steps),
         eval_size=0,
@@ -105,7 +108,7 @@ def llm(args: argparse.Namespace) -> dict[str, Any]:
                 [TrainingDynamics(log_histograms=False, plot_every_n_epochs=0)] if tracked else []
             )
             callbacks.append(timer)
-            module = llm_throughput.CausalLMFineTuner(model, tokenizer, lr=1e-5, max_new_tokens=0)
+            module = CausalLMFineTuner(model, tokenizer, lr=1e-5, max_new_tokens=0)
             if args.device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             trainer = pl.Trainer(
@@ -145,7 +148,7 @@ def summarize(runs: list[dict[str, Any]], items_per_run: int | None, unit: str) 
 
     def rate(side: list[dict[str, Any]]) -> float:
         items = sum(r["tokens"] for r in side) if items_per_run is None else items_per_run * len(side)
-        return items / sum(r["seconds"] for r in side)
+        return float(items / sum(r["seconds"] for r in side))
 
     ratios = [t["seconds"] / b["seconds"] for b, t in zip(sides[False], sides[True], strict=True)]
     return {
@@ -165,7 +168,7 @@ def main() -> None:  # noqa: D103
     parser.add_argument("--train-size", type=int, default=60_000, help="vision: training images per run")
     parser.add_argument("--batch-size", type=int, default=None, help="default: 512 (vision), 8 (llm)")
     parser.add_argument("--workers", type=int, default=4, help="vision: DataLoader workers")
-    parser.add_argument("--model", default=llm_throughput.SMOLLM2, help="llm: model for load_causal_lm")
+    parser.add_argument("--model", default=SMOLLM2, help="llm: model for load_causal_lm")
     parser.add_argument("--max-length", type=int, default=256, help="llm: tokens per sequence at most")
     parser.add_argument("--steps", type=int, default=20, help="llm: timed steps per run")
     parser.add_argument("--warmup", type=int, default=3, help="llm: untimed steps per run")
