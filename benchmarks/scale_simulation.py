@@ -103,7 +103,18 @@ def simulate(n: int, world: int, keep: float, columns: int, seed: int) -> dict[s
     }
 
 
-def projection(n: int, worlds: list[int], columns: int, keep: float, cpu_per_element: float) -> list[dict[str, Any]]:
+def fit_plan_time(measured: list[dict[str, Any]]) -> tuple[float, float]:
+    """``(fixed seconds, seconds per shard element)``: least squares through the simulated ranks' plan times."""
+    sizes = torch.tensor([float(row["shard_size_max"]) for row in measured], dtype=torch.float64)
+    seconds = torch.tensor([row["plan_cpu_s_max"] for row in measured], dtype=torch.float64)
+    design = torch.stack([torch.ones_like(sizes), sizes], 1)
+    fixed, slope = torch.linalg.lstsq(design, seconds.unsqueeze(1)).solution.squeeze(1).tolist()
+    return max(fixed, 0.0), slope
+
+
+def projection(
+    n: int, worlds: list[int], columns: int, keep: float, fixed: float, cpu_per_element: float
+) -> list[dict[str, Any]]:
     """Per-rank memory, bytes moved per epoch and plan time at ``n`` examples, for each world size."""
     rows = []
     for world in worlds:
@@ -116,7 +127,7 @@ def projection(n: int, worlds: list[int], columns: int, keep: float, cpu_per_ele
         row["epoch_end_bytes_sent"] = shard * record * remote  # a full epoch: N / W visits per rank
         row["replicated_all_reduce_bytes_sent"] = 2 * remote * n * columns * RECORD_BYTES_PER_COLUMN  # ring
         row["plan_bytes_sent"] = keep * shard * PLAN_EXCHANGE_BYTES * remote + 2 * (1 << 16) * 8 * 2 * remote
-        row["plan_cpu_s"] = cpu_per_element * shard
+        row["plan_cpu_s"] = fixed + cpu_per_element * shard
         rows.append(row)
     return rows
 
@@ -156,12 +167,11 @@ def main() -> None:  # noqa: D103
             f"| {human(row['plan_bytes_sent_max'])} | {human(row['reduce_bytes_sent_max'])} "
             f"| {human(row['table_bytes_max'])} |"
         )
-    sharded = [row for row in measured if row["world"] > 1] or measured
-    per_element = statistics.median(row["plan_cpu_s_max"] / row["shard_size_max"] for row in sharded)
-    projected = projection(int(args.project), args.project_worlds, args.columns, args.keep, per_element)
+    fixed, per_element = fit_plan_time(measured)
+    projected = projection(int(args.project), args.project_worlds, args.columns, args.keep, fixed, per_element)
     print(
-        f"\nComputed: N = {args.project:,.0f}, plan CPU time at {per_element * 1e9:.1f} ns per shard element "
-        "(the simulation's median)\n"
+        f"\nComputed: N = {args.project:,.0f}, plan CPU s per rank = {fixed:.3f} + {per_element * 1e9:.1f} ns x "
+        "shard size (a least-squares line through the simulated ranks' maxima)\n"
     )
     names = list(TABLE_BYTES)
     print(
