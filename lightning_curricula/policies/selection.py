@@ -16,11 +16,14 @@ from torch import Tensor
 from lightning_curricula.policies._base import Plan, derived_seed
 
 __all__ = [
+    "easiest_band",
     "easiest_first",
     "easiest_prefix",
     "easiest_set",
     "full_plan",
     "generator_key",
+    "grouped_easiest_band",
+    "importance_draws",
     "keyed_permutation",
     "random_plan",
     "sampling_probabilities",
@@ -186,6 +189,80 @@ def easiest_prefix(difficulty: Tensor, count: int, *, hardest: bool = False) -> 
     ids = easiest_set(difficulty, count, hardest=hardest)
     key = -difficulty[ids] if hardest else difficulty[ids]
     return ids[torch.sort(torch.nan_to_num(key.float(), nan=math.inf, posinf=math.inf), stable=True).indices]
+
+
+def easiest_band(difficulty: Tensor, skip: int, count: int, *, hardest: bool = False) -> Tensor:
+    """The ids of ``easiest_first(difficulty, hardest=hardest)[skip : skip + count]``, in id order, in linear time.
+
+    Two nested `easiest_set` selections (one total order: key, then id), no sort: for callers that
+    shuffle the band anyway (static pruning's ``band`` mode).
+
+    Examples:
+        >>> easiest_band(torch.tensor([0.5, 0.9, 0.1, 0.7]), 1, 2)
+        tensor([0, 3])
+    """
+    outer = easiest_set(difficulty, skip + count, hardest=hardest)
+    if skip <= 0:
+        return outer
+    inner = torch.zeros(difficulty.numel(), dtype=torch.bool)
+    inner[easiest_set(difficulty, skip, hardest=hardest)] = True
+    return torch.index_select(outer, 0, (~torch.index_select(inner, 0, outer)).nonzero().squeeze(1))
+
+
+def grouped_easiest_band(
+    difficulty: Tensor, groups: Tensor, skips: list[int], counts: list[int], *, hardest: bool = False
+) -> Tensor:
+    """`easiest_band` within each group: ids of group ``g``'s ranks ``[skips[g], skips[g] + counts[g])``.
+
+    One stable sort of the integer group labels (cheap next to sorting the scores) gathers each group's
+    members in id order; each group then costs a linear-time `easiest_band`. Same ids as ranking all
+    examples with `easiest_first` and cutting each group's slice (the class-balanced selection).
+
+    Args:
+        difficulty: ``(N,)`` scores.
+        groups: ``(N,)`` int group (class) id per example, in ``[0, len(counts))``.
+        skips: ranks skipped at the easy (or, with ``hardest``, hard) end of each group.
+        counts: ids kept per group after the skipped ones.
+        hardest: rank hardest first.
+
+    Returns:
+        The chosen ids, group by group, each group in id order.
+
+    Examples:
+        >>> grouped_easiest_band(torch.tensor([0.5, 0.9, 0.1, 0.7]), torch.tensor([0, 1, 0, 1]), [0, 0], [1, 1])
+        tensor([2, 3])
+    """
+    members = torch.sort(groups, stable=True).indices
+    sizes = torch.bincount(groups, minlength=len(counts)).tolist()
+    chosen = []
+    for group, part in enumerate(members.split_with_sizes(sizes)):
+        band = easiest_band(torch.index_select(difficulty, 0, part), skips[group], counts[group], hardest=hardest)
+        chosen.append(torch.index_select(part, 0, band))
+    return torch.cat(chosen) if chosen else torch.empty(0, dtype=torch.int64)
+
+
+def importance_draws(cumulative: Tensor, size: int, generator: torch.Generator) -> Tensor:
+    """``size`` ids drawn independently with probabilities ``diff(cumulative)``, in a random order, in linear time.
+
+    Sorted uniforms come without a sort, as normalised partial sums of exponentials, so one
+    cache-friendly ``searchsorted`` finds the ids; a `keyed_permutation` then puts the draws in a random
+    order (independent draws in a random order are independent draws).
+
+    Args:
+        cumulative: ``(N,)`` float64 cumulative sums of the (unnormalised) probabilities.
+        size: the number of draws.
+        generator: the epoch's generator.
+
+    Examples:
+        >>> ids = importance_draws(torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), 4, torch.Generator())
+        >>> ids.tolist()
+        [2, 2, 2, 2]
+    """
+    spacings = torch.empty(size + 1, dtype=torch.float64).exponential_(generator=generator)
+    sums = spacings.cumsum(0)
+    draws = sums[:size] * (cumulative[-1] / sums[-1])  # sorted, uniform in [0, total)
+    ids = torch.searchsorted(cumulative, draws, right=True).clamp_max(cumulative.numel() - 1)
+    return torch.index_select(ids, 0, keyed_permutation(size, generator_key(generator)))
 
 
 def easiest_first(difficulty: Tensor, *, hardest: bool = False) -> Tensor:
