@@ -89,15 +89,16 @@ def keyed_permutation(n: int, key: int, positions: Tensor | None = None) -> Tens
     ``keyed_permutation(n, key, positions=p)``, so a rank can evaluate just its shard of a shuffled plan,
     and a plan's head is a uniformly random subset in a random order at the cost of its size, not of N.
 
-    It is a Feistel network over the ``2**k`` ids with ``2**(k-1) < max(n, 4) <= 2**k``: the id splits into
-    a high part of ``k // 2`` bits and a low part of ``k - k // 2``, and each round maps
-    ``(left, right)`` to ``(right, left ^ table[right])`` with a random table drawn from ``key`` (four
-    rounds; eight up to 256 ids, where a round of a few bits mixes little). Cycle-walking keeps it a
-    bijection of ``[0, n)``: a value at or above ``n`` goes through the network again until it lands
-    below ``n`` (under two passes on average, as ``2**k < 2n``). Each pass is a few vectorised, in-place
-    ``int32`` operations (``int64`` above ``2**31`` ids). It is not a uniform draw from all ``n!``
-    orders, but a Feistel network with random round functions is a pseudo-random permutation (Luby and
-    Rackoff, 1988): each id's position and the relative order of any few ids look uniform.
+    It is a Feistel network on ``[0, rows * 2**u)``, the smallest grid of ``2**u``-wide rows holding
+    ``max(n, 4)`` ids, with ``u = ceil(k / 2)`` for ``2**(k-1) < max(n, 4) <= 2**k``. An id is a pair
+    (row, column); rounds alternate ``column ^= table[row]`` and ``row = (row + table[column]) mod rows``,
+    with random tables drawn from ``key`` (four rounds; eight up to 256 ids, where a round of a few bits
+    mixes little). Cycle-walking keeps it a bijection of ``[0, n)``: an id at or above ``n`` (only in the
+    grid's last row: fewer than ``2**u``, about ``sqrt(n)``) goes through the network again until it lands
+    below ``n``. So one pass of a dozen vectorised, in-place ``int32`` operations (``int64`` above
+    ``2**31`` ids) covers nearly every id. It is not a uniform draw from all ``n!`` orders, but a Feistel
+    network with random round functions is a pseudo-random permutation (Luby and Rackoff, 1988): each
+    id's position and the relative order of any few ids look uniform.
 
     Args:
         n: the size of the permuted range, ``0 <= n <= 2**40``.
@@ -120,7 +121,8 @@ def keyed_permutation(n: int, key: int, positions: Tensor | None = None) -> Tens
     if not 0 <= n <= _MAX_PERMUTATION_SIZE:
         raise ValueError(f"n must be in [0, 2**40], got {n!r}.")
     bits = max(2, (n - 1).bit_length())
-    low = bits - bits // 2  # the low part's width; the high part has bits // 2
+    width = (bits + 1) // 2  # the columns: 2**width of them
+    rows = -(-max(n, 4) // (1 << width))
     dtype = torch.int32 if bits <= 31 else torch.int64
     if positions is None:
         x = torch.arange(n, dtype=dtype)
@@ -130,37 +132,42 @@ def keyed_permutation(n: int, key: int, positions: Tensor | None = None) -> Tens
                 f"positions must be in [0, {n}), got values in [{int(positions.min())}, {int(positions.max())}]."
             )
         x = positions.reshape(-1).to(dtype, copy=True)
-    tables = _feistel_tables(bits, key, dtype)
+    tables = _feistel_tables(bits, width, rows, key, dtype)
     # Cycle-walk: pass the values still >= n through the network again. (index_select and index_copy_, not
     # advanced indexing, whose kernels synchronise threads even on small tensors.)
-    out = _feistel(x, tables, low)
+    out = _feistel(x, tables, width, rows)
     pending = (out >= n).nonzero().squeeze(1)
     while pending.numel():
-        values = _feistel(torch.index_select(out, 0, pending), tables, low)
+        values = _feistel(torch.index_select(out, 0, pending), tables, width, rows)
         out.index_copy_(0, pending, values)
         pending = torch.index_select(pending, 0, (values >= n).nonzero().squeeze(1))
     return out.long()
 
 
-def _feistel_tables(bits: int, key: int, dtype: torch.dtype) -> list[Tensor]:
-    """The round functions: round ``i`` maps its right part (``b`` bits) to ``a`` bits, widths alternating."""
+def _feistel_tables(bits: int, width: int, rows: int, key: int, dtype: torch.dtype) -> list[Tensor]:
+    """The round functions: even rounds map a row to a column mask, odd rounds a column to a row shift."""
     generator = torch.Generator().manual_seed(derived_seed(key, bits))
-    high, low = bits // 2, bits - bits // 2
     rounds = 8 if bits <= 8 else 4  # a round of a few bits mixes little: eight on at most 256 ids
-    widths = [(high, low) if i % 2 == 0 else (low, high) for i in range(rounds)]
-    return [torch.randint(1 << a, (1 << b,), generator=generator, dtype=dtype) for a, b in widths]
+    return [
+        torch.randint(1 << width, (rows,), generator=generator, dtype=dtype)
+        if i % 2 == 0
+        else torch.randint(rows, (1 << width,), generator=generator, dtype=dtype)
+        for i in range(rounds)
+    ]
 
 
-def _feistel(x: Tensor, tables: list[Tensor], low: int) -> Tensor:
-    """One pass over ``x`` (which it consumes): ``(left, right) -> (right, left ^ table[right])`` per round."""
-    left = torch.bitwise_right_shift(x, low)
-    right = x.bitwise_and_((1 << low) - 1)
+def _feistel(x: Tensor, tables: list[Tensor], width: int, rows: int) -> Tensor:
+    """One pass over ``x`` (which it consumes): ``column ^= table[row]``, then ``row += table[column] mod rows``."""
+    row = torch.bitwise_right_shift(x, width)
+    column = x.bitwise_and_((1 << width) - 1)
     mixed = torch.empty_like(x)
-    for table in tables:
-        torch.index_select(table, 0, right, out=mixed)
-        left.bitwise_xor_(mixed)
-        left, right = right, left
-    return left.bitwise_left_shift_(low).bitwise_or_(right)  # an even number of rounds: widths are back
+    for i, table in enumerate(tables):
+        if i % 2 == 0:
+            column.bitwise_xor_(torch.index_select(table, 0, row, out=mixed))
+        else:
+            row.add_(torch.index_select(table, 0, column, out=mixed))
+            row.sub_(torch.ge(row, rows, out=mixed).mul_(rows))  # mod rows: the sum is below 2 * rows
+    return row.bitwise_left_shift_(width).bitwise_or_(column)
 
 
 def easiest_set(difficulty: Tensor, count: int, *, hardest: bool = False) -> Tensor:
