@@ -18,9 +18,13 @@ them, EL2N and margins consistent with a true-class probability, AUM, correctnes
 counts, a 0.1% of examples never seen, and a ``last_epoch`` column in which half the data was not
 visited in the last epoch (as after a static pruning at epoch ``--epoch - 1``).
 
+With ``--baseline REF`` the ``lightning_curricula`` package of git ref ``REF`` (for example ``main``)
+and this tree's are timed side by side in one run: two worker processes plan each policy in turn.
+
 Examples:
     python benchmarks/planning_cost.py                      # N = 10,000,000
     python benchmarks/planning_cost.py --n 1000000 --repeats 5 --out /tmp/planning_cost.json
+    python benchmarks/planning_cost.py --no-sampler --threads 2 --baseline main --out planning_cost_10m.json
 """
 
 from __future__ import annotations
@@ -31,9 +35,12 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning
@@ -163,18 +170,17 @@ def measure(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
     return statistics.median(walls), statistics.median(cpus), result
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Time every policy; return the results and the environment."""
+def time_policies(args: argparse.Namespace, names: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """Build the tables once, then time each policy of ``names`` as it is asked for; yield a row per policy."""
     if args.threads:
         torch.set_num_threads(args.threads)
     n, epoch, num_epochs, seed = args.n, args.epoch, args.num_epochs, args.seed
     print(f"building synthetic tables for N={n:,} ...", file=sys.stderr)
     tables = synthetic_tables(n, epoch, seed)
     signals = tracker_with(tables, epoch).signals()
-    rows = []
-    for name, policy in policies(n, epoch, num_epochs, seed):
-        if args.only and not any(part.lower() in name.lower() for part in args.only):
-            continue
+    catalog = dict(policies(n, epoch, num_epochs, seed))
+    for name in names:
+        policy = catalog[name]
         print(f"  {name} ...", file=sys.stderr)
 
         def direct(policy: Policy = policy) -> Any:
@@ -226,15 +232,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row[f"total_w{world}_s"] = row["sampler_plan_s"] + row[f"iter_w{world}_s"]
                 del sampler
         row["meets_target"] = row["policy_plan_s"] < TARGET_S and row.get("sampler_plan_s", 0.0) < TARGET_S
-        rows.append(row)
+        yield row
         gc.collect()
+
+
+def selected(args: argparse.Namespace) -> list[str]:
+    """The names of the policies to time (``--only`` filters them)."""
+    names = [name for name, _ in policies(8, args.epoch, args.num_epochs, args.seed)]
+    return [name for name in names if not args.only or any(part.lower() in name.lower() for part in args.only)]
+
+
+def environment(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's settings and machine."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     return {
-        "n": n,
-        "epoch": epoch,
-        "num_epochs": num_epochs,
+        "n": args.n,
+        "epoch": args.epoch,
+        "num_epochs": args.num_epochs,
         "repeats": args.repeats,
         "iter_repeats": args.iter_repeats,
         "target_s": TARGET_S,
+        "command": " ".join(sys.argv),
         "torch": torch.__version__,
         "lightning": lightning.__version__,
         "python": platform.python_version(),
@@ -243,8 +262,83 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
         "load_average": os.getloadavg(),
-        "rows": rows,
     }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Time every policy in this process; return the results and the environment."""
+    return {**environment(args), "rows": list(time_policies(args, selected(args)))}
+
+
+def worker(args: argparse.Namespace) -> None:
+    """``--worker``: say which package is timed, then time each policy named on stdin; a JSON line per row."""
+    import lightning_curricula
+
+    print(json.dumps({"package": str(Path(lightning_curricula.__file__).parent)}), flush=True)
+    for row in time_policies(args, (line.strip() for line in sys.stdin if line.strip())):
+        print(json.dumps(row), flush=True)
+
+
+def run_against(args: argparse.Namespace) -> dict[str, Any]:
+    """``--baseline REF``: time ``REF``'s package and this tree's side by side, policy by policy, in turns.
+
+    Two worker processes build the same tables; for each policy one of them plans, then the other (the
+    first alternates), so drift in the machine's load hits both alike.
+    """
+    root = Path(__file__).resolve().parents[1]
+    sides: dict[str, subprocess.Popen[str]] = {}
+    with tempfile.TemporaryDirectory() as baseline:
+        archive = subprocess.run(
+            ["git", "-C", str(root), "archive", args.baseline, "lightning_curricula"],
+            check=True,
+            capture_output=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", baseline], input=archive, check=True)
+        forwarded = [
+            *("--n", str(args.n), "--epoch", str(args.epoch), "--num-epochs", str(args.num_epochs)),
+            *("--repeats", str(args.repeats), "--iter-repeats", str(args.iter_repeats)),
+            *("--seed", str(args.seed), "--threads", str(args.threads)),
+            *(("--no-sampler",) if args.no_sampler else ()),
+        ]
+        for side, path in (("before", baseline), ("after", str(root))):
+            env = {**os.environ, "PYTHONPATH": path}
+            sides[side] = subprocess.Popen(
+                [sys.executable, __file__, "--worker", *forwarded],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        packages = {side: json.loads(process.stdout.readline())["package"] for side, process in sides.items()}  # type: ignore[union-attr]
+        rows = []
+        for turn, name in enumerate(selected(args)):
+            row: dict[str, Any] = {"policy": name}
+            for side in ("before", "after") if turn % 2 == 0 else ("after", "before"):
+                process = sides[side]
+                process.stdin.write(name + "\n")  # type: ignore[union-attr]
+                process.stdin.flush()  # type: ignore[union-attr]
+                row[side] = json.loads(process.stdout.readline())  # type: ignore[union-attr]
+            rows.append(row)
+        for process in sides.values():
+            process.stdin.close()  # type: ignore[union-attr]
+            process.wait()
+    return {**environment(args), "baseline": args.baseline, "packages": packages, "rows": rows}
+
+
+def table_against(result: dict[str, Any]) -> str:
+    """``--baseline`` results: ``policy.plan`` wall seconds (CPU seconds) before and after, side by side."""
+    lines = [
+        f"| policy | kept | before ({result['baseline']}) s | after s | after / before | after < 1 s |",
+        "|---|---:|---:|---:|---:|:---:|",
+    ]
+    for row in result["rows"]:
+        before, after = row["before"], row["after"]
+        lines.append(
+            f"| {row['policy']} | {after['kept_fraction']:.3f} | {before['policy_plan_s']:.2f} "
+            f"({before['policy_plan_cpu_s']:.2f}) | {after['policy_plan_s']:.2f} ({after['policy_plan_cpu_s']:.2f}) | "
+            f"{after['policy_plan_s'] / before['policy_plan_s']:.2f} | {'yes' if after['meets_target'] else 'no'} |"
+        )
+    return "\n".join(lines)
 
 
 def table(result: dict[str, Any]) -> str:
@@ -281,17 +375,24 @@ def main() -> None:  # noqa: D103
     parser.add_argument("--no-sampler", action="store_true", help="time policy.plan only")
     parser.add_argument("--only", nargs="*", help="time only the policies whose name contains one of these")
     parser.add_argument("--out", help="write the results as JSON to this path")
+    parser.add_argument(
+        "--baseline", help="a git ref (such as main): time its lightning_curricula and this tree's side by side"
+    )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.epoch < 2 or args.epoch >= args.num_epochs:
         parser.error("--epoch must be in [2, num_epochs)")
-    result = run(args)
+    if args.worker:
+        worker(args)
+        return
+    result = run_against(args) if args.baseline else run(args)
     print(
         f"\nN = {result['n']:,}, epoch {result['epoch']} of {result['num_epochs']}, median of {result['repeats']}; "
         f"torch {result['torch']} with {result['torch_threads']} threads on {result['cpu_count']} CPUs "
         f"(load average {result['load_average'][0]:.1f}); wall seconds, CPU seconds in parentheses; "
         f"target: each plan < {TARGET_S:g} s\n"
     )
-    print(table(result))
+    print(table_against(result) if args.baseline else table(result))
     if args.out:
         with open(args.out, "w") as handle:
             json.dump(result, handle, indent=2)

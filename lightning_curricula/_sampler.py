@@ -210,9 +210,16 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
         else:
             positions = shard_positions(len(plan), self.num_replicas, self.rank, self.drop_last)
             indices, weights = plan.indices[positions], plan.weights[positions]
-        if bool((weights == 1).all()):  # unweighted plan: skip converting N ones to Python floats
-            return zip(indices.tolist(), itertools.repeat(1.0, indices.numel()), strict=True)
-        return zip(indices.tolist(), weights.tolist(), strict=True)
+        unweighted = bool((weights == 1).all())  # then skip converting N ones to Python floats
+        chunk = 1 << 16
+
+        def pairs(start: int) -> Iterator[tuple[int, float]]:
+            ids = indices[start : start + chunk].tolist()
+            values = itertools.repeat(1.0, len(ids)) if unweighted else weights[start : start + chunk].tolist()
+            return zip(ids, values, strict=True)
+
+        # Lazily, chunk by chunk: the first batch must not wait for a Python object per visit of the shard.
+        return itertools.chain.from_iterable(map(pairs, range(0, indices.numel(), chunk)))
 
     def planned_steps(self, batch_size: int, *, accumulate_grad_batches: int = 1, drop_last: bool = False) -> int:
         """Optimizer steps of the whole run on this rank, for an LR schedule that must end on time.

