@@ -19,10 +19,11 @@ from lightning_curricula.policies._base import (
     fraction_size,
 )
 from lightning_curricula.policies.selection import (
-    easiest_first,
-    easiest_prefix,
+    easiest_band,
     easiest_set,
     full_plan,
+    grouped_easiest_band,
+    random_plan,
     shuffled_plan,
     stratified_keep,
 )
@@ -127,7 +128,7 @@ class StaticPruning(Policy):
             self.subset = None  # a new run: the choice is made again at the selection epoch
             return full_plan(n, context.generator)
         if context.epoch == self.score_epochs:
-            self.subset = torch.sort(self._choose(context)).values
+            self.subset = self._choose(context)
         elif self.subset is None:
             raise RuntimeError(
                 f"StaticPruning has no subset for epoch {context.epoch}: it is chosen when epoch {self.score_epochs} "
@@ -139,20 +140,20 @@ class StaticPruning(Policy):
         return shuffled_plan(self.subset, context.generator)
 
     def _choose(self, context: EpochContext) -> Tensor:
+        """The subset in id order: linear-time selections (no sort of the scores), then shuffled by `plan`."""
         n = context.num_examples
+        hardest = self.mode != "easy"
         if not self.class_balanced or self.labels is None:
             size = fraction_size(self.keep, n)
             skip = min(round(self.band_offset * n), n - size)  # rounding must not shrink the band
-            return easiest_prefix(context.difficulty(self.signal), skip + size, hardest=self.mode != "easy")[skip:]
-        ranked = easiest_first(context.difficulty(self.signal), hardest=self.mode != "easy")
-        labels = self.labels[ranked]
-        chosen = []
-        for label in torch.unique(labels):
-            members = ranked[labels == label]
-            quota = self._class_quota(members.numel())
-            skip = min(round(self.band_offset * members.numel()), members.numel() - quota)
-            chosen.append(members[skip : skip + quota])
-        return torch.cat(chosen)
+            return easiest_band(context.difficulty(self.signal), skip, size, hardest=hardest)
+        counts = torch.bincount(self.labels).tolist()
+        quotas = [self._class_quota(count) for count in counts]
+        skips = [
+            min(round(self.band_offset * count), count - quota) for count, quota in zip(counts, quotas, strict=True)
+        ]
+        chosen = grouped_easiest_band(context.difficulty(self.signal), self.labels, skips, quotas, hardest=hardest)
+        return torch.sort(chosen).values
 
     def _class_quota(self, count: int) -> int:
         return min(count, max(self.min_per_class, round(self.keep * count)))
@@ -374,5 +375,5 @@ class Bandit(Policy):
         rest = torch.ones(n, dtype=torch.bool)
         rest[greedy] = False
         others = rest.nonzero().squeeze(1)
-        explored = others[torch.randperm(others.numel(), generator=context.generator)[:explore]]
+        explored = others[random_plan(others.numel(), explore, context.generator).indices]
         return shuffled_plan(torch.cat([greedy, explored]), context.generator)
