@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ from lightning_curricula.policies import (
     RandomTwin,
     SelfPaced,
     StaticPruning,
+    epoch_generator,
 )
 
 TARGET_S = 1.0
@@ -182,12 +184,15 @@ def time_policies(args: argparse.Namespace, names: Iterable[str]) -> Iterator[di
     for name in names:
         policy = catalog[name]
         print(f"  {name} ...", file=sys.stderr)
+        if isinstance(policy, StaticPruning) and policy.score_epochs < epoch:  # it keeps the subset it chose then
+            chosen = EpochContext(policy.score_epochs, n, epoch_generator(seed, policy.score_epochs), seed, num_epochs)
+            policy.plan(replace(chosen, signals=signals))
 
         def direct(policy: Policy = policy) -> Any:
             context = EpochContext(
                 epoch=epoch,
                 num_examples=n,
-                generator=torch.Generator().manual_seed(seed + epoch),
+                generator=epoch_generator(seed, epoch),
                 seed=seed,
                 num_epochs=num_epochs,
                 signals=signals,
