@@ -58,7 +58,8 @@ class RandomSubset(Policy):
         size = fraction_size(self.fraction, context.num_examples)
         if not self.static:
             return random_plan(context.num_examples, size, context.generator)
-        subset = torch.randperm(context.num_examples, generator=torch.Generator().manual_seed(context.seed))[:size]
+        # The run's subset: the head of a permutation keyed by the seed alone (the same every epoch and rank).
+        subset = random_plan(context.num_examples, size, torch.Generator().manual_seed(context.seed)).indices
         return shuffled_plan(subset, context.generator)
 
     def epoch_size(self, num_examples: int, epoch: int, num_epochs: int | None) -> int:  # noqa: D102
