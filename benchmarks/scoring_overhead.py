@@ -69,6 +69,7 @@ def variants(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
     generator = torch.Generator().manual_seed(args.seed)
     images = torch.randn(args.batch_size, 1, 28, 28, generator=generator).to(args.device)
     labels = torch.randint(0, 10, (args.batch_size,), generator=generator).to(args.device)
+    torch.manual_seed(args.seed)  # the model's initialisation (a script, not the library)
     model = SmallCNN(num_classes=10, in_channels=1).to(args.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     selection = OnlineBatchSelection(keep=args.keep)
