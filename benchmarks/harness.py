@@ -3,7 +3,8 @@
 A timing comparison here is a list of *pairs*: one run without the thing measured (``baseline``) and
 one with it, back to back in one process, the order inside a pair alternating from one pair to the
 next (A B, B A, A B, ...), so that drifts in machine load hit both sides alike. `ratio_statistics`
-reports the median of the per-pair ratios (robust to a slow pair) and the ratio of the fastest runs.
+reports the median of the per-pair ratios (robust to a slow pair) and the ratio of the fastest runs;
+`interleaved_rounds` does the same for three or more variants, the order rotating from round to round.
 Results go to one JSON file (`write_json`: the command, the settings, `environment()`, the summary
 and every run) and to markdown tables (`markdown_table`) for docs/benchmarks.md.
 """
@@ -24,7 +25,15 @@ from typing import Any
 import lightning
 import torch
 
-__all__ = ["environment", "interleaved_pairs", "markdown_table", "quiet_lightning", "ratio_statistics", "write_json"]
+__all__ = [
+    "environment",
+    "interleaved_pairs",
+    "interleaved_rounds",
+    "markdown_table",
+    "quiet_lightning",
+    "ratio_statistics",
+    "write_json",
+]
 
 _WARNINGS = (
     ".*does not have many workers.*",
@@ -87,6 +96,34 @@ def interleaved_pairs(
             if pair >= warmup:
                 (treated if side else baseline).append(result)
     return baseline, treated
+
+
+def interleaved_rounds(
+    run: Callable[[str], dict[str, Any]],
+    names: Sequence[str],
+    repeats: int,
+    *,
+    warmup: int = 0,
+    report: Callable[[str, str, dict[str, Any]], None] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """`interleaved_pairs` for more than two variants: ``repeats`` rounds of ``run(name)`` for every name.
+
+    The order rotates from one round to the next (A B C, B C A, C A B, ...), so that each variant takes
+    each place in a round equally often; the ratio of two variants is taken within a round
+    (`ratio_statistics` of two of the returned lists). The first ``warmup`` rounds run but are not
+    recorded; ``report(label, name, result)`` is called after every run.
+    """
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for round_ in range(warmup + repeats):
+        shift = round_ % len(names)
+        for name in [*names[shift:], *names[:shift]]:
+            result = run(name)
+            label = "warm-up" if round_ < warmup else f"round {round_ - warmup + 1}/{repeats}"
+            if report is not None:
+                report(label, name, result)
+            if round_ >= warmup:
+                results[name].append(result)
+    return results
 
 
 def ratio_statistics(

@@ -33,19 +33,17 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import lightning
 import torch
+from harness import environment, markdown_table, write_json
 from torch import Tensor
 
 from lightning_curricula import CurriculumSampler, TrainingDynamics
@@ -174,8 +172,6 @@ def measure(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
 
 def time_policies(args: argparse.Namespace, names: Iterable[str]) -> Iterator[dict[str, Any]]:
     """Build the tables once, then time each policy of ``names`` as it is asked for; yield a row per policy."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
     n, epoch, num_epochs, seed = args.n, args.epoch, args.num_epochs, args.seed
     print(f"building synthetic tables for N={n:,} ...", file=sys.stderr)
     tables = synthetic_tables(n, epoch, seed)
@@ -184,20 +180,18 @@ def time_policies(args: argparse.Namespace, names: Iterable[str]) -> Iterator[di
     for name in names:
         policy = catalog[name]
         print(f"  {name} ...", file=sys.stderr)
-        if isinstance(policy, StaticPruning) and policy.score_epochs < epoch:  # it keeps the subset it chose then
-            chosen = EpochContext(policy.score_epochs, n, epoch_generator(seed, policy.score_epochs), seed, num_epochs)
-            policy.plan(replace(chosen, signals=signals))
+
+        def context(at: int = epoch) -> EpochContext:
+            generator = epoch_generator(seed, at)
+            return EpochContext(
+                epoch=at, num_examples=n, generator=generator, seed=seed, num_epochs=num_epochs, signals=signals
+            )
+
+        if isinstance(policy, StaticPruning) and policy.score_epochs < epoch:
+            policy.plan(context(policy.score_epochs))  # chooses and keeps its subset, as in the selection epoch
 
         def direct(policy: Policy = policy) -> Any:
-            context = EpochContext(
-                epoch=epoch,
-                num_examples=n,
-                generator=epoch_generator(seed, epoch),
-                seed=seed,
-                num_epochs=num_epochs,
-                signals=signals,
-            )
-            return policy.plan(context)
+            return policy.plan(context())
 
         direct_s, direct_cpu, plan = measure(direct, args.repeats)
         size = len(plan)
@@ -247,32 +241,9 @@ def selected(args: argparse.Namespace) -> list[str]:
     return [name for name in names if not args.only or any(part.lower() in name.lower() for part in args.only)]
 
 
-def environment(args: argparse.Namespace) -> dict[str, Any]:
-    """The run's settings and machine."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    return {
-        "n": args.n,
-        "epoch": args.epoch,
-        "num_epochs": args.num_epochs,
-        "repeats": args.repeats,
-        "iter_repeats": args.iter_repeats,
-        "target_s": TARGET_S,
-        "command": " ".join(sys.argv),
-        "torch": torch.__version__,
-        "lightning": lightning.__version__,
-        "python": platform.python_version(),
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "cpu_count": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "load_average": os.getloadavg(),
-    }
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Time every policy in this process; return the results and the environment."""
-    return {**environment(args), "rows": list(time_policies(args, selected(args)))}
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Time every policy in this process; a row per policy."""
+    return list(time_policies(args, selected(args)))
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -284,11 +255,12 @@ def worker(args: argparse.Namespace) -> None:
         print(json.dumps(row), flush=True)
 
 
-def run_against(args: argparse.Namespace) -> dict[str, Any]:
+def run_against(args: argparse.Namespace) -> tuple[dict[str, str], list[dict[str, Any]]]:
     """``--baseline REF``: time ``REF``'s package and this tree's side by side, policy by policy, in turns.
 
     Two worker processes build the same tables; for each policy one of them plans, then the other (the
-    first alternates), so drift in the machine's load hits both alike.
+    first alternates), so drift in the machine's load hits both alike. Returns the package path of each
+    side and a row per policy (``{"policy", "before", "after"}``).
     """
     root = Path(__file__).resolve().parents[1]
     sides: dict[str, subprocess.Popen[str]] = {}
@@ -327,45 +299,67 @@ def run_against(args: argparse.Namespace) -> dict[str, Any]:
         for process in sides.values():
             process.stdin.close()  # type: ignore[union-attr]
             process.wait()
-    return {**environment(args), "baseline": args.baseline, "packages": packages, "rows": rows}
+    return packages, rows
 
 
-def table_against(result: dict[str, Any]) -> str:
+def table_against(rows: list[dict[str, Any]], baseline: str) -> str:
     """``--baseline`` results: ``policy.plan`` wall seconds (CPU seconds) before and after, side by side."""
-    lines = [
-        f"| policy | kept | before ({result['baseline']}) s | after s | after / before | after < 1 s |",
-        "|---|---:|---:|---:|---:|:---:|",
-    ]
-    for row in result["rows"]:
+    header = ["policy", "kept", f"before ({baseline}) s", "after s", "after / before", "after < 1 s"]
+    cells = []
+    for row in rows:
         before, after = row["before"], row["after"]
-        lines.append(
-            f"| {row['policy']} | {after['kept_fraction']:.3f} | {before['policy_plan_s']:.2f} "
-            f"({before['policy_plan_cpu_s']:.2f}) | {after['policy_plan_s']:.2f} ({after['policy_plan_cpu_s']:.2f}) | "
-            f"{after['policy_plan_s'] / before['policy_plan_s']:.2f} | {'yes' if after['meets_target'] else 'no'} |"
+        cells.append(
+            [
+                row["policy"],
+                f"{after['kept_fraction']:.3f}",
+                f"{before['policy_plan_s']:.2f} ({before['policy_plan_cpu_s']:.2f})",
+                f"{after['policy_plan_s']:.2f} ({after['policy_plan_cpu_s']:.2f})",
+                f"{after['policy_plan_s'] / before['policy_plan_s']:.2f}",
+                "yes" if after["meets_target"] else "no",
+            ]
         )
-    return "\n".join(lines)
+    return markdown_table(header, cells)
 
 
-def table(result: dict[str, Any]) -> str:
+def table(rows: list[dict[str, Any]]) -> str:
     """The results as a markdown table: wall seconds, with CPU seconds in parentheses where measured."""
-    sampler = "sampler_plan_s" in result["rows"][0] if result["rows"] else False
-    head = "| policy | kept | `policy.plan` s |"
-    rule = "|---|---:|---:|"
+    sampler = "sampler_plan_s" in rows[0] if rows else False
+    header = ["policy", "kept", "`policy.plan` s"]
     if sampler:
-        head += " `sampler.plan` s | iter W=1 s | iter W=8 s | plan + iter W=1 s | plan + iter W=8 s |"
-        rule += "---:|---:|---:|---:|---:|"
-    lines = [head + " plan < 1 s |", rule + ":---:|"]
-    for row in result["rows"]:
+        header += ["`sampler.plan` s", "iter W=1 s", "iter W=8 s", "plan + iter W=1 s", "plan + iter W=8 s"]
+    cells = []
+    for row in rows:
 
         def cell(key: str, row: dict[str, Any] = row) -> str:
             return f"{row[key + '_s']:.2f} ({row[key + '_cpu_s']:.2f})"
 
-        line = f"| {row['policy']} | {row['kept_fraction']:.3f} | {cell('policy_plan')} |"
+        line = [row["policy"], f"{row['kept_fraction']:.3f}", cell("policy_plan")]
         if sampler:
-            line += f" {cell('sampler_plan')} | {cell('iter_w1')} | {cell('iter_w8')} |"
-            line += f" {row['total_w1_s']:.2f} | {row['total_w8_s']:.2f} |"
-        lines.append(line + (" yes |" if row["meets_target"] else " no |"))
-    return "\n".join(lines)
+            line += [cell("sampler_plan"), cell("iter_w1"), cell("iter_w8")]
+            line += [f"{row['total_w1_s']:.2f}", f"{row['total_w8_s']:.2f}"]
+        cells.append([*line, "yes" if row["meets_target"] else "no"])
+    return markdown_table([*header, "plan < 1 s"], cells)
+
+
+def summarize(rows: list[dict[str, Any]], baseline: str | None) -> dict[str, Any]:
+    """Each policy's ``policy.plan`` seconds (before and after with ``--baseline``) and whether all meet the target."""
+    if baseline:
+        policies = {
+            row["policy"]: {
+                "before_policy_plan_s": row["before"]["policy_plan_s"],
+                "after_policy_plan_s": row["after"]["policy_plan_s"],
+                "after_over_before": row["after"]["policy_plan_s"] / row["before"]["policy_plan_s"],
+                "meets_target": row["after"]["meets_target"],
+            }
+            for row in rows
+        }
+    else:
+        policies = {row["policy"]: {k: row[k] for k in ("policy_plan_s", "meets_target")} for row in rows}
+    return {
+        "target_s": TARGET_S,
+        "all_meet_target": all(p["meets_target"] for p in policies.values()),
+        "policies": policies,
+    }
 
 
 def main() -> None:  # noqa: D103
@@ -387,20 +381,28 @@ def main() -> None:  # noqa: D103
     args = parser.parse_args()
     if args.epoch < 2 or args.epoch >= args.num_epochs:
         parser.error("--epoch must be in [2, num_epochs)")
+    if args.threads:
+        torch.set_num_threads(args.threads)  # here and in the --worker processes, which get the same option
     if args.worker:
         worker(args)
         return
-    result = run_against(args) if args.baseline else run(args)
+    env = environment("cpu", torch_interop_threads=torch.get_num_interop_threads())
+    packages: dict[str, str] = {}
+    if args.baseline:
+        packages, rows = run_against(args)
+    else:
+        rows = run(args)
     print(
-        f"\nN = {result['n']:,}, epoch {result['epoch']} of {result['num_epochs']}, median of {result['repeats']}; "
-        f"torch {result['torch']} with {result['torch_threads']} threads on {result['cpu_count']} CPUs "
-        f"(load average {result['load_average'][0]:.1f}); wall seconds, CPU seconds in parentheses; "
+        f"\nN = {args.n:,}, epoch {args.epoch} of {args.num_epochs}, median of {args.repeats}; "
+        f"torch {env['torch']} with {env['torch_threads']} threads on {env['cpu_count']} CPUs "
+        f"(load average {env['load_average'][0]:.1f}); wall seconds, CPU seconds in parentheses; "
         f"target: each plan < {TARGET_S:g} s\n"
     )
-    print(table_against(result) if args.baseline else table(result))
+    print(table_against(rows, args.baseline) if args.baseline else table(rows))
     if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(result, handle, indent=2)
+        extra = {"packages": packages} if args.baseline else {}
+        summary = summarize(rows, args.baseline)
+        write_json(Path(args.out), config=vars(args), environment=env, summary=summary, runs=rows, **extra)
 
 
 if __name__ == "__main__":

@@ -24,17 +24,15 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import gc
-import json
 import math
 import multiprocessing
-import platform
 import resource
 import sys
 from pathlib import Path
 from typing import Any
 
-import lightning
 import torch
+from harness import environment, markdown_table, write_json
 from torch import Tensor
 
 from lightning_curricula import DynamicsVisuals, StepOutputs, TrainingDynamics
@@ -119,38 +117,39 @@ def main(argv: list[str] | None = None) -> int:
                 batch_size=args.batch_size,
                 max_epochs=args.max_epochs,
             ).result()
+    env = environment("cpu", measured_torch_threads=1)  # each measurement runs in a 1-thread process
     print(
         f"TrainingDynamics memory at N = {args.num_examples:,}, max_epochs = {args.max_epochs}, "
         f"history_epochs = {args.history_epochs}; "
-        f"torch {torch.__version__}, lightning {lightning.__version__}, {platform.machine()}."
+        f"torch {env['torch']}, lightning {env['lightning']}, {env['device_name']}."
     )
     print()
-    print("| signal set | bytes / example | total at N (MiB) | largest N in 1 GiB | peak RSS growth / example |")
-    print("|---|---:|---:|---:|---:|")
-    for name, r in results.items():
-        print(
-            f"| {name} | {r['bytes_per_example']:g} | {r['total_bytes'] / 2**20:.1f} "
-            f"| {r['max_examples_in_1_gib']:,} | {r['peak_rss_growth_bytes_per_example']:.0f} |"
-        )
+    header = ["signal set", "bytes / example", "total at N (MiB)", "largest N in 1 GiB", "peak RSS growth / example"]
+    rows = [
+        [
+            name,
+            f"{r['bytes_per_example']:g}",
+            f"{r['total_bytes'] / 2**20:.1f}",
+            f"{r['max_examples_in_1_gib']:,}",
+            f"{r['peak_rss_growth_bytes_per_example']:.0f}",
+        ]
+        for name, r in results.items()
+    ]
+    print(markdown_table(header, rows))
     print()
     print("Bytes per example by tensor:")
     print()
-    print("| tensor | " + " | ".join(results) + " |")
-    print("|---|" + "---:|" * len(results))
-    names = list(results["classification"]["bytes_per_example_by_tensor"])
-    for tensor in names:
-        cells = [f"{r['bytes_per_example_by_tensor'].get(tensor, 0):g}" for r in results.values()]
-        print(f"| {tensor} | " + " | ".join(cells) + " |")
+    tensors = list(results["classification"]["bytes_per_example_by_tensor"])
+    rows = [
+        [tensor, *(f"{r['bytes_per_example_by_tensor'].get(tensor, 0):g}" for r in results.values())]
+        for tensor in tensors
+    ]
+    print(markdown_table(["tensor", *results], rows))
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "command": " ".join(["python", *sys.argv]),
-            "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "environment": {"torch": torch.__version__, "lightning": lightning.__version__},
-            "results": results,
+        summary = {
+            name: {key: r[key] for key in ("bytes_per_example", "max_examples_in_1_gib")} for name, r in results.items()
         }
-        args.out.write_text(json.dumps(payload, indent=2))
-        print(f"\nJSON written to {args.out}")
+        write_json(args.out, config=vars(args), environment=env, summary=summary, runs=results)
     return 0
 
 
