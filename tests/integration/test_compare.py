@@ -233,6 +233,19 @@ def test_summarize_charges_scoring_forwards_and_times_the_reach_of_full_accuracy
     assert [cell.strip() for cell in random_row.split("|")[1:-1]][-1] == "n/a"
 
 
+def test_time_to_full_accuracy_targets_what_every_full_data_seed_reaches() -> None:
+    def run(policy: str, seed: int, accuracies: list[float]) -> RunResult:
+        epochs = [{"val/acc": acc, "train_seconds": 2.0 * (i + 1)} for i, acc in enumerate(accuracies)]
+        return RunResult(
+            policy, seed, accuracies[-1], max(accuracies), 300, 8.0, 100, 10, "CPU", epochs, train_seconds=6.0
+        )
+
+    runs = [run("full", 0, [0.7, 0.8, 0.90]), run("full", 1, [0.7, 0.8, 0.88]), run("bandit", 0, [0.8, 0.89, 0.9])]
+    full, bandit = summarize(runs, ["full", "bandit"])
+    assert full.time_to_full_ratio == pytest.approx(1.0)  # the target is 0.88: each full seed reaches it at its end
+    assert bandit.time_to_full_ratio == pytest.approx(4.0 / 6.0)
+
+
 def test_llm_recipe_comparison_reports_hard_accuracy_tokens_and_rank_correlation(tmp_path: Path) -> None:
     output = tmp_path / "llm"
     args = ["--recipe", "llm", "--policies", "full", "curriculum_difficulty", "--max-epochs", "3", "--fast-dev"]
