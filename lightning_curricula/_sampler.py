@@ -246,17 +246,6 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
             steps += math.ceil(batches / accumulate_grad_batches)
         return steps
 
-    def plan_statistics(self, epoch: int | None = None) -> dict[str, float]:
-        """Kept fraction and weight statistics of the plan of ``epoch`` (default `plan_epoch`), for logging."""
-        plan = self.plan(epoch)
-        weights = plan.weights
-        return {
-            "kept_fraction": len(plan) / self.num_examples,
-            "unique_fraction": torch.unique(plan.indices).numel() / self.num_examples,
-            "weight_mean": float(weights.mean()),
-            "weight_max": float(weights.max()),
-        }
-
 
 def shard_size(plan_size: int, num_replicas: int, drop_last: bool) -> int:
     """Items per rank for a plan of ``plan_size`` visits."""
