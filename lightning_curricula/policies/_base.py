@@ -17,6 +17,7 @@ __all__ = [
     "EpochContext",
     "Plan",
     "Policy",
+    "PolicyWrapper",
     "check_fraction",
     "check_signal",
     "check_warmup",
@@ -177,3 +178,28 @@ def check_warmup(warmup_epochs: int, name: str = "warmup_epochs") -> None:
         raise ValueError(
             f"{name} must be >= 1 (the first epochs train on all data to score it), got {warmup_epochs!r}."
         )
+
+
+class PolicyWrapper(Policy):
+    """Base of the policies that wrap another (`RandomTwin`, `NoiseAware`): validation and state go to it.
+
+    Examples:
+        >>> from lightning_curricula.policies import RandomTwin, StaticPruning
+        >>> RandomTwin(StaticPruning()).state_dict() == StaticPruning().state_dict()
+        True
+    """
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.signals = policy.signals
+        self.needs_num_epochs = policy.needs_num_epochs
+        self.varies_length = policy.varies_length
+
+    def validate(self, num_examples: int, num_epochs: int | None) -> None:  # noqa: D102
+        self.policy.validate(num_examples, num_epochs)
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        return self.policy.state_dict()
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:  # noqa: D102
+        self.policy.load_state_dict(state_dict)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 
-from lightning_curricula.policies._base import EpochContext, Plan, Policy, check_fraction, fraction_size
+from lightning_curricula.policies._base import EpochContext, Plan, Policy, PolicyWrapper, check_fraction, fraction_size
 from lightning_curricula.policies.selection import full_plan, random_plan, shuffled_plan
 
 __all__ = ["FullData", "RandomSubset", "RandomTwin"]
@@ -66,7 +63,7 @@ class RandomSubset(Policy):
         return fraction_size(self.fraction, num_examples)
 
 
-class RandomTwin(Policy):
+class RandomTwin(PolicyWrapper):
     """The random twin of ``policy``: each epoch, a uniformly random subset of the same size, weights 1.
 
     Compares a policy with chance at exactly its sample budget.
@@ -78,12 +75,6 @@ class RandomTwin(Policy):
         67
     """
 
-    def __init__(self, policy: Policy) -> None:
-        self.policy = policy
-        self.signals = policy.signals
-        self.needs_num_epochs = policy.needs_num_epochs
-        self.varies_length = policy.varies_length
-
     def plan(self, context: EpochContext) -> Plan:  # noqa: D102
         size = self.policy.epoch_size(context.num_examples, context.epoch, context.num_epochs)
         if size is None:  # sized by the scores: plan the policy to learn its size
@@ -94,12 +85,3 @@ class RandomTwin(Policy):
 
     def epoch_size(self, num_examples: int, epoch: int, num_epochs: int | None) -> int | None:  # noqa: D102
         return self.policy.epoch_size(num_examples, epoch, num_epochs)
-
-    def validate(self, num_examples: int, num_epochs: int | None) -> None:  # noqa: D102
-        self.policy.validate(num_examples, num_epochs)
-
-    def state_dict(self) -> dict[str, Any]:  # noqa: D102
-        return self.policy.state_dict()
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:  # noqa: D102
-        self.policy.load_state_dict(state_dict)

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-from lightning_curricula.policies._base import EpochContext, Plan, Policy
+from lightning_curricula.policies._base import EpochContext, Plan, Policy, PolicyWrapper
 from lightning_curricula.ranking import HARDER_WHEN_HIGHER
 
 __all__ = ["NoiseAware"]
 
 
-class NoiseAware(Policy):
+class NoiseAware(PolicyWrapper):
     """Keep likely-mislabeled examples from being treated as merely "hard".
 
     An example is flagged when its area under the margin is below ``aum_threshold`` (Pleiss et al.
@@ -47,13 +47,13 @@ class NoiseAware(Policy):
     ) -> None:
         if mode not in ("demote", "drop"):
             raise ValueError(f"mode must be 'demote' or 'drop', got {mode!r}.")
-        self.policy = policy
+        super().__init__(policy)
         self.mode = mode
         self.aum_threshold = aum_threshold
         self.min_forgetting = min_forgetting
         extra = ("aum",) + (("forgetting_events",) if min_forgetting is not None else ())
         self.signals = tuple(dict.fromkeys(policy.signals + extra))
-        self.needs_num_epochs = policy.needs_num_epochs
+        self.varies_length = mode == "drop" or policy.varies_length  # dropping flagged examples changes the size
 
     def flagged(self, signals: Mapping[str, Tensor]) -> Tensor:
         """Bool mask of likely-mislabeled examples (unseen examples are never flagged).
@@ -68,15 +68,6 @@ class NoiseAware(Policy):
         if self.min_forgetting is not None:
             flags |= signals["forgetting_events"] >= self.min_forgetting
         return flags
-
-    def validate(self, num_examples: int, num_epochs: int | None) -> None:  # noqa: D102
-        self.policy.validate(num_examples, num_epochs)
-
-    def state_dict(self) -> dict[str, Any]:  # noqa: D102
-        return self.policy.state_dict()
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:  # noqa: D102
-        self.policy.load_state_dict(state_dict)
 
     def epoch_size(self, num_examples: int, epoch: int, num_epochs: int | None) -> int | None:  # noqa: D102
         return self.policy.epoch_size(num_examples, epoch, num_epochs) if self.mode == "demote" else None
