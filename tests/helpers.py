@@ -380,3 +380,25 @@ class ShardUnionSampler(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return sum(len(shard) for shard in self.shards)
+
+
+class SimulatedCrash(RuntimeError):
+    pass
+
+
+class CrashAt(pl.Callback):
+    """Raise at the start of ``epoch``, or before its batch ``batch`` when given (a partly trained epoch)."""
+
+    def __init__(self, epoch: int, batch: int | None = None) -> None:
+        self.epoch = epoch
+        self.batch = batch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.batch is None and trainer.current_epoch == self.epoch:
+            raise SimulatedCrash(f"crash at the start of epoch {self.epoch}")
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.batch is not None and trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            raise SimulatedCrash(f"crash in epoch {self.epoch} before batch {self.batch}")

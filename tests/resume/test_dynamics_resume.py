@@ -4,40 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import ClassificationDataset, Classifier, assert_signals_equal, make_trainer, train_loader
+from helpers import (
+    ClassificationDataset,
+    Classifier,
+    CrashAt,
+    SimulatedCrash,
+    assert_signals_equal,
+    make_trainer,
+    train_loader,
+)
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_curricula import TrainingDynamics
 
 SIZE = 37
 EPOCHS = 3
-
-
-class SimulatedCrash(RuntimeError):
-    pass
-
-
-class CrashAt(Callback):
-    """Raise at the start of ``epoch``, or before its batch ``batch`` when given (a partly trained epoch)."""
-
-    def __init__(self, epoch: int, batch: int | None = None) -> None:
-        self.epoch = epoch
-        self.batch = batch
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.batch is None and trainer.current_epoch == self.epoch:
-            raise SimulatedCrash(f"crash at the start of epoch {self.epoch}")
-
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if self.batch is not None and trainer.current_epoch == self.epoch and batch_idx == self.batch:
-            raise SimulatedCrash(f"crash in epoch {self.epoch} before batch {self.batch}")
 
 
 def tracker() -> TrainingDynamics:

@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import make_trainer
+from helpers import CrashAt, SimulatedCrash, make_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 pytest.importorskip("transformers")
@@ -27,19 +26,6 @@ from lightning_curricula import TrainingDynamics  # noqa: E402
 from lightning_curricula.policies import Curriculum  # noqa: E402
 
 EPOCHS = 3
-
-
-class SimulatedCrash(RuntimeError):
-    pass
-
-
-class CrashAtEpoch(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch == self.epoch:
-            raise SimulatedCrash(f"crash at the start of epoch {self.epoch}")
 
 
 class CountingFineTuner(CausalLMFineTuner):
@@ -69,7 +55,7 @@ def run(tokenizer: Any, root: Path, *, crash: bool = False, ckpt_path: Path | No
     )
     dynamics = TrainingDynamics()
     checkpoints = ModelCheckpoint(dirpath=root, filename="{epoch}", every_n_epochs=1, save_top_k=-1)
-    callbacks: list[Callback] = [dynamics, checkpoints, *([CrashAtEpoch(2)] if crash else [])]
+    callbacks: list[Callback] = [dynamics, checkpoints, *([CrashAt(2)] if crash else [])]
     trainer = make_trainer(
         root, max_epochs=EPOCHS, callbacks=callbacks, enable_checkpointing=True, reload_dataloaders_every_n_epochs=1
     )

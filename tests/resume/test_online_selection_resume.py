@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import ClassificationDataset, Classifier, make_trainer, train_loader
+from helpers import ClassificationDataset, Classifier, CrashAt, SimulatedCrash, make_trainer, train_loader
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from online_helpers import SelectiveClassifier, per_example_loss
 
@@ -21,19 +20,6 @@ from lightning_curricula import OnlineBatchSelection, ReferenceLosses, irreducib
 EPOCHS = 4
 SIZE = 37
 STEPS_PER_EPOCH = 5
-
-
-class SimulatedCrash(RuntimeError):
-    pass
-
-
-class CrashAt(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch == self.epoch:
-            raise SimulatedCrash(f"crash at the start of epoch {self.epoch}")
 
 
 def fit(

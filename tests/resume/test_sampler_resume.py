@@ -9,29 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import assert_signals_equal, make_trainer
+from helpers import CrashAt, SimulatedCrash, assert_signals_equal, make_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from selection_helpers import CurriculumClassifier, assert_plans_equal, one_thread  # noqa: F401
 
 from lightning_curricula import Curriculum, InfoBatch, Policy, StaticPruning, TrainingDynamics
 
 EPOCHS = 5
-
-
-class SimulatedCrash(RuntimeError):
-    pass
-
-
-class CrashAt(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch == self.epoch:
-            raise SimulatedCrash(f"crash at the start of epoch {self.epoch}")
 
 
 def fit(
