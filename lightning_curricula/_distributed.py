@@ -60,23 +60,29 @@ class Collectives(ABC):
 
 
 class ProcessGroupCollectives(Collectives):
-    """`Collectives` on the default ``torch.distributed`` process group (or one process without it)."""
+    """`Collectives` on the default ``torch.distributed`` process group (or one process without it).
+
+    Tensors travel on the device the backend needs (this rank's GPU under NCCL, the CPU otherwise) and
+    come back on the device they came from.
+    """
 
     def __init__(self) -> None:
         super().__init__(*world_and_rank(None, None))
+        nccl = self.world_size > 1 and dist.get_backend() == "nccl"
+        self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
 
     def all_reduce_sum(self, tensor: Tensor) -> Tensor:  # noqa: D102
-        total = tensor.clone()
+        total = tensor.to(self.device, copy=True)
         self.bytes_sent += total.numel() * total.element_size()
         if self.world_size > 1:
             dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        return total
+        return total.to(tensor.device)
 
     def all_gather_int(self, value: int) -> list[int]:  # noqa: D102
         if self.world_size == 1:
             return [value]
-        gathered = [torch.zeros((), dtype=torch.int64) for _ in range(self.world_size)]
-        dist.all_gather(gathered, torch.tensor(value, dtype=torch.int64))
+        gathered = [torch.zeros((), dtype=torch.int64, device=self.device) for _ in range(self.world_size)]
+        dist.all_gather(gathered, torch.tensor(value, dtype=torch.int64, device=self.device))
         self.bytes_sent += 8
         return [int(item) for item in gathered]
 
@@ -86,15 +92,15 @@ class ProcessGroupCollectives(Collectives):
         self.bytes_sent += sum(c.numel() * c.element_size() for i, c in enumerate(chunks) if i != self.rank)
         if self.world_size == 1:
             return [chunks[0].clone()]
-        sizes = torch.tensor([c.shape[0] for c in chunks], dtype=torch.int64)
+        sizes = torch.tensor([c.shape[0] for c in chunks], dtype=torch.int64, device=self.device)
         received_sizes = torch.empty_like(sizes)
         dist.all_to_all_single(received_sizes, sizes)  # one integer per pair of ranks first
-        send = torch.cat(chunks).contiguous()
+        send = torch.cat(chunks).to(self.device).contiguous()
         receive = send.new_empty((int(received_sizes.sum()), *send.shape[1:]))
         dist.all_to_all_single(
             receive, send, output_split_sizes=received_sizes.tolist(), input_split_sizes=sizes.tolist()
         )
-        return list(receive.split_with_sizes(received_sizes.tolist()))
+        return list(receive.to(chunks[0].device).split_with_sizes(received_sizes.tolist()))
 
 
 class ThreadCollectives(Collectives):

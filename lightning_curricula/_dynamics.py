@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -15,8 +16,11 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_curricula import _tables as T
+from lightning_curricula._distributed import ProcessGroupCollectives, world_and_rank
 from lightning_curricula._policy_binding import PolicyBinding
+from lightning_curricula._sharding import TableShard, check_world_size, shard_file_name, write_parquet_shard
 from lightning_curricula._step_outputs import StepOutputs, read_step_outputs
+from lightning_curricula.policies.selection import easiest_set
 from lightning_curricula.ranking import difficulty_scores, select_indices
 
 if TYPE_CHECKING:
@@ -25,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["TrainingDynamics"]
 
 STATE_VERSION = 2  # 2: counts in narrow integer dtypes, `last_seen` (= last epoch + 1), no `last_epoch`
+SHARD_STATE_VERSION = 1
 
 
 class TrainingDynamics(Callback):
@@ -80,6 +85,10 @@ class TrainingDynamics(Callback):
         weight_key: the key that holds the plan weights (``batch[weight_key]`` or the outputs'); a
             batch without them counts as weight 1. Only the logged ``weight_mean`` / ``weight_max``
             read them.
+        sharded: shard the tables over the ranks: rank ``r`` of ``W`` keeps only the ids
+            ``[r N / W, (r + 1) N / W)`` (see "Sharded tables" below).
+        shard_dir: with ``sharded``, where each rank writes its shard of a checkpoint; by default
+            ``<Trainer.default_root_dir>/dynamics_shards/<name>``.
 
     It logs scalars (to every logger) once per epoch: what the epoch trained, measured from its
     batches (``kept_fraction``, ``unique_fraction``, ``weight_mean``, ``weight_max``), the passes so far
@@ -99,6 +108,18 @@ class TrainingDynamics(Callback):
         so a run resumed from an epoch-end checkpoint ends with exactly the tables of an uninterrupted
         run. A partly finished epoch is not saved: a mid-epoch checkpoint warns, and the visits made before
         it are missing from the tables after resume. Checkpoint at epoch ends for an exact resume.
+
+        **Sharded tables** (``sharded=True``), for datasets whose tables do not fit on every rank: each
+        rank keeps ``N / W`` rows (64 or 24 bytes each), records its own visits during the epoch (an id
+        and the accumulator's rows per visit, instead of a dense ``(rows, N)`` buffer) and at the epoch
+        end sends each record to the rank that owns its id (one all-to-all) plus one small all-reduce.
+        The tables are those of the unsharded tracker, split by id. `signals`, `difficulty`,
+        `to_dataset` and the loss history then cover this rank's ids (the ``index`` column says which);
+        `select` and `CurriculumSampler`'s plans use collectives, so every rank calls them; `to_parquet`
+        writes one file per rank into a directory. Lightning writes a checkpoint from rank 0 only, so
+        each rank writes its shard next to it (``shard_dir/epoch=<e>/shard-<r>-of-<W>.pt``, when the
+        checkpoint is saved) and the checkpoint records where; resuming reads it back, on the same
+        number of ranks only. The shard files are not deleted with old checkpoints.
     """
 
     def __init__(
@@ -111,6 +132,8 @@ class TrainingDynamics(Callback):
         on_nonfinite: Literal["skip", "raise"] = "skip",
         index_key: str = "index",
         weight_key: str = "weight",
+        sharded: bool = False,
+        shard_dir: str | Path | None = None,
     ) -> None:
         if not name:
             raise ValueError("name must be a non-empty string.")
@@ -129,6 +152,11 @@ class TrainingDynamics(Callback):
         self.on_nonfinite = on_nonfinite
         self.index_key = index_key
         self.weight_key = weight_key
+        self.sharded = sharded
+        self.shard_dir = None if shard_dir is None else Path(shard_dir)
+        #: This rank's slice of the ids and the ranks' collectives, when ``sharded`` (from training start).
+        self.table_shard: TableShard | None = None
+        self._records: list[tuple[Tensor, Tensor]] = []  # sharded: this epoch's (ids, visit rows) per batch
         self.epochs_tracked = 0
         self._tables: dict[str, Tensor] = {}
         self._history: Tensor | None = None
@@ -165,10 +193,12 @@ class TrainingDynamics(Callback):
             )
         max_epochs = trainer.max_epochs
         self._max_epochs = max_epochs if max_epochs is not None and max_epochs > 0 else None
+        if self.sharded:
+            self._start_shard(trainer)
         if not self._tables:
-            self._set_tables(T.new_tables(self.num_examples, classification=False, counts=self._count_dtype()))
+            self._set_tables(T.new_tables(self._rows(), classification=False, counts=self._count_dtype()))
             if self.history_epochs:
-                self._history = torch.full((self.history_epochs, self.num_examples), math.nan)
+                self._history = torch.full((self.history_epochs, self._rows()), math.nan)
         else:  # resumed, perhaps with more epochs than the tables' counts were sized for
             T.widen_counts(self._tables, self._count_dtype())
         self._world_size, self._rank = trainer.world_size, trainer.global_rank
@@ -181,6 +211,7 @@ class TrainingDynamics(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._accumulator is not None:
             self._accumulator.zero_()
+        self._records = []
 
     @override
     def on_train_batch_end(
@@ -198,10 +229,13 @@ class TrainingDynamics(Callback):
         epoch = trainer.current_epoch
         metrics: dict[str, float] = {}
         if self._accumulator is not None:
-            # The epoch's one collective: the tables, what was trained and its weights, all in one buffer.
-            epoch_sums = trainer.strategy.reduce(self._accumulator, reduce_op="sum")
-            metrics = self._finish_epoch(epoch_sums, epoch)
+            if self.table_shard is not None:  # the records go to their ids' owners
+                sums, layout = self._shard_sums()
+                metrics = self._finish_epoch(sums, epoch, layout=layout)
+            else:  # the epoch's one collective: the tables, what was trained and its weights, all in one buffer
+                metrics = self._finish_epoch(trainer.strategy.reduce(self._accumulator, reduce_op="sum"), epoch)
             self._accumulator.zero_()
+            self._records = []
         # The clock the sampler plans by: epochs done, aligned with the Trainer even after an empty epoch.
         self.epochs_tracked = epoch + 1
         if metrics.get("nonfinite_losses", 0) > 0:
@@ -218,7 +252,7 @@ class TrainingDynamics(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        if self._accumulator is not None and bool(self._accumulator.any()):
+        if self._records or (self._accumulator is not None and bool(self._accumulator.any())):
             rank_zero_warn(
                 f"TrainingDynamics(name={self.name!r}) is saved mid-epoch: the tables are those of the last finished "
                 "epoch, and the partial epoch is not in the checkpoint. Checkpoint at epoch ends "
@@ -235,10 +269,12 @@ class TrainingDynamics(Callback):
         policy = self.policy_binding.state_dict()
         if policy is not None:
             state["policy"] = policy
-        return state
+        return self._save_shard(state) if self.table_shard is not None else state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "shard" in state_dict:  # the checkpoint says where each rank wrote its shard
+            state_dict = self._load_shard(state_dict)
         if state_dict.get("version") != STATE_VERSION:
             raise ValueError(
                 f"TrainingDynamics state has version {state_dict.get('version')!r}; this release reads "
@@ -285,14 +321,36 @@ class TrainingDynamics(Callback):
         if self.on_nonfinite == "raise" and not bool(finite.all()):
             bad = step.index[~finite].tolist()
             raise FloatingPointError(f"TrainingDynamics(name={self.name!r}): non-finite loss for example ids {bad}.")
-        T.accumulate(self._accumulator, self._layout, step, finite, rank=self._rank)
+        if self.table_shard is None:
+            T.accumulate(self._accumulator, self._layout, step, finite, rank=self._rank)
+            return
+        device = self._accumulator.device
+        rows = T.visit_rows(step, finite, classification=classification).to(device)
+        self._records.append((step.index.to(device), rows))
+        T.accumulate_scalars(self._layout.scalars(self._accumulator), step, finite, rank=self._rank)
 
     # ----------------------------------------------------------------------------------- per epoch
 
-    def _finish_epoch(self, sums: Tensor, epoch: int) -> dict[str, float]:
-        """Fold the all-reduced ``sums`` of ``epoch`` into the tables; the epoch's metrics."""
+    def _shard_sums(self) -> tuple[Tensor, T.Layout]:
+        """This rank's shard of the epoch's summed accumulator, from every rank's records (see `T.shard_sums`)."""
+        assert self.table_shard is not None
+        assert self._accumulator is not None
         assert self._layout is not None
-        totals = T.epoch_totals(sums, self._layout)
+        device = self._accumulator.device
+        ids = torch.cat([ids for ids, _ in self._records]) if self._records else torch.empty(0, dtype=torch.int64)
+        rows = torch.cat([rows for _, rows in self._records], dim=1) if self._records else None
+        if rows is None:
+            rows = torch.empty(self._layout.rows, 0)
+        return T.shard_sums(ids.to(device), rows.to(device), self._accumulator, self._layout, self.table_shard)
+
+    def _finish_epoch(self, sums: Tensor, epoch: int, *, layout: T.Layout | None = None) -> dict[str, float]:
+        """Fold the summed accumulator ``sums`` of ``epoch`` into the tables; the epoch's metrics.
+
+        ``layout`` is that of ``sums``, by default the accumulator's (a shard's sums have their own).
+        """
+        layout = layout or self._layout
+        assert layout is not None
+        totals = T.epoch_totals(sums, layout)
         if totals.correct is not None and "margin" not in self._tables:
             counts = self._tables["visits"].dtype
             self._tables |= T.new_classification_tables(totals.visits.numel(), counts=counts, device=sums.device)
@@ -303,30 +361,50 @@ class TrainingDynamics(Callback):
         return self._epoch_metrics(totals, forgotten, epoch)
 
     def _epoch_metrics(self, totals: T.EpochTotals, forgotten: Tensor | None, epoch: int) -> dict[str, float]:
-        """What the epoch trained (measured, DDP padding repeats included) and what the tables say now."""
+        """What the epoch trained (measured, DDP padding repeats included) and what the tables say now.
+
+        Sums over this rank's rows, added up over the ranks when the tables are sharded (one all-reduce).
+        """
         tables = self._tables
         seen = totals.seen
-        size = seen.numel()
         trained = totals.visits + totals.nonfinite
-        epoch_passes = int(trained.sum())
-        passes = int(tables["visits"].sum()) + int(tables["nonfinite"].sum())
-        metrics = {
-            "kept_fraction": epoch_passes / size,
-            "unique_fraction": (trained > 0).float().mean().item(),
-            "weight_mean": totals.weight_sum / epoch_passes if epoch_passes else math.nan,
-            "weight_max": totals.weight_max if epoch_passes else math.nan,
-            "seen_fraction": seen.float().mean().item(),
-            "mean_loss": totals.loss[seen].mean().item() if bool(seen.any()) else math.nan,
-            "nonfinite_losses": float(totals.nonfinite.sum()),
-            "sample_passes": float(passes),
-            "passes_saved_fraction": 1.0 - passes / ((epoch + 1) * size),
+        parts = {
+            "epoch_passes": trained.sum(),
+            "trained": (trained > 0).sum(),
+            "seen": seen.sum(),
+            "loss": torch.where(seen, totals.loss.double(), 0.0).sum(),
+            "nonfinite": totals.nonfinite.sum(),
+            "passes": tables["visits"].sum(dtype=torch.int64) + tables["nonfinite"].sum(dtype=torch.int64),
         }
         if forgotten is not None:
             ever_seen = tables["epochs_seen"] > 0
-            learned = (tables["last_correct"] == 1).float()
+            parts |= {
+                "ever_seen": ever_seen.sum(),
+                "learned": (ever_seen & (tables["last_correct"] == 1)).sum(),
+                "forgotten": forgotten.sum(),
+            }
+        values = torch.stack([value.double() for value in parts.values()])
+        if self.table_shard is not None:
+            values = self.table_shard.total(values)
+        sums = dict(zip(parts, values.tolist(), strict=True))  # one host sync
+        size = self.num_examples
+        assert size is not None
+        epoch_passes, passes = sums["epoch_passes"], sums["passes"]
+        metrics = {
+            "kept_fraction": epoch_passes / size,
+            "unique_fraction": sums["trained"] / size,
+            "weight_mean": totals.weight_sum / epoch_passes if epoch_passes else math.nan,
+            "weight_max": totals.weight_max if epoch_passes else math.nan,
+            "seen_fraction": sums["seen"] / size,
+            "mean_loss": sums["loss"] / sums["seen"] if sums["seen"] else math.nan,
+            "nonfinite_losses": sums["nonfinite"],
+            "sample_passes": passes,
+            "passes_saved_fraction": 1.0 - passes / ((epoch + 1) * size),
+        }
+        if forgotten is not None:
             metrics |= {
-                "learned_fraction": learned[ever_seen].mean().item() if bool(ever_seen.any()) else math.nan,
-                "forgetting_events": float(forgotten.sum()),
+                "learned_fraction": sums["learned"] / sums["ever_seen"] if sums["ever_seen"] else math.nan,
+                "forgetting_events": sums["forgotten"],
             }
         return metrics
 
@@ -356,7 +434,7 @@ class TrainingDynamics(Callback):
                 raise RuntimeError(
                     "TrainingDynamics has no tables yet: it learns the dataset size when training starts."
                 )
-            self._snapshot = T.signal_columns(tables)
+            self._snapshot = T.signal_columns(tables, start=self.table_shard.start if self.table_shard else 0)
         return dict(self._snapshot)
 
     def loss_history(self) -> tuple[list[int], Tensor]:
@@ -385,16 +463,30 @@ class TrainingDynamics(Callback):
     ) -> Tensor:
         """Ids of the ``k`` (or ``fraction``) hardest examples by ``signal``, or the easiest.
 
+        Best first; with sharded tables, this rank's ids of the selection, in id order (a collective).
+
         Examples:
             >>> TrainingDynamics(num_examples=4).select("loss", k=2)  # nothing seen yet
             tensor([], dtype=torch.int64)
         """
-        return select_indices(self.difficulty(signal), k=k, fraction=fraction, largest=hardest)
+        if self.table_shard is None:
+            return select_indices(self.difficulty(signal), k=k, fraction=fraction, largest=hardest)
+        if (k is None) == (fraction is None) or not 0.0 <= (fraction or 0.0) <= 1.0 or (k or 0) < 0:
+            raise ValueError(
+                f"Give exactly one of k >= 0 and fraction in [0, 1], got k={k!r} and fraction={fraction!r}."
+            )
+        count = k if k is not None else int((fraction or 0.0) * (self.num_examples or 0))
+        scores = self.difficulty(signal)
+        seen = int(self.table_shard.total((~scores.isnan()).sum().reshape(1)))  # NaN (unseen) is never selected
+        return easiest_set(scores, min(count, seen), hardest=hardest, shard=self.table_shard)
 
     # ----------------------------------------------------------------------------------- export
 
     def to_dataset(self) -> datasets.Dataset:
-        """The signals as a Hugging Face ``datasets.Dataset``: one row per example id, one column per signal."""
+        """The signals as a Hugging Face ``datasets.Dataset``: one row per example id, one column per signal.
+
+        With sharded tables, the rows of this rank's ids.
+        """
         try:
             import datasets
         except ImportError as error:  # pragma: no cover - depends on the environment
@@ -402,11 +494,21 @@ class TrainingDynamics(Callback):
         return datasets.Dataset.from_dict({key: value.numpy() for key, value in self.signals().items()})
 
     def to_parquet(self, path: str | Path) -> None:
-        """Write `to_dataset` as a parquet file."""
-        self.to_dataset().to_parquet(str(path))
+        """Write `to_dataset` as a parquet file.
+
+        With sharded tables ``path`` is a directory: every rank (each must call this) writes its rows as
+        ``shard-<r>-of-<W>.parquet``, and ``datasets.load_dataset("parquet", data_files=sorted(paths),
+        split="train")`` loads them as one dataset, a row per id in id order.
+        """
+        if self.table_shard is None:
+            self.to_dataset().to_parquet(str(path))
+        else:
+            write_parquet_shard(self.signals(), path, self.table_shard.comm)
 
     def to_csv(self, path: str | Path) -> None:
-        """Write `to_dataset` as a CSV file, without a pandas index column."""
+        """Write `to_dataset` as a CSV file, without a pandas index column (unsharded tables only)."""
+        if self.table_shard is not None:
+            raise ValueError("Sharded tables are written one file per rank: use to_parquet(directory).")
         self.to_dataset().to_csv(str(path), index=False)
 
     # ----------------------------------------------------------------------------------- internals
@@ -414,11 +516,86 @@ class TrainingDynamics(Callback):
     def _allocate_accumulator(self, classification: bool, device: torch.device) -> None:
         if self.num_examples is None:
             raise RuntimeError("TrainingDynamics.update called before the dataset size is known.")
+        if self.sharded and self.table_shard is None:
+            raise RuntimeError("Sharded tables are set up when training starts: track a Trainer's fit.")
         if not self._tables:
-            self._set_tables(T.new_tables(self.num_examples, classification=False, counts=self._count_dtype()))
-        self._layout = T.Layout(self.num_examples, classification, self._world_size)
+            self._set_tables(T.new_tables(self._rows(), classification=False, counts=self._count_dtype()))
+        # Sharded: no per-example rows (the visits are recorded instead), only the scalar slots.
+        rows = 0 if self.table_shard is not None else self.num_examples
+        self._layout = T.Layout(rows, classification, self._world_size)
         self._accumulator = T.new_accumulator(self._layout, device)
         self._to(device)
+
+    def _rows(self) -> int:
+        """Rows of this rank's tables: every id, or the ids of its shard."""
+        assert self.num_examples is not None
+        if self.table_shard is None:
+            return self.num_examples
+        return self.table_shard.stop - self.table_shard.start
+
+    def _start_shard(self, trainer: pl.Trainer) -> None:
+        """This rank's slice of the ids, the collectives, and the directory of its checkpoint shards."""
+        assert self.num_examples is not None
+        comm = ProcessGroupCollectives()
+        if comm.world_size != trainer.world_size:
+            raise RuntimeError(
+                f"TrainingDynamics(sharded=True) found {comm.world_size} ranks in torch.distributed but the Trainer "
+                f"has {trainer.world_size}: sharded tables need the Trainer's process group."
+            )
+        self.table_shard = TableShard(comm, self.num_examples)
+        if self.shard_dir is None:
+            self.shard_dir = Path(trainer.default_root_dir) / "dynamics_shards" / self.name
+        if self._tables and self._tables["visits"].numel() != self._rows():
+            raise ValueError(
+                f"The loaded shard has {self._tables['visits'].numel()} rows; rank {comm.rank} of {comm.world_size} "
+                f"owns {self._rows()} of the {self.num_examples} ids."
+            )
+
+    def _save_shard(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Write this rank's ``state`` to its shard file; what the checkpoint (rank 0's copy) keeps: where it is."""
+        assert self.table_shard is not None
+        assert self.shard_dir is not None
+        comm = self.table_shard.comm
+        directory = self.shard_dir / f"epoch={self.epochs_tracked}"  # the tables change only at epoch ends
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / shard_file_name(comm.rank, comm.world_size, suffix="pt")
+        partial = path.with_suffix(".partial")
+        torch.save(state | {"rank": comm.rank, "world_size": comm.world_size}, partial)
+        os.replace(partial, path)  # a crash while writing leaves the previous file whole
+        return {
+            "version": STATE_VERSION,
+            "shard": {
+                "version": SHARD_STATE_VERSION,
+                "directory": str(directory),
+                "world_size": comm.world_size,
+                "num_examples": self.num_examples,
+                "epochs_tracked": self.epochs_tracked,
+            },
+        }
+
+    def _load_shard(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """This rank's state, read from the shard file the checkpoint points to."""
+        info = state_dict["shard"]
+        if not self.sharded:
+            raise ValueError(
+                f"The checkpoint's TrainingDynamics(name={self.name!r}) tables are sharded over {info['world_size']} "
+                "ranks: resume with TrainingDynamics(sharded=True)."
+            )
+        world, rank = world_and_rank(None, None)
+        check_world_size(int(info["world_size"]), world)
+        path = Path(info["directory"]) / shard_file_name(rank, world, suffix="pt")
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"TrainingDynamics(name={self.name!r}): the checkpoint's shard for rank {rank} is missing: {path}. "
+                "Each rank writes its shard next to the checkpoint (shard_dir); resume where those files are."
+            )
+        state: dict[str, Any] = torch.load(path, weights_only=True)
+        if state.get("epochs_tracked") != info["epochs_tracked"] or state.get("rank") != rank:
+            raise ValueError(
+                f"{path} holds rank {state.get('rank')}'s shard after {state.get('epochs_tracked')} "
+                f"epochs; the checkpoint expects rank {rank}'s after {info['epochs_tracked']}."
+            )
+        return state
 
     def _count_dtype(self) -> torch.dtype:
         """The dtype of the count tables: one that holds ``max_epochs`` (one byte up to 255); widened if outgrown."""

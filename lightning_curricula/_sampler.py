@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.utils.data import DistributedSampler
 
 from lightning_curricula._distributed import world_and_rank
-from lightning_curricula.policies import EpochContext, FullData, Plan, Policy
+from lightning_curricula.policies import EpochContext, FullData, Plan, Policy, ShardedPlan
 from lightning_curricula.policies._base import epoch_generator
 
 if TYPE_CHECKING:
@@ -67,7 +67,11 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
     Note:
         **DDP**: a subclass of ``DistributedSampler``, so Lightning does not wrap it in its
         ``DistributedSamplerWrapper`` (which would pad a shrinking plan back to full size). Rank ``r``
-        takes positions ``r, r + W, r + 2W, ...`` of the padded (or trimmed) plan. **Resume**: the plan
+        takes positions ``r, r + W, r + 2W, ...`` of the padded (or trimmed) plan. With a sharded tracker
+        (``TrainingDynamics(sharded=True)``) no rank holds the signals or the plan: every rank plans
+        with a few small collectives and fetches its positions (`ShardedPlan`), so every rank must
+        call ``len`` and ``iter`` alike, as Lightning does; the visits are those of the unsharded run.
+        **Resume**: the plan
         depends only on ``(seed, epoch, signals)``, and the tracker's signals are in the checkpoint,
         so a resumed run plans exactly what the uninterrupted run planned.
     """
@@ -98,6 +102,13 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
             raise ValueError(f"{name} needs {needs} from a TrainingDynamics tracker: pass dynamics=.")
         if dynamics is not None and dynamics.num_examples not in (None, size):
             raise ValueError(f"The tracker has {dynamics.num_examples} examples, the dataset has {size}.")
+        if dynamics is not None and dynamics.sharded and not policy.plans_from_shards:
+            raise ValueError(
+                f"{name} does not plan from tables sharded over the ranks (TrainingDynamics(sharded=True)). Policies "
+                "that do: FullData, RandomSubset, RandomTwin of one of these, Curriculum (not order='balanced'), "
+                "StaticPruning (not class_balanced), InfoBatch (without budget) and Bandit (strategy='ucb'). "
+                "Use one of them, or TrainingDynamics(sharded=False)."
+            )
         if num_epochs is not None and num_epochs < 1:
             raise ValueError(f"num_epochs must be a positive integer, got {num_epochs!r}.")
         policy.validate(size, num_epochs)
@@ -111,7 +122,7 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
         self.dynamics = dynamics
         self.num_epochs = num_epochs
         self.num_examples = size
-        self._cached: tuple[int, Plan] | None = None
+        self._cached: tuple[int, Plan | ShardedPlan] | None = None
         self._epoch_was_set = False
         self._length: int | None = None  # the first length reported: what the DataLoader's user caches
         self._iterations = 0
@@ -126,8 +137,11 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
         """The epoch the sampler plans: the tracker's ``epochs_tracked``, else the ``set_epoch`` value."""
         return self.dynamics.epochs_tracked if self.dynamics is not None else self.epoch
 
-    def plan(self, epoch: int | None = None) -> Plan:
-        """The whole plan (all ranks) of ``epoch``, by default `plan_epoch`; cached per epoch."""
+    def plan(self, epoch: int | None = None) -> Plan | ShardedPlan:
+        """The whole plan (all ranks) of ``epoch``, by default `plan_epoch`; cached per epoch.
+
+        With a sharded tracker it is a `ShardedPlan`, made with collectives: every rank plans each epoch.
+        """
         epoch = self.plan_epoch if epoch is None else epoch
         if self._cached is not None and self._cached[0] == epoch:
             return self._cached[1]
@@ -140,6 +154,7 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
             seed=self.seed,
             num_epochs=self.num_epochs,
             signals=signals,
+            shard=self.dynamics.table_shard if self.dynamics is not None else None,
         )
         plan = self.policy.plan(context)
         if len(plan) == 0:
@@ -165,7 +180,9 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
         """
         if self.dynamics is None or self.dynamics.epochs_tracked < 1 or not signals:
             return
-        if not bool(signals["visits"].any()):  # nothing trained yet: the tables cannot tell what the step returns
+        # Nothing trained yet: the tables cannot tell what the step returns. (A shard is not the whole table, and
+        # ranks must not decide apart whether to raise: sharded tables skip this test.)
+        if not self.dynamics.sharded and not bool(signals["visits"].any()):
             return
         missing = [name for name in self.policy.signals if name not in signals]
         if missing:
@@ -204,7 +221,9 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
             )
         self._iterations += 1
         total = length * self.num_replicas
-        if total <= len(plan):  # no padding: the shard is a strided slice of the plan, no gather needed
+        if isinstance(plan, ShardedPlan):  # no rank holds the plan: ask the ranks for this one's positions
+            indices, weights = plan.take(shard_positions(len(plan), self.num_replicas, self.rank, self.drop_last))
+        elif total <= len(plan):  # no padding: the shard is a strided slice of the plan, no gather needed
             shard = slice(self.rank, total, self.num_replicas)
             indices, weights = plan.indices[shard], plan.weights[shard]
         else:

@@ -14,20 +14,26 @@ identical to its unsharded counterpart, not an approximation:
   spread over the ranks (two all-to-alls: the requests and the answers);
 - `write_parquet_shard`: one parquet file per shard that ``datasets.load_dataset("parquet", ...)`` loads
   as one dataset in id order; `check_world_size`: refuses a checkpoint written by another number of ranks.
+
+`TableShard` bundles a rank's slice and its collectives; the selection kernels take it as ``shard=`` and
+call its methods, so a policy that plans from shards has one code path for both kinds of tables.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from lightning_curricula._distributed import Collectives
+from lightning_curricula.policies import ShardedPlan
 from lightning_curricula.policies.selection import keyed_permutation
 
 __all__ = [
+    "TableShard",
     "check_world_size",
     "easiest_set_shard",
     "kth_smallest",
@@ -60,6 +66,66 @@ def owners(ids: Tensor, num_examples: int, world_size: int) -> Tensor:
         [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
     """
     return torch.div((ids.long() + 1) * world_size - 1, num_examples, rounding_mode="floor")
+
+
+@dataclass(frozen=True)
+class TableShard:
+    """This rank's slice of the example ids, ``[start, stop)`` of `shard_bounds`, and the collectives of the ranks.
+
+    Every method that takes collectives must be called by every rank, in the same order.
+
+    Examples:
+        >>> from lightning_curricula._distributed import ThreadCollectives
+        >>> ThreadCollectives.run(2, lambda comm: TableShard(comm, 5).total(torch.tensor([1.0, 2.0])).tolist())
+        [[2.0, 4.0], [2.0, 4.0]]
+    """
+
+    comm: Collectives
+    num_examples: int
+
+    @property
+    def start(self) -> int:
+        """The first id this rank owns."""
+        return shard_bounds(self.num_examples, self.comm.world_size, self.comm.rank)[0]
+
+    @property
+    def stop(self) -> int:
+        """One past the last id this rank owns."""
+        return shard_bounds(self.num_examples, self.comm.world_size, self.comm.rank)[1]
+
+    def total(self, values: Tensor) -> Tensor:
+        """The elementwise sum of ``values`` over the ranks, in float64 (a collective)."""
+        return self.comm.all_reduce_sum(values.double())
+
+    def owners(self, ids: Tensor) -> Tensor:
+        """The rank that owns each id."""
+        return owners(ids, self.num_examples, self.comm.world_size)
+
+    def reduce_records(self, ids: Tensor, values: Tensor) -> Tensor:
+        """This rank's rows of the sum of every rank's per-visit ``values`` by ``ids`` (see `reduce_records`)."""
+        return reduce_records(ids, values, self.num_examples, self.comm)
+
+    def easiest_set(self, difficulty: Tensor, count: int, *, hardest: bool = False) -> Tensor:
+        """This rank's ids (global, in id order) of `easiest_set` over all ranks' ``difficulty`` shards."""
+        return easiest_set_shard(difficulty, count, self.start, self.comm, hardest=hardest)
+
+    def shuffled_plan(self, selected: Tensor, key: int, weights: Tensor | None = None) -> ShardedPlan:
+        """The set made of every rank's ``selected`` ids (and ``weights``), in the order of ``key``."""
+        size = sum(self.comm.all_gather_int(selected.numel()))
+        return ShardedPlan(size, self, key, selected=selected.long(), weights=weights)
+
+    def permutation_plan(self, size: int, base_key: int, key: int | None = None) -> ShardedPlan:
+        """The first ``size`` ids of ``keyed_permutation(N, base_key)``, shuffled again by ``key`` if given."""
+        return ShardedPlan(size, self, key, base_key=base_key)
+
+    def take(self, plan: ShardedPlan, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """The ids and weights of ``plan`` at ``positions`` (see `ShardedPlan`)."""
+        if plan.selected is not None:
+            assert plan.key is not None
+            return permuted_shard(plan.selected, plan.key, positions, self.comm, plan.weights)
+        assert plan.base_key is not None
+        order = positions.long() if plan.key is None else keyed_permutation(plan.size, plan.key, positions)
+        return keyed_permutation(self.num_examples, plan.base_key, order), torch.ones(positions.numel())
 
 
 def _route(tensors: list[Tensor], destinations: Tensor, comm: Collectives) -> tuple[list[Tensor], Tensor]:
@@ -197,9 +263,9 @@ def check_world_size(saved: int, current: int) -> None:
         )
 
 
-def shard_file_name(rank: int, world_size: int) -> str:
+def shard_file_name(rank: int, world_size: int, *, suffix: str = "parquet") -> str:
     """``shard-00003-of-00008.parquet``: names that sort in rank order, hence in id order."""
-    return f"shard-{rank:05d}-of-{world_size:05d}.parquet"
+    return f"shard-{rank:05d}-of-{world_size:05d}.{suffix}"
 
 
 def write_parquet_shard(columns: dict[str, Tensor], directory: str | Path, comm: Collectives) -> Path | None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -32,17 +33,23 @@ from torch import Tensor
 from lightning_curricula import signals as S
 from lightning_curricula._step_outputs import StepOutputs
 
+if TYPE_CHECKING:
+    from lightning_curricula._sharding import TableShard
+
 __all__ = [
     "EpochTotals",
     "Layout",
     "accumulate",
+    "accumulate_scalars",
     "count_dtype",
     "epoch_totals",
     "finite_visits",
     "new_accumulator",
     "new_tables",
+    "shard_sums",
     "signal_columns",
     "update_tables",
+    "visit_rows",
     "widen_counts",
 ]
 
@@ -103,12 +110,16 @@ def finite_visits(step: StepOutputs) -> Tensor:
 
 def accumulate(buffer: Tensor, layout: Layout, step: StepOutputs, finite: Tensor, *, rank: int = 0) -> None:
     """Add one batch to ``buffer``: per-example sums with one ``index_add_``, and the weight scalars."""
-    device = buffer.device
+    rows = visit_rows(step, finite, classification=layout.classification)
+    layout.per_example(buffer).index_add_(1, step.index.to(buffer.device), rows.to(buffer.device))
+    accumulate_scalars(layout.scalars(buffer), step, finite, rank=rank)
+
+
+def visit_rows(step: StepOutputs, finite: Tensor, *, classification: bool) -> Tensor:
+    """``(rows, B)`` float32: what each visit adds to the per-example rows of the accumulator."""
     valid = finite.float()
-    losses = step.losses.float()
-    invalid = 1.0 - valid
-    rows = [valid + invalid * 2**_FINITE_BITS, torch.where(finite, losses, 0.0)]
-    if layout.classification:
+    rows = [valid + (1.0 - valid) * 2**_FINITE_BITS, torch.where(finite, step.losses.float(), 0.0)]
+    if classification:
         assert step.logits is not None
         assert step.targets is not None
         logits = torch.where(finite.unsqueeze(1), step.logits.float(), 0.0)
@@ -119,9 +130,13 @@ def accumulate(buffer: Tensor, layout: Layout, step: StepOutputs, finite: Tensor
             S.margins(logits, targets) * valid,
             S.el2n_scores(logits, targets) * valid,
         ]
-    layout.per_example(buffer).index_add_(1, step.index.to(device), torch.stack(rows).to(device))
-    scalars = layout.scalars(buffer)
-    scalars[_NONFINITE_TOTAL] += invalid.sum().to(device)
+    return torch.stack(rows)
+
+
+def accumulate_scalars(scalars: Tensor, step: StepOutputs, finite: Tensor, *, rank: int = 0) -> None:
+    """Add one batch to the scalar slots (`Layout.scalars`): the non-finite visits and the weights."""
+    device = scalars.device
+    scalars[_NONFINITE_TOTAL] += (~finite).sum().to(device)
     if step.weights is None:
         scalars[_WEIGHT_SUM] += step.index.numel()
         largest = torch.ones((), device=device) if step.index.numel() else torch.zeros((), device=device)
@@ -131,6 +146,25 @@ def accumulate(buffer: Tensor, layout: Layout, step: StepOutputs, finite: Tensor
         largest = weights.max() if weights.numel() else torch.zeros((), device=device)
     slot = scalars.narrow(0, _WEIGHT_MAX + rank, 1)
     slot.copy_(torch.maximum(slot, largest))
+
+
+def shard_sums(ids: Tensor, rows: Tensor, scalars: Tensor, layout: Layout, shard: TableShard) -> tuple[Tensor, Layout]:
+    """The epoch's summed accumulator for this rank's shard of the ids, and its layout, for `epoch_totals`.
+
+    Sharded tables keep no dense accumulator: each rank records its visits, ``ids`` and their
+    `visit_rows` ``(rows, m)``, and its ``scalars`` (a buffer of ``layout``, which has no per-example
+    rows). The result equals rows ``start:stop`` of the all-reduced dense accumulator, with the summed
+    scalars, except that the non-finite total, the checksum of the packed counts, counts the shard's
+    visits. One all-to-all of the records and one all-reduce of ``2 + 2W`` numbers.
+    """
+    world, rank = shard.comm.world_size, shard.comm.rank
+    nonfinite = (rows[_PASSES] >= 2**_FINITE_BITS).double()  # one visit's packed count is 1 or 2**12
+    per_owner = torch.bincount(shard.owners(ids), weights=nonfinite, minlength=world).to(scalars.device)
+    totals = shard.total(torch.cat([scalars.double(), per_owner])).to(torch.float32)
+    summed = totals[: scalars.numel()].clone()
+    summed[_NONFINITE_TOTAL] = totals[scalars.numel() + rank]
+    table = shard.reduce_records(ids, rows.T)  # (shard size, rows)
+    return torch.cat([table.T.reshape(-1), summed]), Layout(table.shape[0], layout.classification, world)
 
 
 @dataclass(frozen=True)
@@ -290,14 +324,17 @@ def _rank(dtype: torch.dtype) -> int:
     return _COUNT_DTYPES.index(dtype)
 
 
-def signal_columns(tables: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The signal columns of `TrainingDynamics.signals`, derived from the tables and copied to the CPU once."""
+def signal_columns(tables: dict[str, Tensor], *, start: int = 0) -> dict[str, Tensor]:
+    """The signal columns of `TrainingDynamics.signals`, derived from the tables and copied to the CPU once.
+
+    ``start`` is the id of the tables' first row (a shard's first id).
+    """
     # Counts leave as int32 whatever their stored dtype; the rest is copied so it never aliases the tables.
     t = {key: value.to("cpu", copy=True) for key, value in tables.items()}
     t |= {key: t[key].int() for key in (*_COUNT_TABLES, *_CLASSIFICATION_COUNTS) if key in t}
     epochs = t["epochs_seen"].float()
     columns = {
-        "index": torch.arange(t["visits"].numel()),
+        "index": torch.arange(start, start + t["visits"].numel()),
         "visits": t["visits"],
         "epochs_seen": t["epochs_seen"],
         "last_epoch": t["last_seen"] - 1,

@@ -12,7 +12,14 @@ Weights are 1 unless a policy reweights to stay unbiased (InfoBatch, importance 
 is then ``weighted_mean(losses, batch["weight"])``.
 """
 
-from lightning_curricula.policies._base import EpochContext, Plan, Policy, derived_seed, epoch_generator
+from lightning_curricula.policies._base import (
+    EpochContext,
+    Plan,
+    Policy,
+    ShardedPlan,
+    derived_seed,
+    epoch_generator,
+)
 from lightning_curricula.policies.baselines import FullData, RandomSubset, RandomTwin
 from lightning_curricula.policies.curricula import Curriculum, ScoreCurriculum, SelfPaced
 from lightning_curricula.policies.noise import NoiseAware
@@ -40,6 +47,7 @@ __all__ = [
     "RandomTwin",
     "ScoreCurriculum",
     "SelfPaced",
+    "ShardedPlan",
     "StaticPruning",
     "derived_seed",
     "easiest_first",

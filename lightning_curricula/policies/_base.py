@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -13,11 +13,15 @@ from torch import Tensor
 from lightning_curricula.pacing import training_progress
 from lightning_curricula.ranking import HARDER_WHEN_HIGHER, difficulty_scores
 
+if TYPE_CHECKING:
+    from lightning_curricula._sharding import TableShard
+
 __all__ = [
     "EpochContext",
     "Plan",
     "Policy",
     "PolicyWrapper",
+    "ShardedPlan",
     "check_fraction",
     "check_signal",
     "check_warmup",
@@ -78,8 +82,40 @@ class Plan:
 
 
 @dataclass(frozen=True)
+class ShardedPlan:
+    """One epoch's plan made from tables sharded over the ranks: no rank holds it all.
+
+    The plan is a set of ``size`` visits in a keyed random order, and `take` gives a rank the visits at
+    its positions (the sampler's ``r, r + W, ...``), equal to the same positions of the `Plan` an unsharded
+    run makes. The set is either ``selected``, each rank's part of it (global ids in id order, with
+    ``weights``), the parts concatenated in rank order and shuffled by ``key``; or, without ``selected``,
+    the first ``size`` ids of ``keyed_permutation(num_examples, base_key)``, shuffled again by ``key`` when
+    it is given. See `TableShard`.
+    """
+
+    size: int
+    shard: TableShard
+    key: int | None
+    selected: Tensor | None = None
+    weights: Tensor | None = None
+    base_key: int | None = None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def take(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """The ids and weights at ``positions``; a collective for a ``selected`` set (every rank calls it)."""
+        return self.shard.take(self, positions)
+
+
+@dataclass(frozen=True)
 class EpochContext:
-    """Everything a policy may read to plan one epoch."""
+    """Everything a policy may read to plan one epoch.
+
+    With tables sharded over the ranks (`TrainingDynamics(sharded=True)`), ``shard`` is this rank's
+    `TableShard`: ``signals`` then hold only the ids it owns (their ``index`` column says which), and a
+    policy that supports it (``plans_from_shards``) passes ``shard`` to the selection kernels.
+    """
 
     epoch: int
     num_examples: int
@@ -87,6 +123,7 @@ class EpochContext:
     seed: int = 0
     num_epochs: int | None = None
     signals: Mapping[str, Tensor] = field(default_factory=dict)
+    shard: TableShard | None = None
 
     @property
     def progress(self) -> float:
@@ -126,9 +163,11 @@ class Policy(ABC):
     needs_num_epochs: bool = False
     #: Whether the plan size can change from one epoch to the next.
     varies_length: bool = True
+    #: Whether it plans from tables sharded over the ranks (`TrainingDynamics(sharded=True)`).
+    plans_from_shards: bool = False
 
     @abstractmethod
-    def plan(self, context: EpochContext) -> Plan:
+    def plan(self, context: EpochContext) -> Plan | ShardedPlan:
         """The plan for ``context.epoch``."""
 
     def epoch_size(self, num_examples: int, epoch: int, num_epochs: int | None) -> int | None:
@@ -194,6 +233,7 @@ class PolicyWrapper(Policy):
         self.signals = policy.signals
         self.needs_num_epochs = policy.needs_num_epochs
         self.varies_length = policy.varies_length
+        self.plans_from_shards = policy.plans_from_shards
 
     def validate(self, num_examples: int, num_epochs: int | None) -> None:  # noqa: D102
         self.policy.validate(num_examples, num_epochs)

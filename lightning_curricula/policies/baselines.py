@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from lightning_curricula.policies._base import EpochContext, Plan, Policy, PolicyWrapper, check_fraction, fraction_size
-from lightning_curricula.policies.selection import full_plan, random_plan, shuffled_plan
+from lightning_curricula.policies._base import (
+    EpochContext,
+    Plan,
+    Policy,
+    PolicyWrapper,
+    ShardedPlan,
+    check_fraction,
+    fraction_size,
+)
+from lightning_curricula.policies.selection import full_plan, generator_key, random_plan, shuffled_plan
 
 __all__ = ["FullData", "RandomSubset", "RandomTwin"]
 
@@ -20,9 +28,10 @@ class FullData(Policy):
     """
 
     varies_length = False
+    plans_from_shards = True
 
-    def plan(self, context: EpochContext) -> Plan:  # noqa: D102
-        return full_plan(context.num_examples, context.generator)
+    def plan(self, context: EpochContext) -> Plan | ShardedPlan:  # noqa: D102
+        return full_plan(context.num_examples, context.generator, shard=context.shard)
 
     def epoch_size(self, num_examples: int, epoch: int, num_epochs: int | None) -> int:  # noqa: D102
         return num_examples
@@ -45,18 +54,22 @@ class RandomSubset(Policy):
     """
 
     varies_length = False
+    plans_from_shards = True
 
     def __init__(self, fraction: float, *, static: bool = False) -> None:
         check_fraction("fraction", fraction)
         self.fraction = fraction
         self.static = static
 
-    def plan(self, context: EpochContext) -> Plan:  # noqa: D102
+    def plan(self, context: EpochContext) -> Plan | ShardedPlan:  # noqa: D102
         size = fraction_size(self.fraction, context.num_examples)
         if not self.static:
-            return random_plan(context.num_examples, size, context.generator)
+            return random_plan(context.num_examples, size, context.generator, shard=context.shard)
         # The run's subset: the head of a permutation keyed by the seed alone (the same every epoch and rank).
-        subset = random_plan(context.num_examples, size, torch.Generator().manual_seed(context.seed)).indices
+        run_generator = torch.Generator().manual_seed(context.seed)
+        if context.shard is not None:
+            return context.shard.permutation_plan(size, generator_key(run_generator), generator_key(context.generator))
+        subset = random_plan(context.num_examples, size, run_generator).indices
         return shuffled_plan(subset, context.generator)
 
     def epoch_size(self, num_examples: int, epoch: int, num_epochs: int | None) -> int:  # noqa: D102
@@ -75,12 +88,12 @@ class RandomTwin(PolicyWrapper):
         67
     """
 
-    def plan(self, context: EpochContext) -> Plan:  # noqa: D102
+    def plan(self, context: EpochContext) -> Plan | ShardedPlan:  # noqa: D102
         size = self.policy.epoch_size(context.num_examples, context.epoch, context.num_epochs)
         if size is None:  # sized by the scores: plan the policy to learn its size
             size = len(self.policy.plan(context))
         if size <= context.num_examples:
-            return random_plan(context.num_examples, size, context.generator)
+            return random_plan(context.num_examples, size, context.generator, shard=context.shard)
         return Plan(torch.randint(context.num_examples, (size,), generator=context.generator), torch.ones(size))
 
     def epoch_size(self, num_examples: int, epoch: int, num_epochs: int | None) -> int | None:  # noqa: D102

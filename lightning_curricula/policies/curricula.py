@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
@@ -13,12 +13,16 @@ from lightning_curricula.policies._base import (
     EpochContext,
     Plan,
     Policy,
+    ShardedPlan,
     check_fraction,
     check_signal,
     check_warmup,
     fraction_size,
 )
 from lightning_curricula.policies.selection import easiest_set, full_plan, random_plan, shuffled_plan
+
+if TYPE_CHECKING:
+    from lightning_curricula._sharding import TableShard
 
 __all__ = ["Curriculum", "ScoreCurriculum", "SelfPaced", "paced_size"]
 
@@ -48,10 +52,15 @@ def check_order(order: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"order must be one of {', '.join(allowed)}; got {order!r}.")
 
 
-def ordered_subset(difficulty: Tensor, size: int, order: str) -> Tensor:
-    """The ``size`` ids that ``order`` takes by ``difficulty`` (higher is harder; ties to the lower id; NaN last)."""
+def ordered_subset(difficulty: Tensor, size: int, order: str, *, shard: TableShard | None = None) -> Tensor:
+    """The ``size`` ids that ``order`` takes by ``difficulty`` (higher is harder; ties to the lower id; NaN last).
+
+    ``shard`` (see `easiest_set`) works for every order but ``balanced``.
+    """
     if order != "balanced":
-        return easiest_set(difficulty, size, hardest=order == "hard_to_easy")
+        return easiest_set(difficulty, size, hardest=order == "hard_to_easy", shard=shard)
+    if shard is not None:
+        raise ValueError("The balanced order does not plan from sharded tables.")
     easy = easiest_set(difficulty, size // 2)
     rest = torch.ones(difficulty.numel(), dtype=torch.bool)
     rest[easy] = False
@@ -105,18 +114,20 @@ class Curriculum(Policy):
         self.pace = pacing_function(pacing, start=start, saturation=saturation)
         self.warmup_epochs = warmup_epochs
         self.signals = () if order == "random" else (signal,)
+        self.plans_from_shards = order != "balanced"
 
     def epoch_size(self, num_examples: int, epoch: int, num_epochs: int | None) -> int:  # noqa: D102
         return paced_size(self.pace, num_examples, epoch, num_epochs, warmup_epochs=self.warmup_epochs)
 
-    def plan(self, context: EpochContext) -> Plan:  # noqa: D102
-        n = context.num_examples
+    def plan(self, context: EpochContext) -> Plan | ShardedPlan:  # noqa: D102
+        n, shard = context.num_examples, context.shard
         size = self.epoch_size(n, context.epoch, context.num_epochs)
         if size == n:
-            return full_plan(n, context.generator)
+            return full_plan(n, context.generator, shard=shard)
         if self.order == "random":
-            return random_plan(n, size, context.generator)
-        return shuffled_plan(ordered_subset(context.difficulty(self.signal), size, self.order), context.generator)
+            return random_plan(n, size, context.generator, shard=shard)
+        chosen = ordered_subset(context.difficulty(self.signal), size, self.order, shard=shard)
+        return shuffled_plan(chosen, context.generator, shard=shard)
 
 
 class ScoreCurriculum(Policy):

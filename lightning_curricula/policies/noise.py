@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_curricula.policies._base import EpochContext, Plan, Policy, PolicyWrapper
+from lightning_curricula.policies._base import EpochContext, Plan, Policy, PolicyWrapper, ShardedPlan
 from lightning_curricula.ranking import HARDER_WHEN_HIGHER
 
 __all__ = ["NoiseAware"]
@@ -54,6 +54,7 @@ class NoiseAware(PolicyWrapper):
         extra = ("aum",) + (("forgetting_events",) if min_forgetting is not None else ())
         self.signals = tuple(dict.fromkeys(policy.signals + extra))
         self.varies_length = mode == "drop" or policy.varies_length  # dropping flagged examples changes the size
+        self.plans_from_shards = False  # the flags and the demoted scores read the whole table
 
     def flagged(self, signals: Mapping[str, Tensor]) -> Tensor:
         """Bool mask of likely-mislabeled examples (unseen examples are never flagged).
@@ -72,12 +73,13 @@ class NoiseAware(PolicyWrapper):
     def epoch_size(self, num_examples: int, epoch: int, num_epochs: int | None) -> int | None:  # noqa: D102
         return self.policy.epoch_size(num_examples, epoch, num_epochs) if self.mode == "demote" else None
 
-    def plan(self, context: EpochContext) -> Plan:  # noqa: D102
+    def plan(self, context: EpochContext) -> Plan | ShardedPlan:  # noqa: D102
         if not context.tracked:  # before the first tracked epoch (the inner policy's warm-up)
             return self.policy.plan(context)
         flags = self.flagged(context.signals)
         if self.mode == "drop":
             plan = self.policy.plan(context)
+            assert isinstance(plan, Plan), "NoiseAware does not plan from sharded tables"  # plans_from_shards is False
             keep = ~flags[plan.indices]
             return Plan(plan.indices[keep], plan.weights[keep])
         demoted = dict(context.signals)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
@@ -13,6 +13,7 @@ from lightning_curricula.policies._base import (
     EpochContext,
     Plan,
     Policy,
+    ShardedPlan,
     check_fraction,
     check_signal,
     check_warmup,
@@ -22,12 +23,17 @@ from lightning_curricula.policies.selection import (
     easiest_band,
     easiest_set,
     full_plan,
+    generator_key,
     grouped_easiest_band,
+    keyed_uniforms,
     random_plan,
     shuffled_plan,
     stratified_keep,
 )
 from lightning_curricula.ranking import HARDER_WHEN_HIGHER
+
+if TYPE_CHECKING:
+    from lightning_curricula._sharding import TableShard
 
 __all__ = ["Bandit", "InfoBatch", "StaticPruning", "well_learned_mask"]
 
@@ -94,7 +100,8 @@ class StaticPruning(Policy):
         self.class_balanced = class_balanced
         self.min_per_class = min_per_class
         self.signals = (signal,)
-        self.subset: Tensor | None = None  # the ids chosen at epoch score_epochs, in id order
+        self.plans_from_shards = not class_balanced
+        self.subset: Tensor | None = None  # the ids chosen at epoch score_epochs, in id order (this rank's, sharded)
 
     def state_dict(self) -> dict[str, Any]:  # noqa: D102
         state: dict[str, Any] = {"version": self.state_version}
@@ -122,11 +129,11 @@ class StaticPruning(Policy):
         counts = torch.bincount(self.labels)
         return sum(self._class_quota(int(count)) for count in counts if count > 0)
 
-    def plan(self, context: EpochContext) -> Plan:  # noqa: D102
+    def plan(self, context: EpochContext) -> Plan | ShardedPlan:  # noqa: D102
         n = context.num_examples
         if context.epoch < self.score_epochs:
             self.subset = None  # a new run: the choice is made again at the selection epoch
-            return full_plan(n, context.generator)
+            return full_plan(n, context.generator, shard=context.shard)
         if context.epoch == self.score_epochs:
             self.subset = self._choose(context)
         elif self.subset is None:
@@ -137,7 +144,7 @@ class StaticPruning(Policy):
             )
         if self.subset.numel() and int(self.subset.max()) >= n:
             raise ValueError(f"StaticPruning's subset has ids up to {int(self.subset.max())}; the dataset has {n}.")
-        return shuffled_plan(self.subset, context.generator)
+        return shuffled_plan(self.subset, context.generator, shard=context.shard)
 
     def _choose(self, context: EpochContext) -> Tensor:
         """The subset in id order: linear-time selections (no sort of the scores), then shuffled by `plan`."""
@@ -146,7 +153,7 @@ class StaticPruning(Policy):
         if not self.class_balanced or self.labels is None:
             size = fraction_size(self.keep, n)
             skip = min(round(self.band_offset * n), n - size)  # rounding must not shrink the band
-            return easiest_band(context.difficulty(self.signal), skip, size, hardest=hardest)
+            return easiest_band(context.difficulty(self.signal), skip, size, hardest=hardest, shard=context.shard)
         counts = torch.bincount(self.labels).tolist()
         quotas = [self._class_quota(count) for count in counts]
         skips = [
@@ -225,6 +232,7 @@ class InfoBatch(Policy):
         self.signal = signal
         self.budget = budget
         self.signals = (signal,)
+        self.plans_from_shards = budget is None
 
     def full_epoch(self, epoch: int, num_epochs: int) -> bool:
         """Whether ``epoch`` trains on all data: the first epoch, and the annealing epochs at the end."""
@@ -275,18 +283,15 @@ class InfoBatch(Policy):
         slot = pruning.index(epoch)
         return passes * (slot + 1) // len(pruning) - passes * slot // len(pruning)
 
-    def plan(self, context: EpochContext) -> Plan:  # noqa: D102
+    def plan(self, context: EpochContext) -> Plan | ShardedPlan:  # noqa: D102
         n = context.num_examples
         size = self.epoch_size(n, context.epoch, context.num_epochs)
         if size == n:
-            return full_plan(n, context.generator)
+            return full_plan(n, context.generator, shard=context.shard)
         scores = context.difficulty(self.signal)
-        well_learned = well_learned_mask(scores)
+        well_learned = well_learned_mask(scores, shard=context.shard)
         if size is None:
-            dropped = well_learned & (torch.rand(n, generator=context.generator) < self.prune)
-            weights = torch.where(well_learned, 1.0 / (1.0 - self.prune), 1.0)
-            kept = (~dropped).nonzero().squeeze(1)
-            return shuffled_plan(kept, context.generator, weights[kept])
+            return self._drop_at_random(well_learned, context)
         drop = n - size
         if drop > self.max_drop(n):
             raise ValueError(
@@ -299,21 +304,37 @@ class InfoBatch(Policy):
         ids, weights = stratified_keep(strata, [drop, 0], context.generator)
         return shuffled_plan(ids, context.generator, weights)
 
+    def _drop_at_random(self, well_learned: Tensor, context: EpochContext) -> Plan | ShardedPlan:
+        """The paper's InfoBatch: drop each well-learned example with probability ``prune``, up-weight the rest.
 
-def well_learned_mask(scores: Tensor) -> Tensor:
+        Each id's draw is `keyed_uniforms` of its own id, so a rank draws only for the ids it owns.
+        """
+        start = 0 if context.shard is None else context.shard.start
+        ids = torch.arange(start, start + well_learned.numel())
+        dropped = well_learned & (keyed_uniforms(generator_key(context.generator), ids) < self.prune)
+        weights = torch.where(well_learned, 1.0 / (1.0 - self.prune), 1.0)
+        kept = (~dropped).nonzero().squeeze(1)
+        return shuffled_plan(kept + start, context.generator, weights[kept], shard=context.shard)
+
+
+def well_learned_mask(scores: Tensor, *, shard: TableShard | None = None) -> Tensor:
     """InfoBatch's well-learned examples: a finite score below the mean of the finite scores.
 
     Unseen (NaN) and non-finite scores (a never-learned example's infinite forgetting count) are never
     well-learned and never enter the mean, so one ``+inf`` cannot make every other example well-learned.
+    The mean is a float64 sum over a count; with ``shard``, over every rank's shard of the scores.
 
     Examples:
         >>> well_learned_mask(torch.tensor([0.0, 5.0, float("inf"), 1.0, float("nan")])).tolist()
         [True, False, False, True, False]
     """
     finite = scores.isfinite()
-    if not bool(finite.any()):
+    sums = torch.stack([torch.where(finite, scores.double(), 0.0).sum(), finite.sum().double()])
+    total, count = (sums if shard is None else shard.total(sums)).tolist()
+    if count == 0:
         return torch.zeros_like(finite)
-    return finite & (scores < scores[finite].mean())
+    mean: float = total / count
+    return finite & (scores.double() < mean)
 
 
 class Bandit(Policy):
@@ -355,21 +376,22 @@ class Bandit(Policy):
         self.epsilon = epsilon
         self.warmup_epochs = warmup_epochs
         self.signals = (signal, "epochs_seen")
+        self.plans_from_shards = strategy == "ucb"
 
     def epoch_size(self, num_examples: int, epoch: int, num_epochs: int | None) -> int:  # noqa: D102
         return num_examples if epoch < self.warmup_epochs else fraction_size(self.fraction, num_examples)
 
-    def plan(self, context: EpochContext) -> Plan:  # noqa: D102
-        n = context.num_examples
+    def plan(self, context: EpochContext) -> Plan | ShardedPlan:  # noqa: D102
+        n, shard = context.num_examples, context.shard
         size = self.epoch_size(n, context.epoch, context.num_epochs)
         if size == n:
-            return full_plan(n, context.generator)
+            return full_plan(n, context.generator, shard=shard)
         value = context.difficulty(self.signal)
         if self.strategy == "ucb":
             pulls = context.signals["epochs_seen"].float()
             bonus = self.exploration * torch.sqrt(math.log(context.epoch + 1) / pulls)
             value = torch.where(pulls > 0, value + bonus, math.inf)
-            return shuffled_plan(easiest_set(value, size, hardest=True), context.generator)
+            return shuffled_plan(easiest_set(value, size, hardest=True, shard=shard), context.generator, shard=shard)
         explore = round(self.epsilon * size)
         greedy = easiest_set(value, size - explore, hardest=True)
         rest = torch.ones(n, dtype=torch.bool)

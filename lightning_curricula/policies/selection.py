@@ -4,16 +4,24 @@ Pure functions of tensors and an explicit ``torch.Generator``; linear-time selec
 wherever the result is shuffled anyway, since sorting 10M scores costs more than a whole plan. The
 shuffles are a `keyed_permutation` whose key is one draw from the generator: a random order that is
 evaluated where needed (a plan's head, a rank's shard) rather than materialised with ``torch.randperm``.
+
+With ``shard=`` (a `TableShard`, from `EpochContext.shard` when the tracker's tables are sharded over the
+ranks) the selections take this rank's shard of the scores and return its part of the set, and the plans
+are sharded plans (`ShardedPlan`): the same ids at the same positions as without, found with a few small collectives.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, overload
 
 import torch
 from torch import Tensor
 
-from lightning_curricula.policies._base import Plan, derived_seed
+from lightning_curricula.policies._base import Plan, ShardedPlan, derived_seed
+
+if TYPE_CHECKING:
+    from lightning_curricula._sharding import TableShard
 
 __all__ = [
     "easiest_band",
@@ -25,6 +33,7 @@ __all__ = [
     "grouped_easiest_band",
     "importance_draws",
     "keyed_permutation",
+    "keyed_uniforms",
     "random_plan",
     "sampling_probabilities",
     "shuffled_plan",
@@ -32,14 +41,29 @@ __all__ = [
 ]
 
 
-def shuffled_plan(indices: Tensor, generator: torch.Generator, weights: Tensor | None = None) -> Plan:
+@overload
+def shuffled_plan(
+    indices: Tensor, generator: torch.Generator, weights: Tensor | None = None, *, shard: None = None
+) -> Plan: ...
+@overload
+def shuffled_plan(
+    indices: Tensor, generator: torch.Generator, weights: Tensor | None = None, *, shard: TableShard
+) -> ShardedPlan: ...
+def shuffled_plan(
+    indices: Tensor, generator: torch.Generator, weights: Tensor | None = None, *, shard: TableShard | None = None
+) -> Plan | ShardedPlan:
     """A plan visiting ``indices`` in a random order drawn from ``generator`` (a `keyed_permutation`).
+
+    With ``shard``, ``indices`` is this rank's part of the set (global ids in id order, as the sharded
+    selections return them), and the plan shuffles the whole set.
 
     Examples:
         >>> plan = shuffled_plan(torch.arange(5), torch.Generator().manual_seed(0))
         >>> sorted(plan.indices.tolist()), plan.weights.tolist()
         ([0, 1, 2, 3, 4], [1.0, 1.0, 1.0, 1.0, 1.0])
     """
+    if shard is not None:
+        return shard.shuffled_plan(indices, generator_key(generator), weights)
     order = keyed_permutation(indices.numel(), generator_key(generator))
     shuffled = torch.index_select(indices.long(), 0, order)  # index_select: advanced indexing syncs threads often
     if weights is None:  # all ones: nothing to permute
@@ -47,26 +71,45 @@ def shuffled_plan(indices: Tensor, generator: torch.Generator, weights: Tensor |
     return Plan(shuffled, torch.index_select(weights.float(), 0, order))
 
 
-def full_plan(num_examples: int, generator: torch.Generator) -> Plan:
+@overload
+def full_plan(num_examples: int, generator: torch.Generator, *, shard: None = None) -> Plan: ...
+@overload
+def full_plan(num_examples: int, generator: torch.Generator, *, shard: TableShard) -> ShardedPlan: ...
+def full_plan(num_examples: int, generator: torch.Generator, *, shard: TableShard | None = None) -> Plan | ShardedPlan:
     """Every example once, shuffled: ``shuffled_plan(torch.arange(n), generator)`` without the gather.
+
+    With ``shard``, nothing is computed until a rank asks for its positions (no collective).
 
     Examples:
         >>> sorted(full_plan(4, torch.Generator().manual_seed(0)).indices.tolist())
         [0, 1, 2, 3]
     """
-    return Plan(keyed_permutation(num_examples, generator_key(generator)), torch.ones(num_examples))
+    return random_plan(num_examples, num_examples, generator, shard=shard)
 
 
-def random_plan(num_examples: int, size: int, generator: torch.Generator) -> Plan:
+@overload
+def random_plan(num_examples: int, size: int, generator: torch.Generator, *, shard: None = None) -> Plan: ...
+@overload
+def random_plan(num_examples: int, size: int, generator: torch.Generator, *, shard: TableShard) -> ShardedPlan: ...
+def random_plan(
+    num_examples: int, size: int, generator: torch.Generator, *, shard: TableShard | None = None
+) -> Plan | ShardedPlan:
     """A uniformly random subset of ``size`` ids in a random order: the head of one permutation, costing ``size``.
+
+    With ``shard``, nothing is computed until a rank asks for its positions (no collective).
 
     Examples:
         >>> plan = random_plan(10, 3, torch.Generator().manual_seed(0))
         >>> len(plan), len(set(plan.indices.tolist()))
         (3, 3)
     """
-    positions = torch.arange(min(max(size, 0), num_examples))
-    return Plan(keyed_permutation(num_examples, generator_key(generator), positions), torch.ones(positions.numel()))
+    size = min(max(size, 0), num_examples)
+    key = generator_key(generator)
+    if shard is not None:
+        return shard.permutation_plan(size, key)
+    if size == num_examples:
+        return Plan(keyed_permutation(num_examples, key), torch.ones(num_examples))
+    return Plan(keyed_permutation(num_examples, key, torch.arange(size)), torch.ones(size))
 
 
 def generator_key(generator: torch.Generator) -> int:
@@ -170,16 +213,19 @@ def _feistel(x: Tensor, tables: list[Tensor], width: int, rows: int) -> Tensor:
     return row.bitwise_left_shift_(width).bitwise_or_(column)
 
 
-def easiest_set(difficulty: Tensor, count: int, *, hardest: bool = False) -> Tensor:
+def easiest_set(difficulty: Tensor, count: int, *, hardest: bool = False, shard: TableShard | None = None) -> Tensor:
     """The ids of ``easiest_first(difficulty, hardest=hardest)[:count]``, in id order.
 
     A selection (``kthvalue``) and no sort, for callers that shuffle the set anyway. Ties go to the
-    lower id; NaN (unseen) comes last in both directions.
+    lower id; NaN (unseen) comes last in both directions. With ``shard``, ``difficulty`` is this rank's
+    shard and the result its part of the set over all ranks (the exact boundary from two histograms).
 
     Examples:
         >>> easiest_set(torch.tensor([0.5, float("nan"), 0.1, 0.5]), 2)
         tensor([0, 2])
     """
+    if shard is not None:
+        return shard.easiest_set(difficulty, count, hardest=hardest)
     key = -difficulty if hardest else difficulty
     key = torch.nan_to_num(key.float(), nan=math.inf, posinf=math.inf)
     count = min(max(count, 0), key.numel())
@@ -198,7 +244,9 @@ def easiest_prefix(difficulty: Tensor, count: int, *, hardest: bool = False) -> 
     return ids[torch.sort(torch.nan_to_num(key.float(), nan=math.inf, posinf=math.inf), stable=True).indices]
 
 
-def easiest_band(difficulty: Tensor, skip: int, count: int, *, hardest: bool = False) -> Tensor:
+def easiest_band(
+    difficulty: Tensor, skip: int, count: int, *, hardest: bool = False, shard: TableShard | None = None
+) -> Tensor:
     """The ids of ``easiest_first(difficulty, hardest=hardest)[skip : skip + count]``, in id order, in linear time.
 
     Two nested `easiest_set` selections (one total order: key, then id), no sort: for callers that
@@ -208,12 +256,13 @@ def easiest_band(difficulty: Tensor, skip: int, count: int, *, hardest: bool = F
         >>> easiest_band(torch.tensor([0.5, 0.9, 0.1, 0.7]), 1, 2)
         tensor([0, 3])
     """
-    outer = easiest_set(difficulty, skip + count, hardest=hardest)
+    outer = easiest_set(difficulty, skip + count, hardest=hardest, shard=shard)
     if skip <= 0:
         return outer
+    start = 0 if shard is None else shard.start  # the ids of a shard begin at its start
     inner = torch.zeros(difficulty.numel(), dtype=torch.bool)
-    inner[easiest_set(difficulty, skip, hardest=hardest)] = True
-    return torch.index_select(outer, 0, (~torch.index_select(inner, 0, outer)).nonzero().squeeze(1))
+    inner[easiest_set(difficulty, skip, hardest=hardest, shard=shard) - start] = True
+    return torch.index_select(outer, 0, (~torch.index_select(inner, 0, outer - start)).nonzero().squeeze(1))
 
 
 def grouped_easiest_band(
@@ -337,3 +386,30 @@ def sampling_probabilities(scores: Tensor, smoothing: float) -> Tensor:
     if total <= 0:
         return uniform
     return (1 - smoothing) * scores / total + smoothing * uniform
+
+
+_GOLDEN, _MIX1, _MIX2 = (value - (1 << 64) for value in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def keyed_uniforms(key: int, ids: Tensor) -> Tensor:
+    """One uniform draw in ``[0, 1)`` per id, a function of ``(key, id)`` alone (float64).
+
+    A counter-based generator (the SplitMix64 finaliser of ``key`` and the id, in wrapping ``int64``
+    arithmetic): like ``torch.rand(n)[ids]`` for independent draws, but a rank that owns some ids
+    draws for them alone, without generating the others', and gets the same values as any other rank.
+
+    Examples:
+        >>> draws = keyed_uniforms(7, torch.arange(5))
+        >>> bool(((draws >= 0) & (draws < 1)).all()), torch.equal(keyed_uniforms(7, torch.arange(2, 4)), draws[2:4])
+        (True, True)
+    """
+    x = ids.long() * _GOLDEN + (derived_seed(key) - (1 << 63))
+    x = (x ^ _shift_right(x, 30)) * _MIX1
+    x = (x ^ _shift_right(x, 27)) * _MIX2
+    x = x ^ _shift_right(x, 31)
+    return _shift_right(x, 11).double() * 2.0**-53
+
+
+def _shift_right(x: Tensor, bits: int) -> Tensor:
+    """A logical right shift of int64 words (torch's ``>>`` is arithmetic: it copies the sign bit)."""
+    return torch.bitwise_right_shift(x, bits) & ((1 << (64 - bits)) - 1)
