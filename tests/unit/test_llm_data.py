@@ -204,8 +204,12 @@ def test_collator_pads_right_for_training_and_left_for_generation(tokenizer):
 def test_collator_pads_training_rows_right_whatever_the_tokenizer_says(tokenizer):
     left = copy.copy(tokenizer)
     left.padding_side = "left"
-    batch = CausalLMCollator(left)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "prompt_length": 1},
-                                   {"input_ids": [5, 8], "labels": [-100, 8], "prompt_length": 1}])
+    batch = CausalLMCollator(left)(
+        [
+            {"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "prompt_length": 1},
+            {"input_ids": [5, 8], "labels": [-100, 8], "prompt_length": 1},
+        ]
+    )
     assert batch["input_ids"][1].tolist() == [5, 8, tokenizer.pad_token_id]
     assert batch["labels"][1].tolist() == [-100, 8, IGNORE_INDEX]
     assert left.padding_side == "left"  # the caller's tokenizer is left alone

@@ -1,0 +1,165 @@
+"""`TrainingDynamics(sharded=True)` under DDP on 2 and 4 gloo processes: the tables and plans of the unsharded run.
+
+Each run trains a linear classifier (``lr > 0``, so the scores change) through a `CurriculumSampler`, and every
+rank writes, per epoch, the ``(index, weight)`` pairs it trained on and its tracker's signals. The sharded and
+the unsharded run must train the same visits on the same ranks, and the sharded ranks' signals, concatenated in
+rank order, must equal the unsharded tables. The resume test crashes a sharded run and resumes it from the
+checkpoint of the last finished epoch, which refers to the files each rank wrote beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from helpers import COUNT_COLUMNS, ClassificationDataset, CrashAt, make_trainer
+from selection_helpers import one_thread  # noqa: F401
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from lightning_curricula import Bandit, InfoBatch, Policy, StaticPruning, TrainingDynamics, curriculum_dataloader
+from lightning_curricula.losses import weighted_mean
+
+SIZE = 53  # prime: unequal shards, and padded plans
+EPOCHS = 4
+BATCH_SIZE = 4
+
+
+class Recorder(pl.LightningModule):
+    """A linear classifier behind a `curriculum_dataloader`; writes what each rank trained and tracked."""
+
+    def __init__(self, directory: str, policy: Policy) -> None:
+        super().__init__()
+        self.layer = nn.Linear(8, 3)
+        with torch.no_grad():  # the same weights in every run
+            self.layer.weight.copy_(torch.randn(3, 8, generator=torch.Generator().manual_seed(0)))
+            self.layer.bias.zero_()
+        self.policy = policy
+        self.directory = Path(directory)
+        self.visits: list[tuple[int, float]] = []
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        dataset = ClassificationDataset(SIZE)
+        return curriculum_dataloader(dataset, self.trainer, self.policy, seed=3, batch_size=BATCH_SIZE)
+
+    def on_train_epoch_start(self) -> None:
+        self.visits = []
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        self.visits += list(zip(batch["index"].tolist(), batch["weight"].tolist(), strict=True))
+        logits = self.layer(batch["x"])
+        losses = F.cross_entropy(logits, batch["y"], reduction="none")
+        return {
+            "loss": weighted_mean(losses, batch["weight"]),
+            "losses": losses.detach(),
+            "logits": logits.detach(),
+            "targets": batch["y"],
+        }
+
+    def on_train_epoch_end(self) -> None:  # runs after the callbacks' epoch end: the tables include this epoch
+        dynamics = next(c for c in self.trainer.callbacks if isinstance(c, TrainingDynamics))  # type: ignore[attr-defined]
+        record = {"visits": self.visits, "signals": dynamics.signals()}
+        torch.save(record, self.directory / f"rank{self.global_rank}_epoch{self.current_epoch}.pt")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+def fit(
+    directory: Path, policy: Policy, world: int, *, sharded: bool, ckpt_path: Path | None = None, **options: Any
+) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    callbacks = [TrainingDynamics(sharded=sharded), *options.pop("callbacks", [])]
+    trainer = make_trainer(
+        directory,
+        max_epochs=EPOCHS,
+        callbacks=callbacks,
+        reload_dataloaders_every_n_epochs=1,
+        strategy="ddp_spawn",
+        devices=world,
+        **options,
+    )
+    trainer.fit(Recorder(str(directory), policy), ckpt_path=ckpt_path)
+
+
+def load(directory: Path, rank: int, epoch: int) -> dict[str, Any]:
+    return torch.load(directory / f"rank{rank}_epoch{epoch}.pt", weights_only=True)  # type: ignore[no-any-return]
+
+
+def table(directory: Path, world: int, epoch: int) -> dict[str, Tensor]:
+    """The whole table after ``epoch``: any rank's if unsharded, else the ranks' shards concatenated in rank order."""
+    shards = [load(directory, rank, epoch)["signals"] for rank in range(world)]
+    if shards[0]["index"].numel() == SIZE:
+        return shards[0]  # type: ignore[no-any-return]
+    return {key: torch.cat([shard[key] for shard in shards]) for key in shards[0]}
+
+
+def assert_same_runs(run: Path, reference: Path, world: int, epochs: range = range(EPOCHS)) -> None:
+    """The same visits on every rank in every epoch, and the same tables after it."""
+    for epoch in epochs:
+        for rank in range(world):
+            assert load(run, rank, epoch)["visits"] == load(reference, rank, epoch)["visits"], (epoch, rank)
+        expected, actual = table(reference, world, epoch), table(run, world, epoch)
+        assert sorted(actual) == sorted(expected)
+        for key, values in expected.items():
+            assert torch.equal(actual[key].isnan(), values.isnan()), (epoch, key)
+            assert torch.equal(actual[key].nan_to_num(-9.0), values.nan_to_num(-9.0)), (epoch, key)
+    assert set(expected) >= set(COUNT_COLUMNS) | {"el2n", "aum"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("world", "policy"),
+    [(2, InfoBatch(0.6)), (2, StaticPruning("el2n", keep=0.5, mode="band", band_offset=0.1)), (4, Bandit(0.4))],
+    ids=["2-infobatch", "2-static_band", "4-bandit"],
+)
+def test_sharded_tables_and_plans_equal_the_unsharded_ones(world: int, policy: Policy, tmp_path: Path) -> None:
+    fit(tmp_path / "sharded", policy, world, sharded=True)
+    fit(tmp_path / "unsharded", policy, world, sharded=False)
+    assert_same_runs(tmp_path / "sharded", tmp_path / "unsharded", world)
+    sizes = [len(load(tmp_path / "sharded", rank, 0)["signals"]["index"]) for rank in range(world)]
+    assert sum(sizes) == SIZE
+    assert max(sizes) < SIZE  # each rank held its slice only
+    later = [len(load(tmp_path / "sharded", 0, epoch)["visits"]) for epoch in range(EPOCHS)]
+    assert min(later) < later[0]  # the policy pruned: plans of another length than full data
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")  # the refused run has no ModelCheckpoint
+def test_a_sharded_run_resumed_after_a_crash_ends_with_the_straight_runs_tables(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def checkpoints(directory: Path) -> ModelCheckpoint:
+        return ModelCheckpoint(dirpath=directory / "checkpoints", filename="{epoch}", save_top_k=-1)
+
+    policy = InfoBatch(0.6)
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    fit(straight, policy, 2, sharded=True, enable_checkpointing=True, callbacks=[checkpoints(straight)])
+    with pytest.raises(Exception, match="crash at the start of epoch 2"):
+        fit(crashed, policy, 2, sharded=True, enable_checkpointing=True, callbacks=[checkpoints(crashed), CrashAt(2)])
+    checkpoint = crashed / "checkpoints" / "epoch=1.ckpt"
+    shard_files = sorted(path.name for path in crashed.glob("dynamics_shards/dynamics/epoch=2/*"))
+    assert shard_files == ["shard-00000-of-00002.pt", "shard-00001-of-00002.pt"]
+    fit(
+        crashed,
+        policy,
+        2,
+        sharded=True,
+        enable_checkpointing=True,
+        callbacks=[checkpoints(crashed)],
+        ckpt_path=checkpoint,
+    )
+    assert_same_runs(crashed, straight, 2, epochs=range(2, EPOCHS))
+
+    with pytest.raises(ValueError, match="sharded over 2 ranks, but this run has 1"):
+        make_trainer(
+            tmp_path / "one",
+            max_epochs=EPOCHS,
+            callbacks=[TrainingDynamics(sharded=True)],
+            reload_dataloaders_every_n_epochs=1,
+        ).fit(Recorder(str(tmp_path), policy), ckpt_path=checkpoint)
