@@ -337,11 +337,15 @@ class TrainingDynamics(Callback):
         assert self._accumulator is not None
         assert self._layout is not None
         device = self._accumulator.device
-        ids = torch.cat([ids for ids, _ in self._records]) if self._records else torch.empty(0, dtype=torch.int64)
-        rows = torch.cat([rows for _, rows in self._records], dim=1) if self._records else None
-        if rows is None:
-            rows = torch.empty(self._layout.rows, 0)
-        return T.shard_sums(ids.to(device), rows.to(device), self._accumulator, self._layout, self.table_shard)
+        if self._records:
+            ids = torch.cat([ids for ids, _ in self._records])
+            rows = torch.cat([rows for _, rows in self._records], dim=1)
+        else:
+            ids, rows = (
+                torch.empty(0, dtype=torch.int64, device=device),
+                torch.empty(self._layout.rows, 0, device=device),
+            )
+        return T.shard_sums(ids, rows, self._accumulator, self._layout, self.table_shard)
 
     def _finish_epoch(self, sums: Tensor, epoch: int, *, layout: T.Layout | None = None) -> dict[str, float]:
         """Fold the summed accumulator ``sums`` of ``epoch`` into the tables; the epoch's metrics.
@@ -536,20 +540,29 @@ class TrainingDynamics(Callback):
     def _start_shard(self, trainer: pl.Trainer) -> None:
         """This rank's slice of the ids, the collectives, and the directory of its checkpoint shards."""
         assert self.num_examples is not None
-        comm = ProcessGroupCollectives()
+        if self.table_shard is None or self.table_shard.num_examples != self.num_examples:
+            self.table_shard = TableShard(ProcessGroupCollectives(), self.num_examples)
+        comm = self.table_shard.comm
         if comm.world_size != trainer.world_size:
             raise RuntimeError(
                 f"TrainingDynamics(sharded=True) found {comm.world_size} ranks in torch.distributed but the Trainer "
                 f"has {trainer.world_size}: sharded tables need the Trainer's process group."
             )
-        self.table_shard = TableShard(comm, self.num_examples)
         if self.shard_dir is None:
             self.shard_dir = Path(trainer.default_root_dir) / "dynamics_shards" / self.name
         if self._tables and self._tables["visits"].numel() != self._rows():
             raise ValueError(
-                f"The loaded shard has {self._tables['visits'].numel()} rows; rank {comm.rank} of {comm.world_size} "
-                f"owns {self._rows()} of the {self.num_examples} ids."
+                f"TrainingDynamics(name={self.name!r}, sharded=True) was given tables of "
+                f"{self._tables['visits'].numel()} rows, but rank {comm.rank} of {comm.world_size} owns "
+                f"{self._rows()} of the {self.num_examples} ids: a checkpoint of unsharded tables resumes with "
+                "sharded=False."
             )
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # The ranks exist now, before Lightning builds the first train dataloader: its sampler plans from the shard.
+        if self.sharded and self.num_examples is not None and self.table_shard is None:
+            self.table_shard = TableShard(ProcessGroupCollectives(), self.num_examples)
 
     def _save_shard(self, state: dict[str, Any]) -> dict[str, Any]:
         """Write this rank's ``state`` to its shard file; what the checkpoint (rank 0's copy) keeps: where it is."""
@@ -590,6 +603,8 @@ class TrainingDynamics(Callback):
                 "Each rank writes its shard next to the checkpoint (shard_dir); resume where those files are."
             )
         state: dict[str, Any] = torch.load(path, weights_only=True)
+        # Known before training starts, so that the first plan of the resumed run reads the shard as a shard.
+        self.table_shard = TableShard(ProcessGroupCollectives(), int(info["num_examples"]))
         if state.get("epochs_tracked") != info["epochs_tracked"] or state.get("rank") != rank:
             raise ValueError(
                 f"{path} holds rank {state.get('rank')}'s shard after {state.get('epochs_tracked')} "

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DistributedSampler
 
-from lightning_curricula._distributed import world_and_rank
+from lightning_curricula._distributed import ProcessGroupCollectives, world_and_rank
+from lightning_curricula._sharding import TableShard
 from lightning_curricula.policies import EpochContext, FullData, Plan, Policy, ShardedPlan
 from lightning_curricula.policies._base import epoch_generator
 
@@ -154,7 +155,7 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
             seed=self.seed,
             num_epochs=self.num_epochs,
             signals=signals,
-            shard=self.dynamics.table_shard if self.dynamics is not None else None,
+            shard=self._table_shard(),
         )
         plan = self.policy.plan(context)
         if len(plan) == 0:
@@ -162,6 +163,20 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
         self._check_shards(len(plan), epoch)
         self._cached = (epoch, plan)
         return plan
+
+    def _table_shard(self) -> TableShard | None:
+        """The tracker's `TableShard` when its tables are sharded; one of the sampler's own before they exist."""
+        if self.dynamics is None or not self.dynamics.sharded:
+            return None
+        if self.dynamics.table_shard is not None:
+            return self.dynamics.table_shard
+        shard = TableShard(ProcessGroupCollectives(), self.num_examples)  # the first plan: no tables yet
+        if shard.comm.world_size != self.num_replicas:
+            raise ValueError(
+                f"A sampler of {self.num_replicas} replicas plans from tables sharded over the process group's "
+                f"{shard.comm.world_size} ranks; leave num_replicas and rank to the process group."
+            )
+        return shard
 
     def _check_shards(self, plan_size: int, epoch: int) -> None:
         """A trimmed plan smaller than the world size would give every rank an empty epoch."""

@@ -128,6 +128,11 @@ class DynamicsVisuals(Callback):
                 "DynamicsVisuals must come after its TrainingDynamics in Trainer(callbacks=[...]): it draws the "
                 "epoch the tracker has just finished."
             )
+        if dynamics.sharded:
+            raise ValueError(
+                f"DynamicsVisuals draws the whole table, but TrainingDynamics(name={dynamics.name!r}) is sharded over "
+                "the ranks: export its shards with to_parquet(directory) and plot them, or track with sharded=False."
+            )
         self.dynamics = dynamics
 
     @override

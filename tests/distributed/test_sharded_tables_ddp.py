@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import datasets
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -44,6 +45,9 @@ class Recorder(pl.LightningModule):
         self.visits: list[tuple[int, float]] = []
 
     def train_dataloader(self) -> DataLoader[Any]:
+        dynamics = next(c for c in self.trainer.callbacks if isinstance(c, TrainingDynamics))  # type: ignore[attr-defined]
+        # Lightning builds the first loader before on_train_start: a resumed shard must already read as one.
+        assert not (dynamics.sharded and dynamics.has_tables) or dynamics.table_shard is not None
         dataset = ClassificationDataset(SIZE)
         return curriculum_dataloader(dataset, self.trainer, self.policy, seed=3, batch_size=BATCH_SIZE)
 
@@ -65,6 +69,13 @@ class Recorder(pl.LightningModule):
         dynamics = next(c for c in self.trainer.callbacks if isinstance(c, TrainingDynamics))  # type: ignore[attr-defined]
         record = {"visits": self.visits, "signals": dynamics.signals()}
         torch.save(record, self.directory / f"rank{self.global_rank}_epoch{self.current_epoch}.pt")
+
+    def on_train_end(self) -> None:  # every rank writes its shard (a sharded tracker) or the whole table (rank 0)
+        dynamics = next(c for c in self.trainer.callbacks if isinstance(c, TrainingDynamics))  # type: ignore[attr-defined]
+        if dynamics.sharded:
+            dynamics.to_parquet(self.directory / "export")
+        elif self.global_rank == 0:
+            dynamics.to_parquet(self.directory / "export.parquet")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.5)
@@ -125,6 +136,13 @@ def test_sharded_tables_and_plans_equal_the_unsharded_ones(world: int, policy: P
     sizes = [len(load(tmp_path / "sharded", rank, 0)["signals"]["index"]) for rank in range(world)]
     assert sum(sizes) == SIZE
     assert max(sizes) < SIZE  # each rank held its slice only
+    files = sorted(str(path) for path in (tmp_path / "sharded" / "export").glob("shard-*.parquet"))
+    assert len(files) == world
+    exported = datasets.load_dataset("parquet", data_files=files, split="train").with_format("torch")[:]
+    expected = datasets.Dataset.from_parquet(str(tmp_path / "unsharded" / "export.parquet")).with_format("torch")[:]
+    assert list(exported) == list(expected)
+    for column, values in expected.items():
+        assert torch.equal(exported[column].nan_to_num(-9.0), values.nan_to_num(-9.0)), column
     later = [len(load(tmp_path / "sharded", 0, epoch)["visits"]) for epoch in range(EPOCHS)]
     assert min(later) < later[0]  # the policy pruned: plans of another length than full data
 

@@ -298,3 +298,20 @@ def test_count_dtype_follows_max_epochs() -> None:
     assert {t.dtype for t in short._tables.values() if not t.is_floating_point()} == {torch.uint8, torch.int8}
     assert long._tables["epochs_seen"].dtype == torch.int16  # 300 epochs do not fit in a byte
     assert short.signals()["epochs_seen"].tolist() == [3] * SIZE
+
+
+def test_sharded_tables_on_one_process_are_the_unsharded_tables(tmp_path: Path) -> None:
+    tables = {}
+    for sharded in (False, True):
+        dynamics = TrainingDynamics(sharded=sharded, history_epochs=2)
+        trainer = make_trainer(tmp_path, max_epochs=3, callbacks=[dynamics])
+        trainer.fit(Classifier(), train_loader(ClassificationDataset(SIZE), batch_size=8))
+        tables[sharded] = dynamics
+    unsharded, sharded = tables[False], tables[True]
+    assert sharded.table_shard is not None
+    assert (sharded.table_shard.start, sharded.table_shard.stop) == (0, SIZE)
+    assert_signals_equal(sharded.signals(), unsharded.signals())
+    assert torch.equal(sharded.loss_history()[1], unsharded.loss_history()[1])
+    assert torch.equal(sharded.select("el2n", k=5), torch.sort(unsharded.select("el2n", k=5)).values)  # id order
+    with pytest.raises(ValueError, match="use to_parquet"):
+        sharded.to_csv(tmp_path / "signals.csv")

@@ -116,6 +116,10 @@ def test_setup_needs_a_tracker_listed_first() -> None:
         make_trainer(max_epochs=1, callbacks=[DynamicsVisuals(), TrainingDynamics()]).fit(
             Classifier(), train_loader(ClassificationDataset(SIZE))
         )
+    with pytest.raises(ValueError, match=r"is sharded over the ranks: export its shards"):
+        make_trainer(max_epochs=1, callbacks=[TrainingDynamics(sharded=True), DynamicsVisuals()]).fit(
+            Classifier(), train_loader(ClassificationDataset(SIZE))
+        )
 
 
 @pytest.mark.parametrize(
