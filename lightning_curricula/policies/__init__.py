@@ -3,7 +3,9 @@
 A policy is a small object whose `Policy.plan` is a function of an `EpochContext`: the epoch, the
 number of epochs, the synced per-example signals of `TrainingDynamics`, and a private
 ``torch.Generator`` of the run's seed and the epoch. Every rank computes the same plan without
-talking; `CurriculumSampler` executes this rank's shard of it.
+talking; `CurriculumSampler` executes this rank's shard of it. With tables sharded over the ranks
+(``TrainingDynamics(sharded=True)``), a policy with ``plans_from_shards`` plans from this rank's slice
+with a few small collectives instead, and returns a `ShardedPlan` of the same visits.
 
 One module per family (`baselines`, `curricula`, `pruning`, `sampling`, `noise`); the kernels they
 share (shuffles, easiest-first sets, stratified drops) are public in `lightning_curricula.policies.selection`.
