@@ -8,7 +8,9 @@ of random 1 x 28 x 28 images (a training step's cost does not depend on the pixe
 - ``score``: the scoring forward alone on the whole batch, in eval mode without gradients, as the vision
   recipe's ``_selected`` does it;
 - ``selective``: a selective step: the scoring forward on the whole batch, `OnlineBatchSelection.select`
-  (``top_k``), then a training step on the kept ``round(keep * batch)`` examples with their weights.
+  (``top_k``), then a training step on the kept ``round(keep * batch)`` examples with their weights;
+- ``score_scaled`` and ``selective_scaled``: the same with the batch downsampled by ``--scoring-scale``
+  before the scoring forward (the vision recipe's ``scoring_scale``; Composer's ``scale_factor``).
 
 Each run times ``--steps`` calls back to back; the three variants run in interleaved rounds (the order
 rotating from one round to the next, `harness.interleaved_rounds`) after one warm-up round. Reported:
@@ -42,7 +44,7 @@ from lightning_curricula.recipes.vision.models import SmallCNN  # noqa: E402
 
 from lightning_curricula import OnlineBatchSelection, weighted_mean  # noqa: E402
 
-VARIANTS = ("step", "score", "selective")
+VARIANTS = ("step", "score", "selective", "score_scaled", "selective_scaled")
 
 
 def train_step(
@@ -55,8 +57,10 @@ def train_step(
     optimizer.step()
 
 
-def score(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
+def score(model: nn.Module, images: Tensor, labels: Tensor, scale: float = 1.0) -> Tensor:
     """Per-example losses from a forward in eval mode without gradients (the recipe's scoring forward)."""
+    if scale < 1.0:
+        images = F.interpolate(images, scale_factor=scale, mode="bilinear", antialias=True)
     model.eval()
     with torch.no_grad():
         scores = F.cross_entropy(model(images), labels, reduction="none")
@@ -74,15 +78,17 @@ def variants(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     selection = OnlineBatchSelection(keep=args.keep)
 
-    def selective() -> None:
-        kept = selection.select(score(model, images, labels))
+    def selective(scale: float) -> None:
+        kept = selection.select(score(model, images, labels, scale))
         positions = kept.positions.to(args.device)
         train_step(model, optimizer, images[positions], labels[positions], kept.weights.to(args.device))
 
     return {
         "step": lambda: train_step(model, optimizer, images, labels),
         "score": lambda: score(model, images, labels),
-        "selective": selective,
+        "selective": lambda: selective(1.0),
+        "score_scaled": lambda: score(model, images, labels, args.scoring_scale),
+        "selective_scaled": lambda: selective(args.scoring_scale),
     }
 
 
@@ -110,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3, help="calls timed back to back per run")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch.set_num_threads")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--scoring-scale", type=float, default=0.5, help="image scale of the *_scaled variants")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("scoring_overhead.json"), help="JSON results")
     args = parser.parse_args(argv)
@@ -140,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         return [run[key] for run in runs[name]]
 
     summary: dict[str, Any] = {"kept_examples": round(args.keep * args.batch_size)}
-    for name in ("score", "selective"):
+    for name in VARIANTS[1:]:
         stats = ratio_statistics(seconds("step"), seconds(name), names=("step", name))
         stats["cpu_median_pair_ratio"] = statistics.median(
             c / b for b, c in zip(seconds("step", "cpu_seconds"), seconds(name, "cpu_seconds"), strict=True)
@@ -156,7 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     step_ms = 1000 * statistics.median(seconds("step"))
     header = ["variant", "median ms", "over step: median of pairs", "over step: min / min", "over step: CPU time"]
     rows: list[list[Any]] = [["step (train on the batch)", f"{step_ms:.2f}", "1", "1", "1"]]
-    for name, label in (("score", "score (forward, no grad)"), ("selective", "selective (score + train on kept)")):
+    labels = {
+        "score": "score (forward, no grad)",
+        "selective": "selective (score + train on kept)",
+        "score_scaled": f"score at scale {args.scoring_scale}",
+        "selective_scaled": f"selective, scored at scale {args.scoring_scale}",
+    }
+    for name, label in labels.items():
         s = summary[f"{name}_over_step"]
         rows.append(
             [

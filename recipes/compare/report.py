@@ -109,9 +109,7 @@ def train_seconds_to(run: RunResult, accuracy: float, metric: str) -> float:
     return math.nan
 
 
-def summarize(
-    results: Sequence[RunResult], policies: Sequence[str], metric: str = "val/acc"
-) -> list[PolicySummary]:
+def summarize(results: Sequence[RunResult], policies: Sequence[str], metric: str = "val/acc") -> list[PolicySummary]:
     """One row per policy: accuracies as mean and sample standard deviation over seeds, ratios to ``full``.
 
     Accuracies are fractions in ``[0, 1]``; a standard deviation over one seed is NaN, and so are the

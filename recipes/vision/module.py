@@ -66,6 +66,11 @@ class VisionClassifier(pl.LightningModule):
             starts (timed as training time, logged as ``selection/holdout_seconds`` and saved in the
             log folder).
         holdout_epochs: epochs of each of those holdout models.
+        scoring_scale: size of the images in the scoring forward relative to training, in ``(0, 1]``.
+            Below 1 the batch is downsampled (bilinear) before it is scored, so the scoring forward costs
+            about ``scoring_scale ** 2`` of a full-size one (Composer's ``SelectiveBackprop``
+            ``scale_factor``); the training forward and backward use full-size images. The model must
+            accept the smaller size (``small_cnn`` pools adaptively).
 
     Example:
         >>> module = VisionClassifier(num_classes=10, in_channels=1)
@@ -98,6 +103,7 @@ class VisionClassifier(pl.LightningModule):
         selection_score: SelectionScore = "loss",
         irreducible_losses: str | None = None,
         holdout_epochs: int = 2,
+        scoring_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if model not in ("small_cnn", "resnet18"):
@@ -114,6 +120,8 @@ class VisionClassifier(pl.LightningModule):
             raise ValueError(f"selection_score must be 'loss' or 'reducible_loss', got {selection_score!r}.")
         if holdout_epochs < 1:
             raise ValueError(f"holdout_epochs must be >= 1, got {holdout_epochs!r}.")
+        if not 0.0 < scoring_scale <= 1.0:
+            raise ValueError(f"scoring_scale must be in (0, 1], got {scoring_scale!r}.")
         if irreducible_losses is not None and not Path(irreducible_losses).is_file():
             raise ValueError(
                 f"irreducible_losses={irreducible_losses!r} is not a file (save one with ReferenceLosses.save)."
@@ -131,6 +139,7 @@ class VisionClassifier(pl.LightningModule):
         self.selection_score = selection_score
         self.irreducible_path = irreducible_losses
         self.holdout_epochs = holdout_epochs
+        self.scoring_scale = scoring_scale
         self.selection: OnlineBatchSelection | None = None
         self.irreducible: ReferenceLosses | None = None
         self.holdout_seconds = 0.0
@@ -223,9 +232,12 @@ class VisionClassifier(pl.LightningModule):
 
     def _selected(self, batch: dict[str, Tensor], selection: OnlineBatchSelection) -> dict[str, Tensor]:
         """The kept part of ``batch``: scored by a forward in eval mode without gradients, then selected."""
+        images = batch["image"]
+        if self.scoring_scale < 1.0:
+            images = F.interpolate(images, scale_factor=self.scoring_scale, mode="bilinear", antialias=True)
         self.model.eval()
         with torch.no_grad():
-            scores = F.cross_entropy(self(batch["image"]), batch["label"], reduction="none")
+            scores = F.cross_entropy(self(images), batch["label"], reduction="none")
         self.model.train()
         if self.irreducible is not None:
             scores = reducible_loss(scores, self.irreducible.lookup(batch["index"]))

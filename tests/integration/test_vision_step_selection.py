@@ -54,7 +54,7 @@ def tracker(cli: VisionCLI) -> TrainingDynamics:
     return next(c for c in cli.trainer.callbacks if isinstance(c, TrainingDynamics))  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("config", ["selective_backprop", "rho_loss", "random_step"])
+@pytest.mark.parametrize("config", ["selective_backprop", "selective_backprop_half_res", "rho_loss", "random_step"])
 def test_steps_train_on_half_of_each_batch_and_the_tracker_sees_only_those(tmp_path: Path, config: str) -> None:
     sizes = BatchSizes()
     run = cli(tmp_path, config, "--trainer.enable_checkpointing", "false", callbacks=[sizes])
@@ -67,6 +67,18 @@ def test_steps_train_on_half_of_each_batch_and_the_tracker_sees_only_those(tmp_p
     selection = next(c for c in run.trainer.callbacks if isinstance(c, OnlineBatchSelection))  # type: ignore[attr-defined]
     assert selection.epoch_metrics["kept_share"] == 0.5
     assert selection.epoch_metrics["forward_only_passes"] == selection.epoch_metrics["backward_passes"] == 96
+
+
+def test_half_resolution_scoring_scores_small_images_and_trains_on_full_size_ones(tmp_path: Path) -> None:
+    run = cli(tmp_path, "selective_backprop_half_res", "--trainer.enable_checkpointing", "false", epochs=1)
+    shapes: list[tuple[int, ...]] = []
+    run.model.model.register_forward_pre_hook(lambda module, inputs: shapes.append(tuple(inputs[0].shape)))
+    run.trainer.fit(run.model, run.datamodule)
+    assert shapes.count((32, 1, 14, 14)) == 3  # each whole batch scored at half height and width
+    assert shapes.count((16, 1, 28, 28)) == 3  # its kept half trained at full size
+    assert len(shapes) == 6 + 1  # and one validation batch (32 test images, full size)
+    with pytest.raises(ValueError, match="scoring_scale must be in"):
+        VisionClassifier(scoring_scale=0.0)
 
 
 def test_selective_backprop_prefers_high_losses(tmp_path: Path) -> None:
