@@ -1,10 +1,14 @@
 """The tracker's tables as functions of tensors: the per-epoch accumulator, the epoch-end update, the signal columns.
 
-`TrainingDynamics` calls them in this order, and a sharded variant can call them on its slice of ids:
+`TrainingDynamics` calls them in this order:
 
 1. `new_accumulator` once, then `accumulate` per batch (a few vectorised ops and one ``index_add_``);
 2. at the epoch end, one sum all-reduce of the whole buffer, then `epoch_totals` to decode it;
 3. `update_tables` with those totals, and `signal_columns` for the snapshot that `signals()` returns.
+
+Sharded tables (``TrainingDynamics(sharded=True)``) keep only the scalar slots in the accumulator: each
+batch's `visit_rows` are recorded and `accumulate_scalars` adds the rest; at the epoch end `shard_sums`
+builds this rank's part of the summed buffer, and steps 2 and 3 run on the rank's slice of the ids.
 
 Memory per example (the budget is 64 bytes with every classification signal, 24 loss-only):
 
