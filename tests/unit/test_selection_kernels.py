@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lightning_curricula.policies.curricula import ordered_subset
 from lightning_curricula.policies.selection import (
+    _kth_smallest,
     easiest_band,
     easiest_first,
+    easiest_mask,
+    easiest_set,
     grouped_easiest_band,
     importance_draws,
 )
@@ -41,7 +48,7 @@ def test_grouped_easiest_band_is_each_groups_slice(scores: list[float], data: st
         members = ranked[groups[ranked] == group]
         expected.append(members[skips[group] : skips[group] + counts[group]].sort().values)
     got = grouped_easiest_band(difficulty, groups, skips, counts, hardest=hardest)
-    assert torch.equal(got, torch.cat(expected))
+    assert torch.equal(got, torch.cat(expected).sort().values)  # all groups' bands, in id order
 
 
 def test_importance_draws_follow_the_probabilities_in_a_random_order() -> None:
@@ -62,3 +69,79 @@ def test_importance_draws_are_a_function_of_the_generator() -> None:
     a = importance_draws(cumulative, 50, torch.Generator().manual_seed(4))
     assert torch.equal(a, importance_draws(cumulative, 50, torch.Generator().manual_seed(4)))
     assert not torch.equal(a, importance_draws(cumulative, 50, torch.Generator().manual_seed(5)))
+
+
+def large_keys(kind: str, n: int = 200_003) -> torch.Tensor:
+    """Keys at a size where `_kth_smallest` brackets the k-th value with a sample (not ``kthvalue`` on all)."""
+    g = torch.Generator().manual_seed(0)
+    if kind == "uniform":
+        return torch.rand(n, generator=g)
+    if kind == "ties":  # a few distinct values: the bracket holds whole runs of ties
+        return torch.randint(5, (n,), generator=g).float()
+    if kind == "ascending":  # ordered along the sample's stride
+        return torch.arange(n, dtype=torch.float32)
+    if kind == "periodic":  # every 64th key, the sample, is the smallest: the bracket misses, the fallback answers
+        return torch.where(torch.arange(n) % 64 == 0, -1.0, torch.rand(n, generator=g))
+    if kind == "signed_zeros_and_inf":
+        return torch.tensor([-0.0, 0.0, math.inf, -math.inf, 1.0])[torch.randint(5, (n,), generator=g)]
+    raise AssertionError(kind)
+
+
+KINDS = ["uniform", "ties", "ascending", "periodic", "signed_zeros_and_inf"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_kth_smallest_equals_kthvalue(kind: str) -> None:
+    key = large_keys(kind)
+    n = key.numel()
+    for k in (1, 2, 100, n // 64, n // 3, n // 2, n - 5000, n - 1, n):
+        assert _kth_smallest(key, k).item() == torch.kthvalue(key, k).values.item(), k
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("hardest", [False, True])
+def test_easiest_mask_and_band_at_scale_equal_the_ranking(kind: str, hardest: bool) -> None:
+    difficulty = large_keys(kind)
+    difficulty[::997] = math.nan  # unseen: last in both orders
+    ranked = easiest_first(difficulty, hardest=hardest)
+    n = difficulty.numel()
+    for count in (1, n // 2, n - 10):
+        mask = easiest_mask(difficulty, count, hardest=hardest)
+        assert torch.equal(mask.nonzero().squeeze(1), ranked[:count].sort().values)
+        assert torch.equal(mask.nonzero().squeeze(1), easiest_set(difficulty, count, hardest=hardest))
+    skip, count = n // 10, n // 2
+    expected = ranked[skip : skip + count].sort().values
+    assert torch.equal(easiest_band(difficulty, skip, count, hardest=hardest), expected)
+    groups = torch.arange(n) % 3
+    sizes = torch.bincount(groups).tolist()
+    skips, counts = [size // 10 for size in sizes], [size // 2 for size in sizes]
+    expected = torch.cat([ranked[groups[ranked] == g][skips[g] : skips[g] + counts[g]] for g in range(3)]).sort().values
+    assert torch.equal(grouped_easiest_band(difficulty, groups, skips, counts, hardest=hardest), expected)
+
+
+def balanced_by_definition(difficulty: torch.Tensor, size: int) -> torch.Tensor:
+    """The easiest ``size // 2``, then the hardest of the rest, from full sorts."""
+    easy = easiest_first(difficulty)[: size // 2]
+    rest = torch.ones(difficulty.numel(), dtype=torch.bool)
+    rest[easy] = False
+    rest_ids = rest.nonzero().squeeze(1)
+    hard = rest_ids[easiest_first(difficulty[rest_ids], hardest=True)[: size - size // 2]]
+    return torch.cat([easy.sort().values, hard.sort().values])
+
+
+@given(scores=SCORES, data=st.data())
+@settings(max_examples=300, deadline=None)
+def test_balanced_subset_is_the_easiest_half_then_the_hardest_of_the_rest(
+    scores: list[float], data: st.DataObject
+) -> None:
+    difficulty = torch.tensor(scores)
+    size = data.draw(st.integers(0, len(scores)))
+    assert torch.equal(ordered_subset(difficulty, size, "balanced"), balanced_by_definition(difficulty, size))
+
+
+@pytest.mark.parametrize("kind", ["uniform", "ties"])
+def test_balanced_subset_at_scale(kind: str) -> None:
+    difficulty = large_keys(kind)
+    difficulty[::997] = math.nan
+    for size in (difficulty.numel() // 2, difficulty.numel() - 7):
+        assert torch.equal(ordered_subset(difficulty, size, "balanced"), balanced_by_definition(difficulty, size))
