@@ -199,7 +199,8 @@ def easiest_prefix(difficulty: Tensor, count: int, *, hardest: bool = False) -> 
     return ids[torch.sort(torch.nan_to_num(key.float(), nan=math.inf, posinf=math.inf), stable=True).indices]
 
 
-_SAMPLE_STRIDE = 64  # `_kth_smallest`'s sample: every 64th key
+_SAMPLE_STRIDE = 64  # the selections' sample: every 64th key
+_MARGIN = 2.5  # a bracket spans the expected sample rank +- 2.5 sqrt(m): five standard deviations (<= sqrt(m) / 2)
 
 
 def _ranking_key(difficulty: Tensor, hardest: bool) -> Tensor:
@@ -222,7 +223,7 @@ def _kth_smallest(key: Tensor, k: int) -> Tensor:
     m = sample.numel()
     if m < 1024:  # small: the bracket would not save a pass
         return torch.kthvalue(key, k).values
-    rank, margin = k * m / n, 3.0 * math.sqrt(m)  # six standard deviations (at most sqrt(m) / 2) of its sample rank
+    rank, margin = k * m / n, _MARGIN * math.sqrt(m)
     low, high = math.floor(rank - margin), math.ceil(rank + margin)
     band: Tensor | None = None
     below = 0
@@ -287,10 +288,11 @@ def grouped_easiest_band(
 ) -> Tensor:
     """`easiest_band` within each group: ids of group ``g``'s ranks ``[skips[g], skips[g] + counts[g])``.
 
-    One stable sort of the group labels, as ``int16`` where they fit (cheap next to sorting the
-    scores), gathers each group's members in id order; each group then costs a linear-time selection.
-    Same ids as ranking all examples with `easiest_first` and cutting each group's slice (the
-    class-balanced selection).
+    All groups at once, in a fixed number of passes over the N examples whatever the number of groups
+    (no sort, no loop over groups at size N): each group's thresholds come from a bracket on one strided
+    sample, and every key is compared with its group's threshold (`_grouped_first_mask`). Same ids as
+    ranking all examples with `easiest_first` and cutting each group's slice (the class-balanced
+    selection).
 
     Args:
         difficulty: ``(N,)`` scores.
@@ -306,15 +308,81 @@ def grouped_easiest_band(
         >>> grouped_easiest_band(torch.tensor([0.5, 0.9, 0.1, 0.7]), torch.tensor([0, 1, 0, 1]), [0, 0], [1, 1])
         tensor([2, 3])
     """
-    narrow = groups.to(torch.int16 if len(counts) <= torch.iinfo(torch.int16).max + 1 else torch.int32)
-    members = torch.sort(narrow, stable=True).indices
-    sizes = torch.bincount(groups, minlength=len(counts)).tolist()
     key = _ranking_key(difficulty, hardest)
-    chosen = torch.zeros(difficulty.numel(), dtype=torch.bool)
-    for group, part in enumerate(members.split_with_sizes(sizes)):
-        band = _band_mask(torch.index_select(key, 0, part), skips[group], counts[group])
-        chosen.index_fill_(0, torch.index_select(part, 0, band.nonzero().squeeze(1)), True)
-    return chosen.nonzero().squeeze(1)
+    groups = groups.long()
+    band = _grouped_first_mask(key, groups, [skip + count for skip, count in zip(skips, counts, strict=True)])
+    if any(skip > 0 for skip in skips):
+        band.logical_and_(_grouped_first_mask(key, groups, skips).logical_not_())
+    return band.nonzero().squeeze(1)
+
+
+def _grouped_first_mask(key: Tensor, groups: Tensor, counts: list[int]) -> Tensor:
+    """The mask of the ``counts[g]`` smallest keys of each group ``g`` (ties to the lower id), all groups at once.
+
+    `_kth_smallest`'s bracket per group, from one strided sample: per-group bounds are gathered to every
+    key, one pass counts each group's keys below its bound and one gathers the keys inside; a small sort
+    of those gives each group's threshold, its keys below it are chosen and its ties (all inside the
+    bracket) go to the lowest ids. A group whose bracket misses is selected on its own, exactly.
+    """
+    num_groups = len(counts)
+    sizes = torch.bincount(groups, minlength=num_groups).tolist()
+    counts = [min(max(count, 0), size) for count, size in zip(counts, sizes, strict=True)]
+    sample, sample_groups = key[::_SAMPLE_STRIDE], groups[::_SAMPLE_STRIDE]
+    sample_sizes = torch.bincount(sample_groups, minlength=num_groups).tolist()
+    sample = _sorted_by_group(sample, sample_groups)
+    low, high = torch.full((num_groups,), -math.inf), torch.full((num_groups,), math.inf)
+    start = 0
+    for group, (m, size, count) in enumerate(zip(sample_sizes, sizes, counts, strict=True)):
+        if count > 0 and m >= 64:  # a small group is all inside its bracket
+            rank, margin = count * m / size, _MARGIN * math.sqrt(m)
+            if (lower := math.floor(rank - margin)) >= 1:
+                low[group] = sample[start + lower - 1]
+            if (upper := math.ceil(rank + margin)) <= m:
+                high[group] = sample[start + upper - 1]
+        start += m
+    inside = torch.lt(key, torch.index_select(low, 0, groups))
+    below = torch.bincount(groups, weights=inside, minlength=num_groups).long().tolist()
+    inside.logical_not_().logical_and_(torch.le(key, torch.index_select(high, 0, groups)))
+    ids = inside.nonzero().squeeze(1)  # the brackets' keys, in id order
+    inside_keys, inside_groups = torch.index_select(key, 0, ids), torch.index_select(groups, 0, ids)
+    ranked = _sorted_by_group(inside_keys, inside_groups)
+    inside_sizes = torch.bincount(inside_groups, minlength=num_groups).tolist()
+    threshold = torch.full((num_groups,), -math.inf)  # -inf: the group is chosen elsewhere (or not at all)
+    need = [0] * num_groups  # ties of the threshold to choose, lowest ids first
+    missed = []
+    start = 0
+    for group, (count, size) in enumerate(zip(counts, inside_sizes, strict=True)):
+        if count > 0 and below[group] < count <= below[group] + size:
+            part = ranked[start : start + size]
+            threshold[group] = part[count - below[group] - 1]
+            need[group] = count - below[group] - int(torch.searchsorted(part, threshold[group : group + 1]))
+        elif count > 0:
+            missed.append(group)
+        start += size
+    chosen = torch.lt(key, torch.index_select(threshold, 0, groups))
+    tied = torch.eq(inside_keys, torch.index_select(threshold, 0, inside_groups))
+    ties = torch.index_select(ids, 0, tied.nonzero().squeeze(1))
+    tie_groups = torch.index_select(groups, 0, ties)
+    by_group = torch.sort(tie_groups, stable=True).indices  # each group's ties, in id order
+    tie_sizes = torch.bincount(tie_groups, minlength=num_groups)
+    position = torch.arange(ties.numel()) - torch.repeat_interleave(tie_sizes.cumsum(0) - tie_sizes, tie_sizes)
+    first = position < torch.tensor(need, dtype=torch.int64)[tie_groups[by_group]]
+    chosen.index_fill_(0, ties[by_group][first], True)
+    for group in missed:  # the sample misled: this group's selection over its members (exact, slower)
+        members = torch.eq(groups, group).nonzero().squeeze(1)
+        part = _first_mask(torch.index_select(key, 0, members), counts[group]).nonzero().squeeze(1)
+        chosen.index_fill_(0, torch.index_select(members, 0, part), True)
+    return chosen
+
+
+def _sorted_by_group(key: Tensor, groups: Tensor) -> Tensor:
+    """A float32 ``key`` sorted by group, then by key: one sort of ``(group, key)`` packed in an int64.
+
+    (Sorting small int64 labels stably is several times slower than this one sort.)
+    """
+    bits = key.view(torch.int32)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # an int32 in the order of the floats (-0.0 just below 0.0)
+    return torch.index_select(key, 0, torch.sort(groups.long() * (1 << 32) + ordered).indices)
 
 
 def importance_draws(cumulative: Tensor, size: int, generator: torch.Generator) -> Tensor:
@@ -394,18 +462,21 @@ def stratified_keep(strata: Tensor, drops: list[int], generator: torch.Generator
 
 
 def sampling_probabilities(scores: Tensor, smoothing: float) -> Tensor:
-    """``(1 - smoothing) * s / sum(s) + smoothing / N`` in float64, NaN scores replaced by the mean.
+    """``(1 - smoothing) * s / sum(s) + smoothing / N`` in float32, NaN scores replaced by the mean, clamped at 0.
+
+    The mean and the sum accumulate in float64; a caller that draws from the probabilities takes their
+    cumulative sum in float64 too (``torch.cumsum(p, 0, dtype=torch.float64)``), where float32 could not
+    resolve one example's share of ten million.
 
     Examples:
         >>> sampling_probabilities(torch.tensor([1.0, 3.0, float("nan")]), 0.0).tolist()
-        [0.16666666666666666, 0.5, 0.3333333333333333]
+        [0.1666666716337204, 0.5, 0.3333333432674408]
     """
-    scores = scores.double()
-    seen = ~scores.isnan()
-    fill = scores[seen].mean() if bool(seen.any()) else torch.tensor(1.0, dtype=torch.float64)
-    scores = torch.where(seen, scores, fill).clamp_min(0)
-    total = scores.sum()
-    uniform = torch.full_like(scores, 1.0 / scores.numel())
-    if total <= 0:
-        return uniform
-    return (1 - smoothing) * scores / total + smoothing * uniform
+    scores = scores.float()
+    seen = scores.numel() - int(torch.count_nonzero(torch.isnan(scores)))
+    fill = float(torch.nansum(scores, dtype=torch.float64)) / seen if seen else 1.0
+    filled = torch.nan_to_num(scores, nan=fill, posinf=math.inf, neginf=-math.inf).clamp_min_(0)
+    total = float(filled.sum(dtype=torch.float64))
+    if total <= 0:  # every score 0: uniform
+        return torch.full_like(filled, 1.0 / scores.numel())
+    return filled.mul_((1 - smoothing) / total).add_(smoothing / scores.numel())
