@@ -209,37 +209,36 @@ def _ranking_key(difficulty: Tensor, hardest: bool) -> Tensor:
     return torch.nan_to_num_(key, nan=math.inf, posinf=math.inf)
 
 
-def _kth_smallest(key: Tensor, k: int) -> Tensor:
-    """``torch.kthvalue(key, k).values`` (``1 <= k <= key.numel()``, no NaN in ``key``) in a few passes over ``key``.
+def _bracket(key: Tensor, k: int) -> tuple[int, Tensor] | None:
+    """Keys around the ``k``-th smallest (``1 <= k <= key.numel()``, no NaN): ``(below, ids)`` or ``None``.
 
     Floyd and Rivest's selection (1975): order statistics of a strided sample bracket the ``k``-th key;
-    one pass counts the keys below the bracket, one gathers the few inside it, and ``kthvalue`` runs on
-    those. ``torch.kthvalue`` alone copies all keys with their int64 positions and runs on one thread:
-    about five times slower at N = 10M. When the sample misleads (keys ordered along the stride), the
-    bracket misses and the whole ``key`` is searched: exact either way.
+    one pass counts the ``below`` keys under the bracket and one gathers the ``ids`` of the keys inside it
+    (about 1% of them at N = 10M), so that the ``k``-th key is the ``(k - below)``-th of those and its ties
+    are among them. ``torch.kthvalue`` on all keys copies them with their int64 positions and runs on one
+    thread: about five times slower at N = 10M. ``None`` when the key is small or the sample misleads (keys
+    ordered along the stride): the caller then selects over all keys.
     """
     n = key.numel()
     sample = key[::_SAMPLE_STRIDE]
     m = sample.numel()
     if m < 1024:  # small: the bracket would not save a pass
-        return torch.kthvalue(key, k).values
+        return None
     rank, margin = k * m / n, _MARGIN * math.sqrt(m)
     low, high = math.floor(rank - margin), math.ceil(rank + margin)
-    band: Tensor | None = None
+    inside: Tensor | None = None
     below = 0
     if low >= 1:
-        band = torch.lt(key, torch.kthvalue(sample, low).values)
-        below = int(torch.count_nonzero(band))
-        band.logical_not_()
+        inside = torch.lt(key, torch.kthvalue(sample, low).values)
+        below = int(torch.count_nonzero(inside))
+        inside.logical_not_()
     if high <= m:
         under = torch.le(key, torch.kthvalue(sample, high).values)
-        band = under if band is None else band.logical_and_(under)
-    if band is None or below >= k:
-        return torch.kthvalue(key, k).values
-    inside = torch.index_select(key, 0, band.nonzero().squeeze(1))
-    if below + inside.numel() < k:
-        return torch.kthvalue(key, k).values
-    return torch.kthvalue(inside, k - below).values
+        inside = under if inside is None else inside.logical_and_(under)
+    if inside is None or below >= k:
+        return None
+    ids = inside.nonzero().squeeze(1)
+    return (below, ids) if below + ids.numel() >= k else None
 
 
 def easiest_mask(difficulty: Tensor, count: int, *, hardest: bool = False) -> Tensor:
@@ -257,10 +256,20 @@ def _first_mask(key: Tensor, count: int) -> Tensor:
     count = min(max(count, 0), key.numel())
     if count == 0:
         return torch.zeros(key.numel(), dtype=torch.bool)
-    kth = _kth_smallest(key, count)
-    chosen = torch.lt(key, kth)
-    ties = torch.eq(key, kth).nonzero().squeeze(1)  # the set ends among the ties of its last key: lowest ids first
-    return chosen.index_fill_(0, ties[: count - int(torch.count_nonzero(chosen))], True)
+    bracket = _bracket(key, count)
+    if bracket is None:
+        kth = torch.kthvalue(key, count).values
+        chosen = torch.lt(key, kth)
+        ties = torch.eq(key, kth).nonzero().squeeze(1)
+        need = count - int(torch.count_nonzero(chosen))
+    else:  # the k-th key, its ties and the count of keys under it, all from the few keys inside the bracket
+        below, ids = bracket
+        inside = torch.index_select(key, 0, ids)
+        kth = torch.kthvalue(inside, count - below).values
+        chosen = torch.lt(key, kth)
+        ties = torch.index_select(ids, 0, torch.eq(inside, kth).nonzero().squeeze(1))
+        need = count - below - int(torch.count_nonzero(torch.lt(inside, kth)))
+    return chosen.index_fill_(0, ties[:need], True)  # the set ends among the ties of its last key: lowest ids first
 
 
 def _band_mask(key: Tensor, skip: int, count: int) -> Tensor:
@@ -319,7 +328,7 @@ def grouped_easiest_band(
 def _grouped_first_mask(key: Tensor, groups: Tensor, counts: list[int]) -> Tensor:
     """The mask of the ``counts[g]`` smallest keys of each group ``g`` (ties to the lower id), all groups at once.
 
-    `_kth_smallest`'s bracket per group, from one strided sample: per-group bounds are gathered to every
+    `_bracket` per group, from one strided sample: per-group bounds are gathered to every
     key, one pass counts each group's keys below its bound and one gathers the keys inside; a small sort
     of those gives each group's threshold, its keys below it are chosen and its ties (all inside the
     bracket) go to the lowest ids. A group whose bracket misses is selected on its own, exactly.

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from lightning_curricula.policies.curricula import ordered_subset
 from lightning_curricula.policies.selection import (
-    _kth_smallest,
+    _bracket,
     easiest_band,
     easiest_first,
     easiest_mask,
@@ -72,7 +72,7 @@ def test_importance_draws_are_a_function_of_the_generator() -> None:
 
 
 def large_keys(kind: str, n: int = 200_003) -> torch.Tensor:
-    """Keys at a size where `_kth_smallest` brackets the k-th value with a sample (not ``kthvalue`` on all)."""
+    """Keys at a size where `_bracket` brackets the k-th value with a sample (not ``kthvalue`` on all)."""
     g = torch.Generator().manual_seed(0)
     if kind == "uniform":
         return torch.rand(n, generator=g)
@@ -91,11 +91,23 @@ KINDS = ["uniform", "ties", "ascending", "periodic", "signed_zeros_and_inf"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_kth_smallest_equals_kthvalue(kind: str) -> None:
+def test_bracket_holds_the_kth_key_and_its_ties(kind: str) -> None:
     key = large_keys(kind)
     n = key.numel()
+    bracketed = 0
     for k in (1, 2, 100, n // 64, n // 3, n // 2, n - 5000, n - 1, n):
-        assert _kth_smallest(key, k).item() == torch.kthvalue(key, k).values.item(), k
+        bracket = _bracket(key, k)
+        if bracket is None:  # the caller selects over all keys
+            continue
+        bracketed += 1
+        below, ids = bracket
+        kth = torch.kthvalue(key, k).values
+        inside = key[ids]
+        assert below == int((key < inside.min()).sum())  # below counts exactly the keys under the bracket
+        assert torch.equal(ids, ((key >= inside.min()) & (key <= inside.max())).nonzero().squeeze(1))
+        assert torch.kthvalue(inside, k - below).values.item() == kth.item()
+        assert int((inside == kth).sum()) == int((key == kth).sum())  # every tie of the k-th key is inside
+    assert bracketed >= (3 if kind == "periodic" else 8)  # the bracket, not only the fallback, is tested
 
 
 @pytest.mark.parametrize("kind", KINDS)
