@@ -458,14 +458,16 @@ def stratified_keep(strata: Tensor, drops: list[int], generator: torch.Generator
         if drop <= 0:
             continue
         in_stratum = strata == stratum
-        members = in_stratum.nonzero().squeeze(1)
-        if members.numel() == 0:
+        size = int(torch.count_nonzero(in_stratum))
+        if size == 0:
             continue
-        if drop >= members.numel():
-            raise ValueError(f"Cannot drop {drop} of the {members.numel()} examples of stratum {stratum}.")
-        dropped = keyed_permutation(members.numel(), generator_key(generator), torch.arange(drop))
-        keep.index_fill_(0, torch.index_select(members, 0, dropped), False)
-        weights.masked_fill_(in_stratum, members.numel() / (members.numel() - drop))
+        if drop >= size:
+            raise ValueError(f"Cannot drop {drop} of the {size} examples of stratum {stratum}.")
+        # The dropped ranks within the stratum (its members in id order), written back through the mask:
+        # no list of the members' ids, no gather from it.
+        dropped = keyed_permutation(size, generator_key(generator), torch.arange(drop))
+        keep.masked_scatter_(in_stratum, torch.ones(size, dtype=torch.bool).index_fill_(0, dropped, False))
+        weights.masked_fill_(in_stratum, size / (size - drop))
     ids = keep.nonzero().squeeze(1)
     return ids, torch.index_select(weights, 0, ids)
 
