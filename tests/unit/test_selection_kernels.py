@@ -16,8 +16,11 @@ from lightning_curricula.policies.selection import (
     easiest_first,
     easiest_mask,
     easiest_set,
+    generator_key,
     grouped_easiest_band,
     importance_draws,
+    keyed_permutation,
+    stratified_keep,
 )
 
 SCORES = st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0, -1.0, float("nan")]), min_size=1, max_size=40)
@@ -157,3 +160,32 @@ def test_balanced_subset_at_scale(kind: str) -> None:
     difficulty[::997] = math.nan
     for size in (difficulty.numel() // 2, difficulty.numel() - 7):
         assert torch.equal(ordered_subset(difficulty, size, "balanced"), balanced_by_definition(difficulty, size))
+
+
+def stratified_keep_by_definition(
+    strata: torch.Tensor, drops: list[int], generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each stratum's members in id order; the members at the first ``drop`` positions of a keyed shuffle dropped."""
+    keep, weights = strata >= 0, torch.ones(strata.numel())
+    for stratum, drop in enumerate(drops):
+        members = (strata == stratum).nonzero().squeeze(1)
+        if drop <= 0 or members.numel() == 0:
+            continue
+        keep[members[keyed_permutation(members.numel(), generator_key(generator), torch.arange(drop))]] = False
+        weights[members] = members.numel() / (members.numel() - drop)
+    ids = keep.nonzero().squeeze(1)
+    return ids, weights[ids]
+
+
+@given(strata=st.lists(st.integers(-1, 2), min_size=1, max_size=60), data=st.data(), seed=st.integers(0, 2**32))
+@settings(max_examples=200, deadline=None)
+def test_stratified_keep_drops_the_keyed_ranks_of_each_stratum(
+    strata: list[int], data: st.DataObject, seed: int
+) -> None:
+    groups = torch.tensor(strata)
+    sizes = [int((groups == stratum).sum()) for stratum in range(3)]
+    drops = [data.draw(st.integers(0, max(size - 1, 0))) for size in sizes]
+    got = stratified_keep(groups, drops, torch.Generator().manual_seed(seed))
+    expected = stratified_keep_by_definition(groups, drops, torch.Generator().manual_seed(seed))
+    assert torch.equal(got[0], expected[0])
+    assert torch.equal(got[1], expected[1])
