@@ -74,7 +74,7 @@ def test_importance_draws_are_a_function_of_the_generator() -> None:
     assert not torch.equal(a, importance_draws(cumulative, 50, torch.Generator().manual_seed(5)))
 
 
-def large_keys(kind: str, n: int = 200_003) -> torch.Tensor:
+def large_keys(kind: str, n: int = 80_021) -> torch.Tensor:
     """Keys at a size where `_bracket` brackets the k-th value with a sample (not ``kthvalue`` on all)."""
     g = torch.Generator().manual_seed(0)
     if kind == "uniform":
