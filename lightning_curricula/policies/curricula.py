@@ -19,7 +19,7 @@ from lightning_curricula.policies._base import (
     check_warmup,
     fraction_size,
 )
-from lightning_curricula.policies.selection import easiest_set, full_plan, random_plan, shuffled_plan
+from lightning_curricula.policies.selection import easiest_mask, easiest_set, full_plan, random_plan, shuffled_plan
 
 if TYPE_CHECKING:
     from lightning_curricula._sharding import TableShard
@@ -61,11 +61,14 @@ def ordered_subset(difficulty: Tensor, size: int, order: str, *, shard: TableSha
         return easiest_set(difficulty, size, hardest=order == "hard_to_easy", shard=shard)
     if shard is not None:
         raise ValueError("The balanced order does not plan from sharded tables.")
-    easy = easiest_set(difficulty, size // 2)
-    rest = torch.ones(difficulty.numel(), dtype=torch.bool)
-    rest[easy] = False
-    rest_ids = rest.nonzero().squeeze(1)  # the hardest of the rest; unseen ids (NaN) come last in both orders
-    return torch.cat([easy, rest_ids[easiest_set(difficulty[rest_ids], size - easy.numel(), hardest=True)]])
+    easy = easiest_mask(difficulty, size // 2)
+    hard = easiest_mask(difficulty, size - size // 2, hardest=True)
+    if not bool(torch.logical_and(easy, hard).any()):  # then the hardest are the hardest of the rest: two selections
+        return torch.cat([easy.nonzero().squeeze(1), hard.nonzero().squeeze(1)])
+    # They meet (at ties, or in the unseen ids, which come last in both orders): the hardest of the rest.
+    easy_ids = easy.nonzero().squeeze(1)
+    rest_ids = easy.logical_not_().nonzero().squeeze(1)
+    return torch.cat([easy_ids, rest_ids[easiest_set(difficulty[rest_ids], size - easy_ids.numel(), hardest=True)]])
 
 
 class Curriculum(Policy):

@@ -21,6 +21,7 @@ from lightning_curricula.policies._base import (
 )
 from lightning_curricula.policies.selection import (
     easiest_band,
+    easiest_mask,
     easiest_set,
     full_plan,
     generator_key,
@@ -159,8 +160,7 @@ class StaticPruning(Policy):
         skips = [
             min(round(self.band_offset * count), count - quota) for count, quota in zip(counts, quotas, strict=True)
         ]
-        chosen = grouped_easiest_band(context.difficulty(self.signal), self.labels, skips, quotas, hardest=hardest)
-        return torch.sort(chosen).values
+        return grouped_easiest_band(context.difficulty(self.signal), self.labels, skips, quotas, hardest=hardest)
 
     def _class_quota(self, count: int) -> int:
         return min(count, max(self.min_per_class, round(self.keep * count)))
@@ -298,9 +298,10 @@ class InfoBatch(Policy):
                 f"InfoBatch cannot drop {drop} of {n} examples with weights at most 1 / (1 - prune) (prune="
                 f"{self.prune}); call validate(num_examples, num_epochs) at setup."
             )
-        candidates = max(int(well_learned.sum()), math.ceil(drop / self.prune - 1e-9), drop + 1)
-        strata = torch.ones(n, dtype=torch.int64)  # 0: the easiest `candidates`, the drops' pool; 1: the rest
-        strata[easiest_set(scores, candidates) if candidates > int(well_learned.sum()) else well_learned] = 0
+        learned = int(torch.count_nonzero(well_learned))
+        candidates = max(learned, math.ceil(drop / self.prune - 1e-9), drop + 1)
+        pool = easiest_mask(scores, candidates) if candidates > learned else well_learned  # the easiest `candidates`
+        strata = pool.logical_not().to(torch.int8)  # 0: the drops' pool; 1: the rest
         ids, weights = stratified_keep(strata, [drop, 0], context.generator)
         return shuffled_plan(ids, context.generator, weights)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from lightning_curricula.policies._base import EpochContext, Plan, Policy, check_fraction, check_warmup, fraction_size
 from lightning_curricula.policies.selection import full_plan, importance_draws, sampling_probabilities
 
@@ -45,5 +47,5 @@ class ImportanceSampling(Policy):
             return full_plan(n, context.generator)
         probabilities = sampling_probabilities(context.difficulty(self.signal), self.smoothing)
         size = fraction_size(self.fraction, n)
-        ids = importance_draws(probabilities.cumsum(0), size, context.generator)
-        return Plan(ids, (1.0 / (n * probabilities[ids])).float())
+        ids = importance_draws(torch.cumsum(probabilities, 0, dtype=torch.float64), size, context.generator)
+        return Plan(ids, torch.index_select(probabilities, 0, ids).mul_(n).reciprocal_())

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "easiest_band",
     "easiest_first",
+    "easiest_mask",
     "easiest_prefix",
     "easiest_set",
     "full_plan",
@@ -216,7 +217,7 @@ def _feistel(x: Tensor, tables: list[Tensor], width: int, rows: int) -> Tensor:
 def easiest_set(difficulty: Tensor, count: int, *, hardest: bool = False, shard: TableShard | None = None) -> Tensor:
     """The ids of ``easiest_first(difficulty, hardest=hardest)[:count]``, in id order.
 
-    A selection (``kthvalue``) and no sort, for callers that shuffle the set anyway. Ties go to the
+    A selection (`easiest_mask`) and no sort, for callers that shuffle the set anyway. Ties go to the
     lower id; NaN (unseen) comes last in both directions. With ``shard``, ``difficulty`` is this rank's
     shard and the result its part of the set over all ranks (the exact boundary from two histograms).
 
@@ -226,15 +227,7 @@ def easiest_set(difficulty: Tensor, count: int, *, hardest: bool = False, shard:
     """
     if shard is not None:
         return shard.easiest_set(difficulty, count, hardest=hardest)
-    key = -difficulty if hardest else difficulty
-    key = torch.nan_to_num(key.float(), nan=math.inf, posinf=math.inf)
-    count = min(max(count, 0), key.numel())
-    if count == 0:
-        return torch.empty(0, dtype=torch.int64)
-    kth = torch.kthvalue(key, count).values  # the count-th smallest key: the set ends among its ties
-    chosen = key < kth
-    chosen[(key == kth).nonzero().squeeze(1)[: count - int(chosen.sum())]] = True  # ties: lowest ids first
-    return chosen.nonzero().squeeze(1)
+    return easiest_mask(difficulty, count, hardest=hardest).nonzero().squeeze(1)
 
 
 def easiest_prefix(difficulty: Tensor, count: int, *, hardest: bool = False) -> Tensor:
@@ -244,25 +237,106 @@ def easiest_prefix(difficulty: Tensor, count: int, *, hardest: bool = False) -> 
     return ids[torch.sort(torch.nan_to_num(key.float(), nan=math.inf, posinf=math.inf), stable=True).indices]
 
 
+_SAMPLE_STRIDE = 64  # the selections' sample: every 64th key
+_MARGIN = 2.5  # a bracket spans the expected sample rank +- 2.5 sqrt(m): five standard deviations (<= sqrt(m) / 2)
+
+
+def _ranking_key(difficulty: Tensor, hardest: bool) -> Tensor:
+    """A fresh float32 key whose ascending order is `easiest_first`'s: negated for ``hardest``, NaN last."""
+    key = difficulty.float().neg() if hardest else difficulty.float().clone()
+    return torch.nan_to_num_(key, nan=math.inf, posinf=math.inf)
+
+
+def _bracket(key: Tensor, k: int) -> tuple[int, Tensor] | None:
+    """Keys around the ``k``-th smallest (``1 <= k <= key.numel()``, no NaN): ``(below, ids)`` or ``None``.
+
+    Floyd and Rivest's selection (1975): order statistics of a strided sample bracket the ``k``-th key;
+    one pass counts the ``below`` keys under the bracket and one gathers the ``ids`` of the keys inside it
+    (about 1% of them at N = 10M), so that the ``k``-th key is the ``(k - below)``-th of those and its ties
+    are among them. ``torch.kthvalue`` on all keys copies them with their int64 positions and runs on one
+    thread: about five times slower at N = 10M. ``None`` when the key is small or the sample misleads (keys
+    ordered along the stride): the caller then selects over all keys.
+    """
+    n = key.numel()
+    sample = key[::_SAMPLE_STRIDE]
+    m = sample.numel()
+    if m < 1024:  # small: the bracket would not save a pass
+        return None
+    rank, margin = k * m / n, _MARGIN * math.sqrt(m)
+    low, high = math.floor(rank - margin), math.ceil(rank + margin)
+    inside: Tensor | None = None
+    below = 0
+    if low >= 1:
+        inside = torch.lt(key, torch.kthvalue(sample, low).values)
+        below = int(torch.count_nonzero(inside))
+        inside.logical_not_()
+    if high <= m:
+        under = torch.le(key, torch.kthvalue(sample, high).values)
+        inside = under if inside is None else inside.logical_and_(under)
+    if inside is None or below >= k:
+        return None
+    ids = inside.nonzero().squeeze(1)
+    return (below, ids) if below + ids.numel() >= k else None
+
+
+def easiest_mask(difficulty: Tensor, count: int, *, hardest: bool = False) -> Tensor:
+    """The ``(N,)`` bool mask of `easiest_set`'s ids: a selection (``kthvalue`` on a bracket), no sort and no id list.
+
+    Examples:
+        >>> easiest_mask(torch.tensor([0.5, float("nan"), 0.1, 0.5]), 2)
+        tensor([ True, False,  True, False])
+    """
+    return _first_mask(_ranking_key(difficulty, hardest), count)
+
+
+def _first_mask(key: Tensor, count: int) -> Tensor:
+    """The mask of the ``count`` smallest of a `_ranking_key`'s keys, ties to the lower id."""
+    count = min(max(count, 0), key.numel())
+    if count == 0:
+        return torch.zeros(key.numel(), dtype=torch.bool)
+    bracket = _bracket(key, count)
+    if bracket is None:
+        kth = torch.kthvalue(key, count).values
+        chosen = torch.lt(key, kth)
+        ties = torch.eq(key, kth).nonzero().squeeze(1)
+        need = count - int(torch.count_nonzero(chosen))
+    else:  # the k-th key, its ties and the count of keys under it, all from the few keys inside the bracket
+        below, ids = bracket
+        inside = torch.index_select(key, 0, ids)
+        kth = torch.kthvalue(inside, count - below).values
+        chosen = torch.lt(key, kth)
+        ties = torch.index_select(ids, 0, torch.eq(inside, kth).nonzero().squeeze(1))
+        need = count - below - int(torch.count_nonzero(torch.lt(inside, kth)))
+    return chosen.index_fill_(0, ties[:need], True)  # the set ends among the ties of its last key: lowest ids first
+
+
+def _band_mask(key: Tensor, skip: int, count: int) -> Tensor:
+    """The mask of ranks ``[skip, skip + count)`` of a `_ranking_key`: nested `_first_mask` sets, the inner removed."""
+    band = _first_mask(key, skip + count)
+    return band.logical_and_(_first_mask(key, skip).logical_not_()) if skip > 0 else band
+
+
 def easiest_band(
     difficulty: Tensor, skip: int, count: int, *, hardest: bool = False, shard: TableShard | None = None
 ) -> Tensor:
     """The ids of ``easiest_first(difficulty, hardest=hardest)[skip : skip + count]``, in id order, in linear time.
 
-    Two nested `easiest_set` selections (one total order: key, then id), no sort: for callers that
-    shuffle the band anyway (static pruning's ``band`` mode).
+    The easiest ``skip + count`` less the easiest ``skip`` (nested sets of one total order: key, then
+    id), each a selection (``kthvalue`` on a bracket) and no sort: for callers that shuffle the band
+    anyway (static pruning's ``band`` mode).
 
     Examples:
         >>> easiest_band(torch.tensor([0.5, 0.9, 0.1, 0.7]), 1, 2)
         tensor([0, 3])
     """
-    outer = easiest_set(difficulty, skip + count, hardest=hardest, shard=shard)
-    if skip <= 0:
-        return outer
-    start = 0 if shard is None else shard.start  # the ids of a shard begin at its start
-    inner = torch.zeros(difficulty.numel(), dtype=torch.bool)
-    inner[easiest_set(difficulty, skip, hardest=hardest, shard=shard) - start] = True
-    return torch.index_select(outer, 0, (~torch.index_select(inner, 0, outer - start)).nonzero().squeeze(1))
+    if shard is not None:  # this rank's part of each nested set, the inner removed
+        outer = easiest_set(difficulty, skip + count, hardest=hardest, shard=shard)
+        if skip <= 0:
+            return outer
+        inner = torch.zeros(difficulty.numel(), dtype=torch.bool)
+        inner[easiest_set(difficulty, skip, hardest=hardest, shard=shard) - shard.start] = True
+        return torch.index_select(outer, 0, (~torch.index_select(inner, 0, outer - shard.start)).nonzero().squeeze(1))
+    return _band_mask(_ranking_key(difficulty, hardest), skip, count).nonzero().squeeze(1)
 
 
 def grouped_easiest_band(
@@ -270,9 +344,11 @@ def grouped_easiest_band(
 ) -> Tensor:
     """`easiest_band` within each group: ids of group ``g``'s ranks ``[skips[g], skips[g] + counts[g])``.
 
-    One stable sort of the integer group labels (cheap next to sorting the scores) gathers each group's
-    members in id order; each group then costs a linear-time `easiest_band`. Same ids as ranking all
-    examples with `easiest_first` and cutting each group's slice (the class-balanced selection).
+    All groups at once, in a fixed number of passes over the N examples whatever the number of groups
+    (no sort, no loop over groups at size N): each group's thresholds come from a bracket on one strided
+    sample, and every key is compared with its group's threshold (`_grouped_first_mask`). Same ids as
+    ranking all examples with `easiest_first` and cutting each group's slice (the class-balanced
+    selection).
 
     Args:
         difficulty: ``(N,)`` scores.
@@ -282,19 +358,93 @@ def grouped_easiest_band(
         hardest: rank hardest first.
 
     Returns:
-        The chosen ids, group by group, each group in id order.
+        The chosen ids of all groups, in id order.
 
     Examples:
         >>> grouped_easiest_band(torch.tensor([0.5, 0.9, 0.1, 0.7]), torch.tensor([0, 1, 0, 1]), [0, 0], [1, 1])
         tensor([2, 3])
     """
-    members = torch.sort(groups, stable=True).indices
-    sizes = torch.bincount(groups, minlength=len(counts)).tolist()
-    chosen = []
-    for group, part in enumerate(members.split_with_sizes(sizes)):
-        band = easiest_band(torch.index_select(difficulty, 0, part), skips[group], counts[group], hardest=hardest)
-        chosen.append(torch.index_select(part, 0, band))
-    return torch.cat(chosen) if chosen else torch.empty(0, dtype=torch.int64)
+    key = _ranking_key(difficulty, hardest)
+    groups = groups.long()
+    band = _grouped_first_mask(key, groups, [skip + count for skip, count in zip(skips, counts, strict=True)])
+    if any(skip > 0 for skip in skips):
+        band.logical_and_(_grouped_first_mask(key, groups, skips).logical_not_())
+    return band.nonzero().squeeze(1)
+
+
+def _grouped_first_mask(key: Tensor, groups: Tensor, counts: list[int]) -> Tensor:
+    """The mask of the ``counts[g]`` smallest keys of each group ``g`` (ties to the lower id), all groups at once.
+
+    `_bracket` per group, from one strided sample: per-group bounds are gathered to every
+    key, one pass counts each group's keys below its bound and one gathers the keys inside; a small sort
+    of those gives each group's threshold, its keys below it are chosen and its ties (all inside the
+    bracket) go to the lowest ids. A group whose bracket misses is selected on its own, exactly.
+    """
+    num_groups = len(counts)
+    sizes = torch.bincount(groups, minlength=num_groups).tolist()
+    counts = [min(max(count, 0), size) for count, size in zip(counts, sizes, strict=True)]
+    sample, sample_groups = key[::_SAMPLE_STRIDE], groups[::_SAMPLE_STRIDE]
+    sample_sizes = torch.bincount(sample_groups, minlength=num_groups).tolist()
+    sample = _sorted_by_group(sample, sample_groups)
+    low, high = torch.full((num_groups,), -math.inf), torch.full((num_groups,), math.inf)
+    start = 0
+    for group, (m, size, count) in enumerate(zip(sample_sizes, sizes, counts, strict=True)):
+        if count > 0 and m >= 64:  # a small group is all inside its bracket
+            rank, margin = count * m / size, _MARGIN * math.sqrt(m)
+            if (lower := math.floor(rank - margin)) >= 1:
+                low[group] = sample[start + lower - 1]
+            if (upper := math.ceil(rank + margin)) <= m:
+                high[group] = sample[start + upper - 1]
+        start += m
+    inside = torch.lt(key, torch.index_select(low, 0, groups))
+    below = torch.bincount(groups, weights=inside, minlength=num_groups).long().tolist()
+    inside.logical_not_().logical_and_(torch.le(key, torch.index_select(high, 0, groups)))
+    ids = inside.nonzero().squeeze(1)  # the brackets' keys, in id order
+    inside_keys, inside_groups = torch.index_select(key, 0, ids), torch.index_select(groups, 0, ids)
+    ranked = _sorted_by_group(inside_keys, inside_groups)
+    inside_sizes = torch.bincount(inside_groups, minlength=num_groups).tolist()
+    threshold = torch.full((num_groups,), -math.inf)  # -inf: the group is chosen elsewhere (or not at all)
+    need = [0] * num_groups  # ties of the threshold to choose, lowest ids first
+    missed = []
+    start = 0
+    for group, (count, size) in enumerate(zip(counts, inside_sizes, strict=True)):
+        if count > 0 and below[group] < count <= below[group] + size:
+            part = ranked[start : start + size]
+            threshold[group] = part[count - below[group] - 1]
+            need[group] = count - below[group] - int(torch.searchsorted(part, threshold[group : group + 1]))
+        elif count > 0:
+            missed.append(group)
+        start += size
+    chosen = torch.lt(key, torch.index_select(threshold, 0, groups))
+    tied = torch.eq(inside_keys, torch.index_select(threshold, 0, inside_groups))
+    ties = torch.index_select(ids, 0, tied.nonzero().squeeze(1))
+    tie_groups = torch.index_select(groups, 0, ties)
+    by_group = torch.sort(tie_groups, stable=True).indices  # each group's ties, in id order
+    tie_sizes = torch.bincount(tie_groups, minlength=num_groups)
+    position = torch.arange(ties.numel()) - torch.repeat_interleave(tie_sizes.cumsum(0) - tie_sizes, tie_sizes)
+    first = position < torch.tensor(need, dtype=torch.int64)[tie_groups[by_group]]
+    chosen.index_fill_(0, ties[by_group][first], True)
+    for group in missed:  # the sample misled: this group's selection over its members (exact, slower)
+        members = torch.eq(groups, group).nonzero().squeeze(1)
+        part = _first_mask(torch.index_select(key, 0, members), counts[group]).nonzero().squeeze(1)
+        chosen.index_fill_(0, torch.index_select(members, 0, part), True)
+    return chosen
+
+
+def _sorted_by_group(key: Tensor, groups: Tensor) -> Tensor:
+    """A float32 ``key`` sorted by group, then by key: one sort of ``(group, key)`` packed in a float64.
+
+    The key's bits, as an int32 in the order of the floats, and the group fit exactly in a float64's 53
+    bits below 2**21 groups (an int64 beyond). Not an int64 below that: torch sorts int64 with a parallel
+    radix sort whose passes each synchronise the threads, 20 times slower on two busy cores.
+    """
+    bits = key.view(torch.int32)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # an int32 in the order of the floats (-0.0 just below 0.0)
+    if groups.numel() and int(groups.max()) < 1 << 21:
+        packed = torch.add(ordered.double(), groups.double(), alpha=float(1 << 32))
+    else:
+        packed = torch.add(ordered.long(), groups.long(), alpha=1 << 32)
+    return torch.index_select(key, 0, torch.sort(packed).indices)
 
 
 def importance_draws(cumulative: Tensor, size: int, generator: torch.Generator) -> Tensor:
@@ -358,34 +508,42 @@ def stratified_keep(strata: Tensor, drops: list[int], generator: torch.Generator
     keep = strata >= 0
     weights = torch.ones(strata.numel())
     for stratum, drop in enumerate(drops):
-        members = (strata == stratum).nonzero().squeeze(1)
-        if drop <= 0 or members.numel() == 0:
+        if drop <= 0:
             continue
-        if drop >= members.numel():
-            raise ValueError(f"Cannot drop {drop} of the {members.numel()} examples of stratum {stratum}.")
-        dropped = keyed_permutation(members.numel(), generator_key(generator), torch.arange(drop))
-        keep[members[dropped]] = False
-        weights[members] = members.numel() / (members.numel() - drop)
+        in_stratum = strata == stratum
+        size = int(torch.count_nonzero(in_stratum))
+        if size == 0:
+            continue
+        if drop >= size:
+            raise ValueError(f"Cannot drop {drop} of the {size} examples of stratum {stratum}.")
+        # The dropped ranks within the stratum (its members in id order), written back through the mask:
+        # no list of the members' ids, no gather from it.
+        dropped = keyed_permutation(size, generator_key(generator), torch.arange(drop))
+        keep.masked_scatter_(in_stratum, torch.ones(size, dtype=torch.bool).index_fill_(0, dropped, False))
+        weights.masked_fill_(in_stratum, size / (size - drop))
     ids = keep.nonzero().squeeze(1)
-    return ids, weights[ids]
+    return ids, torch.index_select(weights, 0, ids)
 
 
 def sampling_probabilities(scores: Tensor, smoothing: float) -> Tensor:
-    """``(1 - smoothing) * s / sum(s) + smoothing / N`` in float64, NaN scores replaced by the mean.
+    """``(1 - smoothing) * s / sum(s) + smoothing / N`` in float32, NaN scores replaced by the mean, clamped at 0.
+
+    The mean and the sum accumulate in float64; a caller that draws from the probabilities takes their
+    cumulative sum in float64 too (``torch.cumsum(p, 0, dtype=torch.float64)``), where float32 could not
+    resolve one example's share of ten million.
 
     Examples:
         >>> sampling_probabilities(torch.tensor([1.0, 3.0, float("nan")]), 0.0).tolist()
-        [0.16666666666666666, 0.5, 0.3333333333333333]
+        [0.1666666716337204, 0.5, 0.3333333432674408]
     """
-    scores = scores.double()
-    seen = ~scores.isnan()
-    fill = scores[seen].mean() if bool(seen.any()) else torch.tensor(1.0, dtype=torch.float64)
-    scores = torch.where(seen, scores, fill).clamp_min(0)
-    total = scores.sum()
-    uniform = torch.full_like(scores, 1.0 / scores.numel())
-    if total <= 0:
-        return uniform
-    return (1 - smoothing) * scores / total + smoothing * uniform
+    scores = scores.float()
+    seen = scores.numel() - int(torch.count_nonzero(torch.isnan(scores)))
+    fill = float(torch.nansum(scores, dtype=torch.float64)) / seen if seen else 1.0
+    filled = torch.nan_to_num(scores, nan=fill, posinf=math.inf, neginf=-math.inf).clamp_min_(0)
+    total = float(filled.sum(dtype=torch.float64))
+    if total <= 0:  # every score 0: uniform
+        return torch.full_like(filled, 1.0 / scores.numel())
+    return filled.mul_((1 - smoothing) / total).add_(smoothing / scores.numel())
 
 
 _GOLDEN, _MIX1, _MIX2 = (value - (1 << 64) for value in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
