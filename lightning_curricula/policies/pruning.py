@@ -323,19 +323,20 @@ def well_learned_mask(scores: Tensor, *, shard: TableShard | None = None) -> Ten
 
     Unseen (NaN) and non-finite scores (a never-learned example's infinite forgetting count) are never
     well-learned and never enter the mean, so one ``+inf`` cannot make every other example well-learned.
-    The mean is a float64 sum over a count; with ``shard``, over every rank's shard of the scores.
+    The mean is a float64 sum over a count (compared in the scores' dtype); with ``shard``, over every
+    rank's shard of the scores.
 
     Examples:
         >>> well_learned_mask(torch.tensor([0.0, 5.0, float("inf"), 1.0, float("nan")])).tolist()
         [True, False, False, True, False]
     """
     finite = scores.isfinite()
-    sums = torch.stack([torch.where(finite, scores.double(), 0.0).sum(), finite.sum().double()])
+    sums = torch.stack([torch.where(finite, scores, 0.0).sum(dtype=torch.float64), finite.sum().double()])
     total, count = (sums if shard is None else shard.total(sums)).tolist()
     if count == 0:
         return torch.zeros_like(finite)
     mean: float = total / count
-    return finite & (scores.double() < mean)
+    return finite.logical_and_(scores < mean)
 
 
 class Bandit(Policy):
