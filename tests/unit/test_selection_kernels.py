@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lightning_curricula.policies import derived_seed
 from lightning_curricula.policies.curricula import ordered_subset
 from lightning_curricula.policies.selection import (
     _bracket,
@@ -20,6 +21,7 @@ from lightning_curricula.policies.selection import (
     grouped_easiest_band,
     importance_draws,
     keyed_permutation,
+    keyed_uniforms,
     stratified_keep,
 )
 
@@ -189,3 +191,20 @@ def test_stratified_keep_drops_the_keyed_ranks_of_each_stratum(
     expected = stratified_keep_by_definition(groups, drops, torch.Generator().manual_seed(seed))
     assert torch.equal(got[0], expected[0])
     assert torch.equal(got[1], expected[1])
+
+
+def test_keyed_uniforms_are_splitmix64_of_the_key_and_the_id() -> None:
+    mask = (1 << 64) - 1
+
+    def reference(key: int, i: int) -> float:  # SplitMix64's finaliser in Python's unbounded integers
+        x = (i * 0x9E3779B97F4A7C15 + derived_seed(key) - (1 << 63)) & mask
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+        return ((x ^ (x >> 31)) >> 11) / 2**53  # the top 53 bits, exact in a float64
+
+    ids = torch.tensor([0, 1, 2, 3, 12_345_678_901, 2**40 + 7])
+    assert keyed_uniforms(3, ids).tolist() == [reference(3, int(i)) for i in ids]
+    draws = keyed_uniforms(11, torch.arange(200_000))
+    assert abs(float(draws.mean()) - 0.5) < 0.005
+    assert abs(float((draws < 0.3).double().mean()) - 0.3) < 0.005
+    assert not torch.equal(keyed_uniforms(12, torch.arange(5)), draws[:5])
