@@ -64,7 +64,8 @@ class StaticPruning(Policy):
         {'version': 1, 'subset': tensor([0, 3])}
 
     Note:
-        **DDP**: every rank chooses the same subset from the synced signals. **Resume**: the subset
+        **DDP**: every rank chooses the same subset from the synced signals (with sharded tables,
+        each rank its part of it, with a few collectives). **Resume**: the subset
         is in the policy's state, which the `TrainingDynamics` the sampler is bound to saves in its
         checkpoint state and hands back when the resumed run's sampler binds the policy.
     """
