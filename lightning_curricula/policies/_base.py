@@ -91,6 +91,16 @@ class ShardedPlan:
     ``weights``), the parts concatenated in rank order and shuffled by ``key``; or, without ``selected``,
     the first ``size`` ids of ``keyed_permutation(num_examples, base_key)``, shuffled again by ``key`` when
     it is given. See `TableShard`.
+
+    Examples:
+        >>> from lightning_curricula._distributed import ThreadCollectives
+        >>> from lightning_curricula._sharding import TableShard
+        >>> def rank_visits(comm):  # two thread-ranks, each takes positions rank, rank + 2, ... of a full plan
+        ...     plan = TableShard(comm, 6).permutation_plan(6, base_key=3)
+        ...     return plan.take(torch.arange(comm.rank, 6, 2))[0].tolist()
+        >>> first, second = ThreadCollectives.run(2, rank_visits)
+        >>> sorted(first + second)
+        [0, 1, 2, 3, 4, 5]
     """
 
     size: int
