@@ -73,9 +73,8 @@ def unsharded(policy: Policy, n: int, signals: dict[str, Tensor], world: int) ->
     plan = copy.deepcopy(policy).plan(context(n, signals))
     seconds = time.process_time() - begin
     assert isinstance(plan, Plan)
-    ids = [plan.indices[shard_positions(len(plan), world, rank, False)] for rank in range(world)]
-    weights = [plan.weights[shard_positions(len(plan), world, rank, False)] for rank in range(world)]
-    return seconds, [torch.stack([i.double(), w.double()]) for i, w in zip(ids, weights, strict=True)]
+    positions = [shard_positions(len(plan), world, rank, False) for rank in range(world)]
+    return seconds, [torch.stack([plan.indices[p].double(), plan.weights[p].double()]) for p in positions]
 
 
 def sharded(policy: Policy, n: int, signals: dict[str, Tensor], world: int) -> list[dict[str, Any]]:

@@ -16,12 +16,12 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_curricula import _tables as T
-from lightning_curricula._distributed import ProcessGroupCollectives, world_and_rank
+from lightning_curricula._distributed import world_and_rank
 from lightning_curricula._policy_binding import PolicyBinding
 from lightning_curricula._sharding import TableShard, check_world_size, shard_file_name, write_parquet_shard
 from lightning_curricula._step_outputs import StepOutputs, read_step_outputs
 from lightning_curricula.policies.selection import easiest_set
-from lightning_curricula.ranking import difficulty_scores, select_indices
+from lightning_curricula.ranking import difficulty_scores, select_indices, selection_size
 
 if TYPE_CHECKING:
     import datasets
@@ -475,11 +475,7 @@ class TrainingDynamics(Callback):
         """
         if self.table_shard is None:
             return select_indices(self.difficulty(signal), k=k, fraction=fraction, largest=hardest)
-        if (k is None) == (fraction is None) or not 0.0 <= (fraction or 0.0) <= 1.0 or (k or 0) < 0:
-            raise ValueError(
-                f"Give exactly one of k >= 0 and fraction in [0, 1], got k={k!r} and fraction={fraction!r}."
-            )
-        count = k if k is not None else int((fraction or 0.0) * (self.num_examples or 0))
+        count = selection_size(self.num_examples or 0, k=k, fraction=fraction)
         scores = self.difficulty(signal)
         seen = int(self.table_shard.total((~scores.isnan()).sum().reshape(1)))  # NaN (unseen) is never selected
         return easiest_set(scores, min(count, seen), hardest=hardest, shard=self.table_shard)
@@ -541,7 +537,7 @@ class TrainingDynamics(Callback):
         """This rank's slice of the ids, the collectives, and the directory of its checkpoint shards."""
         assert self.num_examples is not None
         if self.table_shard is None or self.table_shard.num_examples != self.num_examples:
-            self.table_shard = TableShard(ProcessGroupCollectives(), self.num_examples)
+            self.table_shard = TableShard.of_process_group(self.num_examples)
         comm = self.table_shard.comm
         if comm.world_size != trainer.world_size:
             raise RuntimeError(
@@ -562,7 +558,7 @@ class TrainingDynamics(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # The ranks exist now, before Lightning builds the first train dataloader: its sampler plans from the shard.
         if self.sharded and self.num_examples is not None and self.table_shard is None:
-            self.table_shard = TableShard(ProcessGroupCollectives(), self.num_examples)
+            self.table_shard = TableShard.of_process_group(self.num_examples)
 
     def _save_shard(self, state: dict[str, Any]) -> dict[str, Any]:
         """Write this rank's ``state`` to its shard file; what the checkpoint (rank 0's copy) keeps: where it is."""
@@ -604,7 +600,7 @@ class TrainingDynamics(Callback):
             )
         state: dict[str, Any] = torch.load(path, weights_only=True)
         # Known before training starts, so that the first plan of the resumed run reads the shard as a shard.
-        self.table_shard = TableShard(ProcessGroupCollectives(), int(info["num_examples"]))
+        self.table_shard = TableShard.of_process_group(int(info["num_examples"]))
         if state.get("epochs_tracked") != info["epochs_tracked"] or state.get("rank") != rank:
             raise ValueError(
                 f"{path} holds rank {state.get('rank')}'s shard after {state.get('epochs_tracked')} "

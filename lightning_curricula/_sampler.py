@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DistributedSampler
 
-from lightning_curricula._distributed import ProcessGroupCollectives, world_and_rank
+from lightning_curricula._distributed import world_and_rank
 from lightning_curricula._sharding import TableShard
 from lightning_curricula.policies import EpochContext, FullData, Plan, Policy, ShardedPlan
 from lightning_curricula.policies._base import epoch_generator
@@ -170,7 +170,7 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
             return None
         if self.dynamics.table_shard is not None:
             return self.dynamics.table_shard
-        shard = TableShard(ProcessGroupCollectives(), self.num_examples)  # the first plan: no tables yet
+        shard = TableShard.of_process_group(self.num_examples)  # the first plan: no tables yet
         if shard.comm.world_size != self.num_replicas:
             raise ValueError(
                 f"A sampler of {self.num_replicas} replicas plans from tables sharded over the process group's "

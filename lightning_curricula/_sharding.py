@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lightning_curricula._distributed import Collectives
+from lightning_curricula._distributed import Collectives, ProcessGroupCollectives
 from lightning_curricula.policies import ShardedPlan
 from lightning_curricula.policies.selection import keyed_permutation
 
@@ -82,6 +82,11 @@ class TableShard:
 
     comm: Collectives
     num_examples: int
+
+    @classmethod
+    def of_process_group(cls, num_examples: int) -> TableShard:
+        """This rank's shard of ``num_examples`` ids among the ranks of the default process group (or one process)."""
+        return cls(ProcessGroupCollectives(), num_examples)
 
     @property
     def start(self) -> int:

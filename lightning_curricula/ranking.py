@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-__all__ = ["HARDER_WHEN_HIGHER", "difficulty_scores", "select_indices"]
+__all__ = ["HARDER_WHEN_HIGHER", "difficulty_scores", "select_indices", "selection_size"]
 
 #: For each signal `TrainingDynamics` exports, whether a higher value means a harder example.
 HARDER_WHEN_HIGHER: dict[str, bool] = {
@@ -83,15 +83,26 @@ def select_indices(
         >>> select_indices(torch.tensor([0.1, 0.9, 0.5, 0.2]), fraction=0.5, largest=False)
         tensor([0, 3])
     """
+    k = selection_size(scores.numel(), k=k, fraction=fraction)
+    known = (~scores.isnan()).nonzero().squeeze(1)
+    order = torch.sort(scores[known], descending=largest, stable=True).indices
+    return known[order[:k]]
+
+
+def selection_size(num_examples: int, *, k: int | None = None, fraction: float | None = None) -> int:
+    """How many ids `select_indices` returns at most: ``k``, or ``fraction`` of ``num_examples`` rounded down.
+
+    Examples:
+        >>> selection_size(10, fraction=0.25), selection_size(10, k=3)
+        (2, 3)
+    """
     if (k is None) == (fraction is None):
         raise ValueError(f"Give exactly one of k and fraction, got k={k!r} and fraction={fraction!r}.")
     if fraction is not None:
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"fraction must be in [0, 1], got {fraction!r}.")
-        k = int(fraction * scores.numel())
+        k = int(fraction * num_examples)
     assert k is not None
     if k < 0:
         raise ValueError(f"k must be non-negative, got {k!r}.")
-    known = (~scores.isnan()).nonzero().squeeze(1)
-    order = torch.sort(scores[known], descending=largest, stable=True).indices
-    return known[order[:k]]
+    return k

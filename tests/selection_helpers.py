@@ -31,6 +31,7 @@ from lightning_curricula import (
     curriculum_dataloader,
     weighted_mean,
 )
+from lightning_curricula._sharding import TableShard
 from lightning_curricula.policies import epoch_generator
 
 
@@ -59,6 +60,7 @@ def epoch_context(
     *,
     num_epochs: int | None = None,
     seed: int = 0,
+    shard: TableShard | None = None,
 ) -> EpochContext:
     """The context `CurriculumSampler` builds: a private generator seeded from the pair ``(seed, epoch)``."""
     return EpochContext(
@@ -68,6 +70,7 @@ def epoch_context(
         seed=seed,
         num_epochs=num_epochs,
         signals=dict(signals or {}),
+        shard=shard,
     )
 
 

@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from selection_helpers import epoch_context
 from torch import Tensor
 
 from lightning_curricula import CurriculumSampler, TrainingDynamics
@@ -30,7 +31,6 @@ from lightning_curricula.policies import (
     RandomTwin,
     ShardedPlan,
     StaticPruning,
-    epoch_generator,
 )
 
 SIZE = 211  # prime: shards of unequal sizes for every W
@@ -73,15 +73,7 @@ def signals() -> dict[str, Tensor]:
 
 
 def context(epoch: int, table: dict[str, Tensor], shard: TableShard | None = None) -> EpochContext:
-    return EpochContext(
-        epoch=epoch,
-        num_examples=SIZE,
-        generator=epoch_generator(SEED, epoch),
-        seed=SEED,
-        num_epochs=EPOCHS,
-        signals=table,
-        shard=shard,
-    )
+    return epoch_context(epoch, SIZE, table, num_epochs=EPOCHS, seed=SEED, shard=shard)
 
 
 def unsharded_visits(policy: Policy, world: int, drop_last: bool) -> list[list[tuple[Tensor, Tensor]]]:
