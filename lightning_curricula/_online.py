@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -22,11 +23,14 @@ from lightning_curricula.step_selection import (
 
 __all__ = ["OnlineBatchSelection", "find_online_selection"]
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 # Rows of the counters: this epoch's and the run's totals are both kept; the epoch row is all-reduced once.
-_SCORED, _KEPT, _SCORED_TOKENS, _KEPT_TOKENS, _CALLS = range(5)
-_ROWS = 5
+# SCORED / KEPT: examples scored by a forward and kept among them; RECALLED / KEPT_RECALLED: the same for
+# examples selected by their remembered scores, without a forward (``rescore_every > 1``).
+_SCORED, _KEPT, _SCORED_TOKENS, _KEPT_TOKENS, _CALLS, _RECALLED, _KEPT_RECALLED = range(7)
+_ROWS = 7
+_ROWS_IN_VERSION_1 = 5
 
 
 class OnlineBatchSelection(Callback):
@@ -49,8 +53,23 @@ class OnlineBatchSelection(Callback):
     training forward + backward of the ``k`` kept (``kept``). At each epoch end the epoch's counters
     are summed over ranks in one collective and written to the Trainer's loggers (global rank 0):
     ``<name>/kept_share``, ``<name>/scored_examples``, ``<name>/kept_examples`` (per epoch, the token
-    counts too when `select_tokens` ran), and the run's ``<name>/forward_only_passes`` (scored, not kept:
-    forwards without a backward) and ``<name>/backward_passes``. They are also in `epoch_metrics`.
+    counts too when `select_tokens` ran, ``recalled_examples`` when `select_remembered` did), and the
+    run's ``<name>/scoring_forwards``, ``<name>/forward_only_passes`` (scored, not kept: forwards
+    without a backward) and ``<name>/backward_passes``. They are also in `epoch_metrics`.
+
+    **Remembered scores** (``rescore_every > 1``, Stale-SB of Jiang et al. 2019): the callback keeps the
+    latest score of every example id, and only every ``rescore_every``-th epoch (the first included)
+    scores with a forward. In the epochs between, `select_remembered` selects each batch by the scores
+    remembered for its ids, so the scoring forward is skipped; the module then reports the kept
+    examples' training losses with `remember`, which keeps their scores fresh for free::
+
+        kept = selection.select_remembered(batch["index"])
+        if kept is None:  # a scoring epoch, or an id without a remembered score
+            with torch.no_grad():
+                scores = F.cross_entropy(self(batch["x"]), batch["y"], reduction="none")
+            kept = selection.select(scores, index=batch["index"])
+        losses = F.cross_entropy(self(batch["x"][kept.positions]), batch["y"][kept.positions], reduction="none")
+        selection.remember(batch["index"][kept.positions], losses)
 
     Methods (the selection functions of `lightning_curricula.step_selection`): ``"top_k"`` (deterministic,
     Selective Backprop's deterministic variant, RHO-LOSS, Rho-1), ``"percentile"`` (Selective Backprop:
@@ -67,6 +86,8 @@ class OnlineBatchSelection(Callback):
             probability (see `percentile_selection`); otherwise weights are 1.
         seed: seed of the random stream; the same on every rank (each rank draws its own stream from it).
         name: prefix of the logged metrics and part of ``state_key``.
+        rescore_every: score with a forward every this many epochs and select by remembered scores in the
+            epochs between (see above); 1 (the default) scores every batch and remembers nothing.
 
     Examples:
         >>> selection = OnlineBatchSelection(keep=0.5)
@@ -77,12 +98,17 @@ class OnlineBatchSelection(Callback):
         **DDP**: each rank selects within its own batch; the ``percentile`` and ``random`` methods
         draw from a private generator seeded from ``(seed, rank, call)``, so ranks draw different
         streams and no global RNG is touched. The counters are summed over ranks once per epoch (one
-        all-reduce of five numbers); nothing else communicates. **Resume**: ``state_dict`` holds the
-        number of `select` calls so far (the position in every rank's stream: a resumed run draws
-        exactly what the uninterrupted run draws next, on every rank, although only rank 0's state is
-        checkpointed) and the counters; ``"top_k"`` needs no state at all. Selection runs on detached
-        scores, so automatic and manual optimisation, gradient accumulation and mixed precision work
-        unchanged.
+        all-reduce of seven numbers); nothing else communicates unless scores are remembered.
+        **Resume**: ``state_dict`` holds the number of `select` calls so far (the position in every
+        rank's stream: a resumed run draws exactly what the uninterrupted run draws next, on every
+        rank, although only rank 0's state is checkpointed), the counters and the remembered scores;
+        ``"top_k"`` needs no random state. Selection runs on detached scores, so automatic and manual
+        optimisation, gradient accumulation and mixed precision work unchanged.
+        **Remembered scores** are one float32 per example id (a dense table up to the largest id
+        seen, on the CPU). Each epoch end merges what the ranks remembered in two more all-reduces
+        (the table's size, then the scores changed this epoch with their counts; an id changed on two
+        ranks, a padding repeat, gets the mean), so every rank, and the checkpoint, has them all.
+        Resume from epoch-end checkpoints: a mid-epoch one holds only rank 0's changes of that epoch.
     """
 
     def __init__(
@@ -94,6 +120,7 @@ class OnlineBatchSelection(Callback):
         unbiased: bool = False,
         seed: int = 0,
         name: str = "selection",
+        rescore_every: int = 1,
     ) -> None:
         check_keep(keep)
         if method not in EXAMPLE_METHODS:
@@ -106,29 +133,86 @@ class OnlineBatchSelection(Callback):
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
         if not name:
             raise ValueError("name must be a non-empty string.")
+        if isinstance(rescore_every, bool) or not isinstance(rescore_every, int) or rescore_every < 1:
+            raise ValueError(f"rescore_every must be an integer >= 1, got {rescore_every!r}.")
         self.keep = float(keep)
         self.method = method
         self.beta = float(beta)
         self.unbiased = unbiased
         self.seed = seed
         self.name = name
+        self.rescore_every = rescore_every
         self.rank = 0
         self.calls = 0
+        self.epoch = 0  # the Trainer's current epoch, set when it starts: it decides scoring epochs
         self.epoch_metrics: dict[str, float] = {}
         # Python ints, not tensors: ddp_spawn moves a callback's CPU tensors to memory shared by all ranks.
         self._epoch = [0] * _ROWS  # counts since the epoch began, this rank
         self._totals = [0] * _ROWS  # all ranks, finished epochs
+        # Created inside the fit (never pickled to ddp_spawn's processes, whose CPU tensors would be shared):
+        self._memory = torch.empty(0)  # float32 score by example id, NaN where unknown
+        self._changed = torch.empty(0, dtype=torch.bool)  # ids remembered on this rank since the last epoch end
 
     # ----------------------------------------------------------------------------------- selecting
 
-    def select(self, scores: Tensor, *, keep: float | None = None) -> Selection:
+    def select(self, scores: Tensor, *, keep: float | None = None, index: Tensor | None = None) -> Selection:
         """Kept positions (ascending) and weights of a batch scored by ``scores`` ``(n,)``, detached.
 
-        ``keep`` overrides the share for this call (a schedule, say). Charges ``n`` scored and ``k``
-        kept examples.
+        ``keep`` overrides the share for this call (a schedule, say). ``index``, the examples' ids, has
+        the scores remembered (with ``rescore_every > 1``). Charges ``n`` scored and ``k`` kept examples.
         """
+        selection = self._select(scores, keep)
+        self._count(_SCORED, scores.numel(), _KEPT, selection.positions.numel())
+        if index is not None:
+            self.remember(index, scores)
+        return selection
+
+    @property
+    def scoring_epoch(self) -> bool:
+        """Whether this epoch scores every batch with a forward: always with ``rescore_every=1``."""
+        return self.epoch % self.rescore_every == 0
+
+    def select_remembered(self, index: Tensor, *, keep: float | None = None) -> Selection | None:
+        """Select the batch of ids ``index`` ``(n,)`` by its remembered scores, without a scoring forward.
+
+        ``None`` in a scoring epoch, or when one of the ids has no remembered score: then score the batch
+        with a forward and call ``select(scores, index=index)``. Charges ``n`` examples selected from
+        memory (``recalled``, not scored) and the ``k`` kept.
+        """
+        if self.scoring_epoch:
+            return None
+        ids = _example_ids(index)
+        if ids.numel() and int(ids.max()) >= self._memory.numel():
+            return None
+        scores = self._memory[ids]
+        if bool(scores.isnan().any()):
+            return None
+        selection = self._select(scores, keep)
+        self._count(_RECALLED, ids.numel(), _KEPT_RECALLED, selection.positions.numel())
+        return Selection(selection.positions.to(index.device), selection.weights.to(index.device))
+
+    def remember(self, index: Tensor, scores: Tensor) -> None:
+        """Remember ``scores`` ``(n,)`` as the latest of the examples ``index`` ``(n,)`` (if ``rescore_every > 1``).
+
+        Call it with the kept examples' training losses (or the score made of them, such as the
+        reducible loss) to keep their remembered scores fresh without another forward.
+        """
+        if self.rescore_every == 1:
+            return
+        ids = _example_ids(index)
+        if tuple(scores.shape) != tuple(ids.shape):
+            raise ValueError(
+                f"scores have shape {tuple(scores.shape)} but index has {tuple(ids.shape)}; they must match."
+            )
+        if ids.numel() == 0:
+            return
+        self._grow(int(ids.max()) + 1)
+        self._memory[ids] = scores.detach().float().cpu()
+        self._changed[ids] = True
+
+    def _select(self, scores: Tensor, keep: float | None) -> Selection:
         share = self.keep if keep is None else check_keep(keep)
-        selection = select_examples(
+        return select_examples(
             scores.detach(),
             share,
             method=self.method,
@@ -136,8 +220,12 @@ class OnlineBatchSelection(Callback):
             beta=self.beta,
             unbiased=self.unbiased,
         )
-        self._count(_SCORED, scores.numel(), _KEPT, selection.positions.numel())
-        return selection
+
+    def _grow(self, size: int) -> None:
+        if size > self._memory.numel():
+            missing = size - self._memory.numel()
+            self._memory = torch.cat([self._memory, torch.full((missing,), math.nan)])
+            self._changed = torch.cat([self._changed, torch.zeros(missing, dtype=torch.bool)])
 
     def select_tokens(self, scores: Tensor, mask: Tensor, *, keep: float | None = None) -> Tensor:
         """The ``(B, T)`` bool mask of kept loss tokens (Rho-1); ``method`` must be top-k or random.
@@ -177,8 +265,14 @@ class OnlineBatchSelection(Callback):
         self.rank = trainer.global_rank
 
     @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epoch = trainer.current_epoch
+
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # The one collective of the epoch: five integers summed over ranks (int64, never packed into floats).
+        if self.rescore_every > 1:
+            self._merge_memory(trainer, pl_module.device)
+        # The counters' collective: seven integers summed over ranks (int64, never packed into floats).
         counts = torch.tensor(self._epoch, dtype=torch.int64, device=pl_module.device)
         epoch = [int(value) for value in trainer.strategy.reduce(counts, reduce_op="sum").tolist()]
         self._totals = [total + value for total, value in zip(self._totals, epoch, strict=True)]
@@ -190,6 +284,17 @@ class OnlineBatchSelection(Callback):
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
 
+    def _merge_memory(self, trainer: pl.Trainer, device: torch.device) -> None:
+        """Every rank's scores remembered this epoch, on every rank: the mean where several ranks changed an id."""
+        size = trainer.strategy.reduce(torch.tensor(self._memory.numel(), device=device), reduce_op="max")
+        self._grow(int(size))
+        changed = self._changed.float()
+        sums = torch.stack([torch.where(self._changed, self._memory, 0.0), changed]).to(device)
+        values, counts = trainer.strategy.reduce(sums, reduce_op="sum").cpu()
+        merged = counts > 0
+        self._memory[merged] = values[merged] / counts[merged]
+        self._changed.zero_()
+
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -200,14 +305,16 @@ class OnlineBatchSelection(Callback):
             "calls": self.calls,
             "totals": list(self._totals),
             "epoch": list(self._epoch),
+            "remembered_scores": self._memory.clone(),
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("version") != STATE_VERSION:
+        version = state_dict.get("version")
+        if version not in (1, STATE_VERSION):
             raise ValueError(
-                f"OnlineBatchSelection state has version {state_dict.get('version')!r}; this release reads "
-                f"version {STATE_VERSION}."
+                f"OnlineBatchSelection state has version {version!r}; this release reads versions 1 and "
+                f"{STATE_VERSION}."
             )
         if state_dict["seed"] != self.seed or state_dict["method"] != self.method:
             raise ValueError(
@@ -216,19 +323,36 @@ class OnlineBatchSelection(Callback):
                 f"and seed {self.seed}."
             )
         self.calls = int(state_dict["calls"])
-        self._totals = [int(value) for value in state_dict["totals"]]
-        self._epoch = [int(value) for value in state_dict["epoch"]]
+        # Version 1 had five rows and no remembered scores: the rows added since start at 0.
+        padding = [0] * (_ROWS - _ROWS_IN_VERSION_1) if version == 1 else []
+        self._totals = [int(value) for value in state_dict["totals"]] + padding
+        self._epoch = [int(value) for value in state_dict["epoch"]] + padding
+        self._memory = state_dict.get("remembered_scores", torch.empty(0)).clone().float()
+        self._changed = torch.zeros(self._memory.numel(), dtype=torch.bool)
+
+
+def _example_ids(index: Tensor) -> Tensor:
+    ids = index.detach().cpu().long()
+    if ids.ndim != 1:
+        raise ValueError(f"index has shape {tuple(index.shape)}, expected (batch_size,): one id per example.")
+    if ids.numel() and int(ids.min()) < 0:
+        raise ValueError(f"Example ids must be >= 0 to be remembered, got {int(ids.min())}.")
+    return ids
 
 
 def _metrics(epoch: list[int], totals: list[int]) -> dict[str, float]:
-    scored, kept = epoch[_SCORED], epoch[_KEPT]
+    selected = epoch[_SCORED] + epoch[_RECALLED]
+    kept = epoch[_KEPT] + epoch[_KEPT_RECALLED]
     metrics = {
-        "scored_examples": float(scored),
+        "scored_examples": float(epoch[_SCORED]),
         "kept_examples": float(kept),
-        "kept_share": kept / scored if scored else 1.0,
+        "kept_share": kept / selected if selected else 1.0,
+        "scoring_forwards": float(totals[_SCORED]),
         "forward_only_passes": float(totals[_SCORED] - totals[_KEPT]),
-        "backward_passes": float(totals[_KEPT]),
+        "backward_passes": float(totals[_KEPT] + totals[_KEPT_RECALLED]),
     }
+    if totals[_RECALLED]:
+        metrics["recalled_examples"] = float(epoch[_RECALLED])
     if totals[_SCORED_TOKENS]:
         tokens = epoch[_SCORED_TOKENS]
         metrics |= {

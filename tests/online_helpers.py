@@ -2,7 +2,9 @@
 
 `SelectiveClassifier` follows the pattern of the method cards: a no-grad scoring forward (the loss, or the
 reducible loss against `ReferenceLosses`), `OnlineBatchSelection.select`, and a forward + backward of
-the kept examples only, with automatic or manual optimisation. It records the ids it trained on.
+the kept examples only, with automatic or manual optimisation; with ``rescore_every > 1`` it selects by
+remembered scores where it can and remembers the kept examples' training scores. It records the ids it
+scored with a forward and those it trained on.
 `RecordingLogger` keeps what the callback writes to the Trainer's loggers.
 """
 
@@ -46,17 +48,22 @@ class SelectiveClassifier(Classifier):
     def scores(self, batch: Mapping[str, Tensor]) -> Tensor:
         with torch.no_grad():
             losses = per_example_loss(self, batch)
-        if self.reference is None:
-            return losses
-        return reducible_loss(losses, self.reference.lookup(batch["index"]))
+        return self.score_of(losses, batch["index"])
+
+    def score_of(self, losses: Tensor, index: Tensor) -> Tensor:
+        return losses if self.reference is None else reducible_loss(losses, self.reference.lookup(index))
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor | None:  # type: ignore[override]
         selection: OnlineBatchSelection = find_online_selection(self.trainer)
-        kept = selection.select(self.scores(batch))
-        self.scored_ids.append(batch["index"].tolist())
-        self.kept_ids.append(batch["index"][kept.positions].tolist())
-        x, y = batch["x"][kept.positions], batch["y"][kept.positions]
-        loss = weighted_mean(F.cross_entropy(self(x), y, reduction="none"), kept.weights)
+        kept = selection.select_remembered(batch["index"])
+        if kept is None:
+            self.scored_ids.append(batch["index"].tolist())
+            kept = selection.select(self.scores(batch), index=batch["index"])
+        ids = batch["index"][kept.positions]
+        self.kept_ids.append(ids.tolist())
+        losses = F.cross_entropy(self(batch["x"][kept.positions]), batch["y"][kept.positions], reduction="none")
+        selection.remember(ids, self.score_of(losses.detach(), ids))
+        loss = weighted_mean(losses, kept.weights)
         if self.automatic_optimization:
             return loss
         optimizer = self.optimizers()

@@ -252,12 +252,11 @@ def _run_one(options: CompareOptions, policy: str, seed: int, progress: Any) -> 
 
 
 def _scoring_forwards(trainer: Any) -> int:
-    """Scoring forwards over the run (no backward): selection inside the step scores every example of a batch."""
+    """Scoring forwards over the run (no backward): selection inside the step scores the batches it selects from."""
     from lightning_curricula import OnlineBatchSelection
 
     selections = [c for c in trainer.callbacks if isinstance(c, OnlineBatchSelection)]
-    metrics = [selection.epoch_metrics for selection in selections]
-    return sum(int(m.get("forward_only_passes", 0) + m.get("backward_passes", 0)) for m in metrics)
+    return sum(int(selection.epoch_metrics.get("scoring_forwards", 0)) for selection in selections)
 
 
 def _hyperparameters(cli: Any, policy: str, seed: int, options: CompareOptions) -> dict[str, Any]:

@@ -83,7 +83,9 @@ class VisionClassifier(pl.LightningModule):
         are updated by it), keeps the callback's share, and trains on the kept examples only; the
         ``losses``, ``logits``, ``targets`` and ``index`` returned (and tracked) are those of the kept
         examples. The random twin (``method: random``) pays the same scoring forward, so that it differs
-        from Selective Backprop and RHO-LOSS only by its rule. On CUDA the model and its inputs use
+        from Selective Backprop and RHO-LOSS only by its rule. With the callback's ``rescore_every > 1``
+        (Stale-SB) only every ``rescore_every``-th epoch scores; the others select by the remembered
+        scores, which the kept examples' training losses refresh. On CUDA the model and its inputs use
         ``channels_last`` (faster convolutions with tensor cores);
         add ``--trainer.precision bf16-mixed`` for mixed precision. Under DDP each rank's
         `planned_optimizer_steps` counts its own shard, so the schedule ends on time on every rank.
@@ -154,6 +156,12 @@ class VisionClassifier(pl.LightningModule):
         if len(found) > 1:
             raise ValueError(f"The vision recipe takes one OnlineBatchSelection, the Trainer has {len(found)}.")
         self.selection = found[0] if found else None
+        if self.selection is not None and self.selection.rescore_every > 1 and self.scoring_scale < 1.0:
+            raise ValueError(
+                f"scoring_scale={self.scoring_scale} scores downsampled images, but rescore_every="
+                f"{self.selection.rescore_every} remembers the full-size training losses between scoring epochs: "
+                "the two would be ranked together. Use one or the other."
+            )
         if self.selection is None and self.selection_score == "reducible_loss":
             raise ValueError(
                 "selection_score='reducible_loss' ranks examples for an OnlineBatchSelection, but the Trainer has "
@@ -225,27 +233,37 @@ class VisionClassifier(pl.LightningModule):
         targets = batch["label"]
         logits = self(batch["image"])
         losses = F.cross_entropy(logits, targets, reduction="none")
+        if self.selection is not None and self.selection.rescore_every > 1:  # fresh scores for epochs that do not score
+            self.selection.remember(batch["index"], self._score(losses.detach(), batch["index"]))
         loss = weighted_mean(losses, batch.get("weight"))
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=targets.numel(), sync_dist=True)
         outputs = {"loss": loss, "losses": losses, "logits": logits, "targets": targets, "index": batch["index"]}
         return outputs | ({"weight": batch["weight"]} if "weight" in batch else {})
 
     def _selected(self, batch: dict[str, Tensor], selection: OnlineBatchSelection) -> dict[str, Tensor]:
-        """The kept part of ``batch``: scored by a forward in eval mode without gradients, then selected."""
+        """The kept part of ``batch``: selected by remembered scores, or scored by a forward first."""
+        kept = selection.select_remembered(batch["index"])
+        if kept is None:
+            kept = selection.select(self._scoring_forward(batch), index=batch["index"])
+        part = {key: value[kept.positions] for key, value in batch.items()}
+        weights = kept.weights.to(part["label"].device)
+        part["weight"] = weights * part["weight"] if "weight" in part else weights
+        return part
+
+    def _scoring_forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """The batch's scores from a forward in eval mode without gradients (downsampled by ``scoring_scale``)."""
         images = batch["image"]
         if self.scoring_scale < 1.0:
             images = F.interpolate(images, scale_factor=self.scoring_scale, mode="bilinear", antialias=True)
         self.model.eval()
         with torch.no_grad():
-            scores = F.cross_entropy(self(images), batch["label"], reduction="none")
+            losses = F.cross_entropy(self(images), batch["label"], reduction="none")
         self.model.train()
-        if self.irreducible is not None:
-            scores = reducible_loss(scores, self.irreducible.lookup(batch["index"]))
-        kept = selection.select(scores)
-        part = {key: value[kept.positions] for key, value in batch.items()}
-        weights = kept.weights.to(scores.device)
-        part["weight"] = weights * part["weight"] if "weight" in part else weights
-        return part
+        return self._score(losses, batch["index"])
+
+    def _score(self, losses: Tensor, index: Tensor) -> Tensor:
+        """What the selection ranks by: the loss, or the reducible loss under RHO-LOSS."""
+        return losses if self.irreducible is None else reducible_loss(losses, self.irreducible.lookup(index))
 
     @override
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

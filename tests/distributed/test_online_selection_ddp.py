@@ -46,6 +46,7 @@ class CountingSelection(OnlineBatchSelection):
         self.collectives_in_epoch_end: list[list[str]] = []
         self.collectives_in_steps = 0
         self.positions: list[list[int]] = []
+        self.remembered: list[tuple[int, list[int], list[float]]] = []  # (epoch, ids, scores) per call
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for name in COLLECTIVES:
@@ -61,14 +62,30 @@ class CountingSelection(OnlineBatchSelection):
 
         return wrapper
 
-    def select(self, scores: Tensor, *, keep: float | None = None) -> Selection:
+    def select(self, scores: Tensor, *, keep: float | None = None, index: Tensor | None = None) -> Selection:
         self.inside = "step"  # type: ignore[assignment]
         try:
-            selection = super().select(scores, keep=keep)
+            selection = super().select(scores, keep=keep, index=index)
         finally:
             self.inside = False
         self.positions.append(selection.positions.tolist())
         return selection
+
+    def select_remembered(self, index: Tensor, *, keep: float | None = None) -> Selection | None:
+        self.inside = "step"  # type: ignore[assignment]
+        try:
+            return super().select_remembered(index, keep=keep)
+        finally:
+            self.inside = False
+
+    def remember(self, index: Tensor, scores: Tensor) -> None:
+        self.inside = "step"  # type: ignore[assignment]
+        try:
+            super().remember(index, scores)
+        finally:
+            self.inside = False
+        if self.rescore_every > 1:
+            self.remembered.append((self.epoch, index.tolist(), scores.tolist()))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.collectives_in_epoch_end.append([])
@@ -94,22 +111,33 @@ class Dump(Callback):
             "positions": selection.positions,
             "scored_ids": pl_module.scored_ids,
             "kept_ids": pl_module.kept_ids,
+            "remembered": selection.remembered,
+            "memory": selection.state_dict()["remembered_scores"],
         }
         torch.save(state, self.directory / f"rank{trainer.global_rank}.pt")
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    directory = tmp_path_factory.mktemp("online_ddp")
+def fit_on_two_ranks(directory: Path, epochs: int, **options: Any) -> list[dict[str, Any]]:
     trainer = make_trainer(
-        max_epochs=EPOCHS,
-        callbacks=[CountingSelection(keep=KEEP, method="random", seed=4), Dump(str(directory))],
+        max_epochs=epochs,
+        callbacks=[CountingSelection(keep=KEEP, seed=4, **options), Dump(str(directory))],
         strategy="ddp_spawn",
         devices=WORLD_SIZE,
         use_distributed_sampler=False,
     )
     trainer.fit(SelectiveClassifier(lr=0.1), datamodule=ShardedData())
     return [torch.load(directory / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD_SIZE)]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return fit_on_two_ranks(tmp_path_factory.mktemp("online_ddp"), EPOCHS, method="random")
+
+
+@pytest.fixture(scope="module")
+def stale_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """Stale-SB on two ranks: epochs 0 and 2 score with a forward, epoch 1 selects by remembered scores."""
+    return fit_on_two_ranks(tmp_path_factory.mktemp("stale_ddp"), 3, method="top_k", rescore_every=2)
 
 
 @pytest.mark.slow
@@ -126,11 +154,12 @@ def test_counters_are_summed_over_ranks_and_identical(ranks: list[dict[str, Any]
         "scored_examples": 38.0,
         "kept_examples": 2.0 * kept_per_rank,
         "kept_share": 2 * kept_per_rank / 38,
+        "scoring_forwards": EPOCHS * 38.0,
         "forward_only_passes": EPOCHS * (38.0 - 2 * kept_per_rank),
         "backward_passes": EPOCHS * 2.0 * kept_per_rank,
     }
     assert ranks[0]["metrics"] == ranks[1]["metrics"] == expected
-    assert ranks[0]["totals"] == ranks[1]["totals"] == [EPOCHS * 38, EPOCHS * 2 * kept_per_rank, 0, 0, EPOCHS * 6]
+    assert ranks[0]["totals"] == ranks[1]["totals"] == [EPOCHS * 38, EPOCHS * 2 * kept_per_rank, 0, 0, EPOCHS * 6, 0, 0]
 
 
 @pytest.mark.slow
@@ -142,3 +171,25 @@ def test_each_rank_selects_within_its_own_batch_from_its_own_stream(ranks: list[
     for step in range(len(ranks[0]["scored_ids"])):
         assert not set(ranks[0]["scored_ids"][step]) & set(ranks[1]["scored_ids"][step]) or step % 3 == 2
     assert ranks[0]["positions"] != ranks[1]["positions"]  # streams seeded from (seed, rank, call)
+
+
+@pytest.mark.slow
+def test_remembered_scores_are_merged_over_ranks_at_each_epoch_end(stale_ranks: list[dict[str, Any]]) -> None:
+    for state in stale_ranks:
+        # Epoch 1 reshuffles the ids between the ranks: only merged scores let it skip every scoring forward.
+        assert len(state["scored_ids"]) == 6  # epochs 0 and 2, three batches each
+        assert len(state["kept_ids"]) == 9
+        assert state["collectives_in_epoch_end"] == [["barrier", "all_reduce"] * 3] * 3
+        assert state["collectives_in_steps"] == 0
+    assert torch.equal(stale_ranks[0]["memory"], stale_ranks[1]["memory"])
+    # Each id's score is the last one its rank remembered in the last epoch; the mean of both for the padding repeat.
+    last: dict[int, list[float]] = {}
+    for state in stale_ranks:
+        calls = [zip(ids, values, strict=True) for epoch, ids, values in state["remembered"] if epoch == 2]
+        latest = {i: value for call in calls for i, value in call}
+        for i, value in latest.items():
+            last.setdefault(i, []).append(value)
+    assert sorted(last) == list(range(SIZE))
+    expected = torch.tensor([sum(last[i]) / len(last[i]) for i in range(SIZE)])
+    torch.testing.assert_close(stale_ranks[0]["memory"], expected)
+    assert stale_ranks[0]["metrics"]["scoring_forwards"] == 2 * 38.0

@@ -68,11 +68,12 @@ def test_counts_and_logs_once_per_epoch() -> None:
         "sb/scored_examples": 37.0,
         "sb/kept_examples": float(kept),
         "sb/kept_share": kept / 37,
+        "sb/scoring_forwards": 74.0,
         "sb/forward_only_passes": 2.0 * (37 - kept),
         "sb/backward_passes": 2.0 * kept,
     }
     assert selection.calls == 10
-    assert selection.state_dict()["totals"] == [74, 38, 0, 0, 10]
+    assert selection.state_dict()["totals"] == [74, 38, 0, 0, 10, 0, 0]
 
 
 @pytest.mark.parametrize("method", ["top_k", "percentile", "random"])
@@ -134,7 +135,7 @@ def test_find_and_resume_checks(tmp_path: Path) -> None:
         OnlineBatchSelection(keep=0.5, method="random", seed=2).load_state_dict(state)
     path = tmp_path / "state.pt"
     torch.save(state, path)
-    assert torch.load(path, weights_only=True)["version"] == 1
+    assert torch.load(path, weights_only=True)["version"] == 2
 
 
 def test_token_selection_counts_tokens() -> None:
@@ -142,7 +143,7 @@ def test_token_selection_counts_tokens() -> None:
     scores = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
     kept = selection.select_tokens(scores, torch.tensor([[1, 1, 1], [1, 1, 0]]))
     assert kept.tolist() == [[False, False, True], [True, True, False]]
-    assert selection.state_dict()["epoch"] == [2, 2, 5, 3, 1]
+    assert selection.state_dict()["epoch"] == [2, 2, 5, 3, 1, 0, 0]
 
 
 class TinyLM(torch.nn.Module):

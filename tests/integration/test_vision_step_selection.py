@@ -81,6 +81,34 @@ def test_half_resolution_scoring_scores_small_images_and_trains_on_full_size_one
         VisionClassifier(scoring_scale=0.0)
 
 
+@pytest.mark.parametrize("config", ["selective_backprop_stale", "random_step_stale"])
+def test_stale_selective_backprop_scores_only_every_third_epoch(tmp_path: Path, config: str) -> None:
+    sizes = BatchSizes()
+    run = cli(tmp_path, config, "--trainer.enable_checkpointing", "false", epochs=4, callbacks=[sizes])
+    scoring: list[int] = []  # the epochs of the scoring forwards: whole batches of 32 in eval mode, no gradients
+    module = run.model
+
+    def count(model: Any, inputs: tuple[torch.Tensor, ...]) -> None:
+        if inputs[0].shape[0] == 32 and not module.trainer.validating and not model.training:
+            scoring.append(module.current_epoch)
+
+    module.model.register_forward_pre_hook(count)
+    run.trainer.fit(module, run.datamodule)
+    assert scoring == [0, 0, 0, 3, 3, 3]
+    assert sizes.sizes == [16, 16, 16] * 4
+    metrics = next(c for c in run.trainer.callbacks if isinstance(c, OnlineBatchSelection)).epoch_metrics  # type: ignore[attr-defined]
+    assert metrics["scoring_forwards"] == 2 * 96
+    assert metrics["backward_passes"] == 4 * 48
+    assert metrics["scored_examples"] == 96  # the last epoch (3) scores
+    assert metrics["recalled_examples"] == 0
+    assert int(tracker(run).signals()["visits"].sum()) == 4 * 48
+    refused = cli(
+        tmp_path / "refused", config, "--model.scoring_scale", "0.5", "--trainer.enable_checkpointing", "false"
+    )
+    with pytest.raises(ValueError, match="scoring_scale=0.5 scores downsampled images, but rescore_every=3"):
+        refused.trainer.fit(refused.model, refused.datamodule)
+
+
 def test_selective_backprop_prefers_high_losses(tmp_path: Path) -> None:
     # Deterministic top-k on the loss: every kept example's scoring loss is at least every dropped one's.
     run = cli(tmp_path, "selective_backprop", "--trainer.enable_checkpointing", "false", epochs=1)

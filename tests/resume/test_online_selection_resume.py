@@ -2,7 +2,8 @@
 
 RHO-LOSS with Selective Backprop's probabilistic selection: the reference losses come from a file written
 once, the random stream from the callback's checkpointed state. The resumed run trains on the same examples
-after the crash and ends with the same parameters and counters as the uninterrupted run.
+after the crash and ends with the same parameters and counters as the uninterrupted run. With remembered
+scores (Stale-SB, ``rescore_every=2``) the crash epochs select by the scores in the checkpoint.
 """
 
 from __future__ import annotations
@@ -23,10 +24,17 @@ STEPS_PER_EPOCH = 5
 
 
 def fit(
-    root: Path, reference_file: Path, *, crash_at: int | None = None, ckpt_path: Path | None = None
+    root: Path,
+    reference_file: Path,
+    *,
+    rescore_every: int,
+    crash_at: int | None = None,
+    ckpt_path: Path | None = None,
 ) -> tuple[SelectiveClassifier, OnlineBatchSelection]:
     model = SelectiveClassifier(reference=ReferenceLosses.load(reference_file), lr=0.2)
-    selection = OnlineBatchSelection(keep=0.4, method="percentile", beta=2.0, unbiased=True, seed=11)
+    selection = OnlineBatchSelection(
+        keep=0.4, method="percentile", beta=2.0, unbiased=True, seed=11, rescore_every=rescore_every
+    )
     checkpoints = ModelCheckpoint(
         dirpath=root / "checkpoints", filename="{epoch}", every_n_epochs=1, save_top_k=-1, save_on_train_epoch_end=True
     )
@@ -38,26 +46,37 @@ def fit(
     return model, selection
 
 
+@pytest.mark.parametrize("rescore_every", [1, 2])
 @pytest.mark.parametrize("crash_epoch", [1, 3])
-def test_crash_and_resume_equals_the_uninterrupted_run(tmp_path: Path, crash_epoch: int) -> None:
+def test_crash_and_resume_equals_the_uninterrupted_run(tmp_path: Path, crash_epoch: int, rescore_every: int) -> None:
     holdout = Classifier(seed=5)
     irreducible_losses(holdout, ClassificationDataset(SIZE), per_example_loss).save(tmp_path / "reference.pt")
 
-    straight, straight_selection = fit(tmp_path / "straight", tmp_path / "reference.pt")
+    straight, straight_selection = fit(tmp_path / "straight", tmp_path / "reference.pt", rescore_every=rescore_every)
 
     root = tmp_path / "crashed"
     with pytest.raises(SimulatedCrash):
-        fit(root, tmp_path / "reference.pt", crash_at=crash_epoch)
+        fit(root, tmp_path / "reference.pt", rescore_every=rescore_every, crash_at=crash_epoch)
     resumed, resumed_selection = fit(
-        root, tmp_path / "reference.pt", ckpt_path=root / "checkpoints" / f"epoch={crash_epoch - 1}.ckpt"
+        root,
+        tmp_path / "reference.pt",
+        rescore_every=rescore_every,
+        ckpt_path=root / "checkpoints" / f"epoch={crash_epoch - 1}.ckpt",
     )
 
     assert resumed.kept_ids == straight.kept_ids[crash_epoch * STEPS_PER_EPOCH :]
+    scored_before_crash = len(straight.scored_ids) - len(resumed.scored_ids)
+    assert resumed.scored_ids == straight.scored_ids[scored_before_crash:]
+    # Stale-SB scores only in epochs 0 and 2: the crash epochs (1 and 3) select by the checkpoint's scores.
+    assert len(straight.scored_ids) == EPOCHS * STEPS_PER_EPOCH // rescore_every
     for got, want in zip(resumed.parameters(), straight.parameters(), strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert resumed_selection.calls == straight_selection.calls == EPOCHS * STEPS_PER_EPOCH
     assert resumed_selection.state_dict()["totals"] == straight_selection.state_dict()["totals"]
     assert resumed_selection.epoch_metrics == straight_selection.epoch_metrics
+    assert torch.equal(
+        resumed_selection.state_dict()["remembered_scores"], straight_selection.state_dict()["remembered_scores"]
+    )
     # The probabilistic selection really is random: the epochs do not replay the first one's picks.
     assert (
         straight.kept_ids[crash_epoch * STEPS_PER_EPOCH :]

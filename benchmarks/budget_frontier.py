@@ -1,0 +1,67 @@
+"""Accuracy against training time across `lightning-curricula compare` runs of different lengths.
+
+Within one comparison every policy trains the same number of epochs, and a learning-rate schedule that
+ends with the run makes the last epochs decide the final accuracy: "the time at which a policy first
+reaches full data's accuracy" then mostly measures the schedule. This script puts runs of different
+lengths (each its own ``compare --max-epochs E``) side by side against one reference, usually full
+data at the longest length: each row's final accuracy, its training time over the reference's, and
+the time at which it first reaches the reference's final accuracy (the lowest over the reference's
+seeds), over the reference's training time.
+
+    python benchmarks/budget_frontier.py --reference full@12 \\
+        full@12=runs/e12/results/full sb@6=runs/e6/results/selective_backprop ...
+
+Times are compared as ratios, so the runs should share the machine alike (run them in one batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+from lightning_curricula.recipes.compare.report import RunResult, train_seconds_to
+
+
+def load(folder: Path) -> list[RunResult]:
+    runs = [RunResult(**json.loads(path.read_text())) for path in sorted(folder.glob("seed_*.json"))]
+    if not runs:
+        raise SystemExit(f"No seed_*.json results in {folder}.")
+    return runs
+
+
+def row(label: str, runs: list[RunResult], reference: list[RunResult]) -> str:
+    accuracies = [100 * run.final_acc for run in runs]
+    std = statistics.stdev(accuracies) if len(accuracies) > 1 else math.nan
+    target = min(run.final_acc for run in reference)
+    reference_time = statistics.fmean(run.train_seconds for run in reference)
+    time_ratio = statistics.fmean(run.train_seconds for run in runs) / reference_time
+    to_target = statistics.fmean(train_seconds_to(run, target, "val/acc") for run in runs) / reference_time
+    per_seed = ", ".join(f"{accuracy:.2f}" for accuracy in accuracies)
+    reached = "never" if math.isnan(to_target) else f"{to_target:.2f}"
+    return (
+        f"| {label} | {len(runs[0].epochs)} | {statistics.fmean(accuracies):.2f} ± {std:.2f} | {per_seed} "
+        f"| {time_ratio:.2f} | {reached} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", required=True, help="the label of the reference runs")
+    parser.add_argument("runs", nargs="+", metavar="LABEL=FOLDER", help="a label and a results/<policy> folder")
+    args = parser.parse_args()
+    groups = dict(spec.split("=", 1) for spec in args.runs)
+    if args.reference not in groups:
+        parser.error(f"--reference {args.reference!r} is not one of the labels {sorted(groups)}.")
+    loaded = {label: load(Path(folder)) for label, folder in groups.items()}
+    reference = loaded[args.reference]
+    print("| runs | epochs | final test acc (%) | per seed | train time / reference | time to reference's acc |")
+    print("|---|---:|---:|---|---:|---:|")
+    for label, runs in loaded.items():
+        print(row(label, runs, reference))
+
+
+if __name__ == "__main__":
+    main()
