@@ -10,9 +10,12 @@ of random 1 x 28 x 28 images (a training step's cost does not depend on the pixe
 - ``selective``: a selective step: the scoring forward on the whole batch, `OnlineBatchSelection.select`
   (``top_k``), then a training step on the kept ``round(keep * batch)`` examples with their weights;
 - ``score_scaled`` and ``selective_scaled``: the same with the batch downsampled by ``--scoring-scale``
-  before the scoring forward (the vision recipe's ``scoring_scale``; Composer's ``scale_factor``).
+  before the scoring forward (the vision recipe's ``scoring_scale``; Composer's ``scale_factor``);
+- ``stale``: a step of Stale-SB between scoring epochs: `OnlineBatchSelection.select_remembered` on the
+  batch's ids (scores remembered beforehand), a training step on the kept examples, and `remember` of
+  their training losses; no scoring forward.
 
-Each run times ``--steps`` calls back to back; the three variants run in interleaved rounds (the order
+Each run times ``--steps`` calls back to back; the variants run in interleaved rounds (the order
 rotating from one round to the next, `harness.interleaved_rounds`) after one warm-up round. Reported:
 ``score / step``, the scoring forward as a share of a step, and ``selective / step``, a selective step
 against a plain one (below 1: selection saves time per step at this kept share), each as the median
@@ -44,17 +47,18 @@ from lightning_curricula.recipes.vision.models import SmallCNN  # noqa: E402
 
 from lightning_curricula import OnlineBatchSelection, weighted_mean  # noqa: E402
 
-VARIANTS = ("step", "score", "selective", "score_scaled", "selective_scaled")
+VARIANTS = ("step", "score", "selective", "score_scaled", "selective_scaled", "stale")
 
 
 def train_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor, weights: Tensor | None = None
-) -> None:
-    """Forward, per-example cross-entropy, (weighted) mean, backward, optimizer step."""
+) -> Tensor:
+    """Forward, per-example cross-entropy, (weighted) mean, backward, optimizer step; the detached losses."""
     losses = F.cross_entropy(model(images), labels, reduction="none")
     optimizer.zero_grad(set_to_none=True)
     weighted_mean(losses, weights).backward()
     optimizer.step()
+    return losses.detach()
 
 
 def score(model: nn.Module, images: Tensor, labels: Tensor, scale: float = 1.0) -> Tensor:
@@ -69,7 +73,7 @@ def score(model: nn.Module, images: Tensor, labels: Tensor, scale: float = 1.0) 
 
 
 def variants(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
-    """The three timed calls on one model, optimizer and batch."""
+    """The timed calls on one model, optimizer and batch."""
     generator = torch.Generator().manual_seed(args.seed)
     images = torch.randn(args.batch_size, 1, 28, 28, generator=generator).to(args.device)
     labels = torch.randint(0, 10, (args.batch_size,), generator=generator).to(args.device)
@@ -77,11 +81,21 @@ def variants(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
     model = SmallCNN(num_classes=10, in_channels=1).to(args.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     selection = OnlineBatchSelection(keep=args.keep)
+    ids = torch.arange(args.batch_size, device=args.device)
+    remembered = OnlineBatchSelection(keep=args.keep, rescore_every=2)
+    remembered.select(score(model, images, labels), index=ids)  # a scoring epoch's scores
+    remembered.epoch = 1  # then an epoch between scoring epochs
 
     def selective(scale: float) -> None:
         kept = selection.select(score(model, images, labels, scale))
         positions = kept.positions.to(args.device)
         train_step(model, optimizer, images[positions], labels[positions], kept.weights.to(args.device))
+
+    def stale() -> None:
+        kept = remembered.select_remembered(ids)
+        assert kept is not None
+        losses = train_step(model, optimizer, images[kept.positions], labels[kept.positions], kept.weights)
+        remembered.remember(ids[kept.positions], losses)
 
     return {
         "step": lambda: train_step(model, optimizer, images, labels),
@@ -89,6 +103,7 @@ def variants(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
         "selective": lambda: selective(1.0),
         "score_scaled": lambda: score(model, images, labels, args.scoring_scale),
         "selective_scaled": lambda: selective(args.scoring_scale),
+        "stale": stale,
     }
 
 
@@ -112,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=256, help="examples scored per step")
     parser.add_argument("--keep", type=float, default=0.5, help="kept share of the batch, in (0, 1]")
-    parser.add_argument("--pairs", type=int, default=10, help="timed rounds of the three variants (after one warm-up)")
+    parser.add_argument("--pairs", type=int, default=10, help="timed rounds of the variants (after one warm-up)")
     parser.add_argument("--steps", type=int, default=3, help="calls timed back to back per run")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch.set_num_threads")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -168,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         "selective": "selective (score + train on kept)",
         "score_scaled": f"score at scale {args.scoring_scale}",
         "selective_scaled": f"selective, scored at scale {args.scoring_scale}",
+        "stale": "stale (remembered scores, train on kept)",
     }
     for name, label in labels.items():
         s = summary[f"{name}_over_step"]
