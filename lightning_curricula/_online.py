@@ -149,7 +149,8 @@ class OnlineBatchSelection(Callback):
         # Python ints, not tensors: ddp_spawn moves a callback's CPU tensors to memory shared by all ranks.
         self._epoch = [0] * _ROWS  # counts since the epoch began, this rank
         self._totals = [0] * _ROWS  # all ranks, finished epochs
-        # Created inside the fit (never pickled to ddp_spawn's processes, whose CPU tensors would be shared):
+        # Empty until scores are remembered, then replaced by tensors grown inside the process (ddp_spawn
+        # shares the CPU tensors it pickles between ranks, so nothing is written into these):
         self._memory = torch.empty(0)  # float32 score by example id, NaN where unknown
         self._changed = torch.empty(0, dtype=torch.bool)  # ids remembered on this rank since the last epoch end
 
@@ -161,10 +162,10 @@ class OnlineBatchSelection(Callback):
         ``keep`` overrides the share for this call (a schedule, say). ``index``, the examples' ids, has
         the scores remembered (with ``rescore_every > 1``). Charges ``n`` scored and ``k`` kept examples.
         """
-        selection = self._select(scores, keep)
-        self._count(_SCORED, scores.numel(), _KEPT, selection.positions.numel())
         if index is not None:
             self.remember(index, scores)
+        selection = self._select(scores, keep)
+        self._count(_SCORED, scores.numel(), _KEPT, selection.positions.numel())
         return selection
 
     @property
