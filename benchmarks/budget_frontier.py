@@ -5,13 +5,15 @@ ends with the run makes the last epochs decide the final accuracy: "the time at 
 reaches full data's accuracy" then mostly measures the schedule. This script puts runs of different
 lengths (each its own ``compare --max-epochs E``) side by side against one reference, usually full
 data at the longest length: each row's final accuracy, its training time over the reference's, and
-the time at which it first reaches the reference's final accuracy (the lowest over the reference's
+the training time at which it first reaches the reference's final accuracy (the lowest over the reference's
 seeds), over the reference's training time.
 
     python benchmarks/budget_frontier.py --reference full@12 \\
         full@12=runs/e12/results/full sb@6=runs/e6/results/selective_backprop ...
 
-Times are compared as ratios, so the runs should share the machine alike (run them in one batch).
+Times are the median over seeds (one disturbed run moves a mean, not a median), compared as ratios, so
+the runs should share the machine alike (run them in one batch). A row reaches the reference's accuracy
+when every seed does; the median of their times is reported.
 """
 
 from __future__ import annotations
@@ -36,14 +38,18 @@ def row(label: str, runs: list[RunResult], reference: list[RunResult]) -> str:
     accuracies = [100 * run.final_acc for run in runs]
     std = statistics.stdev(accuracies) if len(accuracies) > 1 else math.nan
     target = min(run.final_acc for run in reference)
-    reference_time = statistics.fmean(run.train_seconds for run in reference)
-    time_ratio = statistics.fmean(run.train_seconds for run in runs) / reference_time
-    to_target = statistics.fmean(train_seconds_to(run, target, "val/acc") for run in runs) / reference_time
+    reference_time = statistics.median(run.train_seconds for run in reference)
+    time_ratio = statistics.median(run.train_seconds for run in runs) / reference_time
+    to_target = [train_seconds_to(run, target, "val/acc") / reference_time for run in runs]
+    reached = [value for value in to_target if not math.isnan(value)]
+    if len(reached) == len(runs):
+        when = f"{statistics.median(reached):.2f}"
+    else:
+        when = f"never ({len(reached)} of {len(runs)} seeds)" if reached else "never"
     per_seed = ", ".join(f"{accuracy:.2f}" for accuracy in accuracies)
-    reached = "never" if math.isnan(to_target) else f"{to_target:.2f}"
     return (
         f"| {label} | {len(runs[0].epochs)} | {statistics.fmean(accuracies):.2f} ± {std:.2f} | {per_seed} "
-        f"| {time_ratio:.2f} | {reached} |"
+        f"| {time_ratio:.2f} | {when} |"
     )
 
 
