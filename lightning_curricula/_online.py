@@ -31,6 +31,8 @@ STATE_VERSION = 2
 _SCORED, _KEPT, _SCORED_TOKENS, _KEPT_TOKENS, _CALLS, _RECALLED, _KEPT_RECALLED = range(7)
 _ROWS = 7
 _ROWS_IN_VERSION_1 = 5
+# Remembered scores are a dense table by id (5 bytes each with the changed mask): 2**30 ids is 5 GiB.
+MAX_REMEMBERED_ID = 2**30 - 1
 
 
 class OnlineBatchSelection(Callback):
@@ -105,9 +107,10 @@ class OnlineBatchSelection(Callback):
         ``"top_k"`` needs no random state. Selection runs on detached scores, so automatic and manual
         optimisation, gradient accumulation and mixed precision work unchanged.
         **Remembered scores** are one float32 per example id (a dense table up to the largest id
-        seen, on the CPU). Each epoch end merges what the ranks remembered in two more all-reduces
-        (the table's size, then the scores changed this epoch with their counts; an id changed on two
-        ranks, a padding repeat, gets the mean), so every rank, and the checkpoint, has them all.
+        seen, on the CPU; ids above ``2**30 - 1`` are refused). Each epoch end merges what the ranks
+        remembered in two more all-reduces (the table's size, then the scores changed this epoch with
+        their counts; an id changed on two ranks, a padding repeat, gets the mean), so every rank, and
+        the checkpoint, has them all.
         Resume from epoch-end checkpoints: a mid-epoch one holds only rank 0's changes of that epoch.
     """
 
@@ -338,6 +341,11 @@ def _example_ids(index: Tensor) -> Tensor:
         raise ValueError(f"index has shape {tuple(index.shape)}, expected (batch_size,): one id per example.")
     if ids.numel() and int(ids.min()) < 0:
         raise ValueError(f"Example ids must be >= 0 to be remembered, got {int(ids.min())}.")
+    if ids.numel() and int(ids.max()) > MAX_REMEMBERED_ID:
+        raise ValueError(
+            f"Example id {int(ids.max())} is too large to be remembered: the scores are a dense table by id, "
+            f"up to id {MAX_REMEMBERED_ID}. Number the examples 0..N-1 (WithIndex does), not by a hash."
+        )
     return ids
 
 

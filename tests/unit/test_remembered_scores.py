@@ -102,5 +102,7 @@ def test_bad_ids_and_shapes_fail_naming_them() -> None:
         selection.remember(torch.tensor([0, 1, 2]), torch.ones(2))
     with pytest.raises(ValueError, match="Example ids must be >= 0 to be remembered, got -1"):
         selection.remember(torch.tensor([0, -1]), torch.ones(2))
+    with pytest.raises(ValueError, match="Example id 1073741824 is too large to be remembered"):
+        selection.remember(torch.tensor([2**30]), torch.ones(1))
     with pytest.raises(ValueError, match=r"index has shape \(1, 2\), expected \(batch_size,\)"):
         selection.select(torch.ones(2), index=torch.tensor([[0, 1]]))
