@@ -8,6 +8,8 @@ code runs); both ranks end with the same metrics.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,15 @@ class CountingSelection(OnlineBatchSelection):
         self.positions: list[list[int]] = []
         self.remembered: list[tuple[int, list[int], list[float]]] = []  # (epoch, ids, scores) per call
 
+    @contextlib.contextmanager
+    def in_step(self) -> Iterator[None]:
+        outer = self.inside
+        self.inside = "step"  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            self.inside = outer
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for name in COLLECTIVES:
             setattr(dist, name, self._counting(name, getattr(dist, name)))
@@ -63,27 +74,18 @@ class CountingSelection(OnlineBatchSelection):
         return wrapper
 
     def select(self, scores: Tensor, *, keep: float | None = None, index: Tensor | None = None) -> Selection:
-        self.inside = "step"  # type: ignore[assignment]
-        try:
+        with self.in_step():
             selection = super().select(scores, keep=keep, index=index)
-        finally:
-            self.inside = False
         self.positions.append(selection.positions.tolist())
         return selection
 
     def select_remembered(self, index: Tensor, *, keep: float | None = None) -> Selection | None:
-        self.inside = "step"  # type: ignore[assignment]
-        try:
+        with self.in_step():
             return super().select_remembered(index, keep=keep)
-        finally:
-            self.inside = False
 
     def remember(self, index: Tensor, scores: Tensor) -> None:
-        self.inside = "step"  # type: ignore[assignment]
-        try:
+        with self.in_step():  # select calls it too: the context restores what it found
             super().remember(index, scores)
-        finally:
-            self.inside = False
         if self.rescore_every > 1:
             self.remembered.append((self.epoch, index.tolist(), scores.tolist()))
 
