@@ -33,6 +33,11 @@ __all__ = [
 _MASK64 = (1 << 64) - 1
 
 
+#: SplitMix64's increment and its finaliser's two multipliers, as unsigned 64-bit integers (also the
+#: constants of `selection.keyed_uniforms`, its tensor form).
+SPLITMIX_INCREMENT, SPLITMIX_MIX1, SPLITMIX_MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
 def derived_seed(*parts: int) -> int:
     """A 63-bit seed that mixes ``parts`` (such as ``(seed, epoch)``) so that no two tuples share a stream.
 
@@ -46,16 +51,16 @@ def derived_seed(*parts: int) -> int:
         >>> derived_seed(3, 7) == derived_seed(3, 7)
         True
     """
-    state = 0x9E3779B97F4A7C15
+    state = SPLITMIX_INCREMENT
     for part in parts:
-        state = _splitmix64((state ^ (part & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64)
+        state = _splitmix64((state ^ (part & _MASK64)) * SPLITMIX_MIX1 & _MASK64)
     return state >> 1
 
 
 def _splitmix64(value: int) -> int:
-    value = (value + 0x9E3779B97F4A7C15) & _MASK64
-    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+    value = (value + SPLITMIX_INCREMENT) & _MASK64
+    value = ((value ^ (value >> 30)) * SPLITMIX_MIX1) & _MASK64
+    value = ((value ^ (value >> 27)) * SPLITMIX_MIX2) & _MASK64
     return value ^ (value >> 31)
 
 

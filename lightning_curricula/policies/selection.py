@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, overload
 import torch
 from torch import Tensor
 
-from lightning_curricula.policies._base import Plan, ShardedPlan, derived_seed
+from lightning_curricula.policies._base import (
+    SPLITMIX_INCREMENT,
+    SPLITMIX_MIX1,
+    SPLITMIX_MIX2,
+    Plan,
+    ShardedPlan,
+    derived_seed,
+)
 
 if TYPE_CHECKING:
     from lightning_curricula._sharding import TableShard
@@ -546,7 +553,8 @@ def sampling_probabilities(scores: Tensor, smoothing: float) -> Tensor:
     return filled.mul_((1 - smoothing) / total).add_(smoothing / scores.numel())
 
 
-_GOLDEN, _MIX1, _MIX2 = (value - (1 << 64) for value in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+# The same constants as int64 words (two's complement), for wrapping tensor arithmetic.
+_GOLDEN, _MIX1, _MIX2 = (value - (1 << 64) for value in (SPLITMIX_INCREMENT, SPLITMIX_MIX1, SPLITMIX_MIX2))
 
 
 def keyed_uniforms(key: int, ids: Tensor) -> Tensor:
