@@ -2,7 +2,9 @@
 
 Selective Backprop, RHO-LOSS and Rho-1 score the whole batch with a forward pass without gradients,
 then train on the kept part only. What that costs, for the vision recipe's ``SmallCNN`` on one batch
-of random 1 x 28 x 28 images (a training step's cost does not depend on the pixel values):
+of random 1 x 28 x 28 images (a training step's cost does not depend on the pixel values), laid out
+``channels_last`` as the recipe's batches are (``--memory-format contiguous`` times NCHW instead, which
+PyTorch runs through slower convolutions on a CPU):
 
 - ``step``: a plain training step on the whole batch (forward, cross-entropy, backward, SGD step);
 - ``score``: the scoring forward alone on the whole batch, in eval mode without gradients, as the vision
@@ -48,6 +50,7 @@ from lightning_curricula.recipes.vision.models import SmallCNN  # noqa: E402
 from lightning_curricula import OnlineBatchSelection, weighted_mean  # noqa: E402
 
 VARIANTS = ("step", "score", "selective", "score_scaled", "selective_scaled", "stale")
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
 def train_step(
@@ -76,6 +79,7 @@ def variants(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
     """The timed calls on one model, optimizer and batch."""
     generator = torch.Generator().manual_seed(args.seed)
     images = torch.randn(args.batch_size, 1, 28, 28, generator=generator).to(args.device)
+    images = images.to(memory_format=MEMORY_FORMATS[args.memory_format])  # the recipe's: channels_last
     labels = torch.randint(0, 10, (args.batch_size,), generator=generator).to(args.device)
     torch.manual_seed(args.seed)  # the model's initialisation (a script, not the library)
     model = SmallCNN(num_classes=10, in_channels=1).to(args.device)
@@ -132,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch.set_num_threads")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--scoring-scale", type=float, default=0.5, help="image scale of the *_scaled variants")
+    parser.add_argument(
+        "--memory-format",
+        choices=sorted(MEMORY_FORMATS),
+        default="channels_last",
+        help="layout of the images: the vision recipe's channels_last, or NCHW contiguous (slower on a CPU)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("scoring_overhead.json"), help="JSON results")
     args = parser.parse_args(argv)
@@ -172,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(args.device)
     print(
         f"\nSmallCNN, batch {args.batch_size} of 1x28x28, keep {args.keep} ({summary['kept_examples']} trained), "
-        f"{args.steps} calls per run, {args.pairs} interleaved rounds; device {args.device} ({env['device_name']}), "
+        f"{args.steps} calls per run, {args.pairs} interleaved rounds, {args.memory_format}; device {args.device} "
+        f"({env['device_name']}), "
         f"torch {env['torch']}, torch threads {env['torch_threads']}, total {elapsed:.1f} s.\n"
     )
     step_ms = 1000 * statistics.median(seconds("step"))

@@ -89,7 +89,8 @@ class _Normalise:
 
     def __call__(self, images: Tensor) -> Tensor:
         images = images.float().div(255.0)
-        return (images - self.mean.to(images.device)) / self.std.to(images.device)
+        normalised = (images - self.mean.to(images.device)) / self.std.to(images.device)
+        return normalised.to(memory_format=torch.channels_last)  # as the recipe's module: faster convolutions
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         return F.cross_entropy(model(self(batch["image"])), batch["label"], reduction="none")
