@@ -7,7 +7,7 @@ TensorBoard (`DynamicsVisuals`), and choose what it sees next (`CurriculumSample
 
 from lightning_curricula._dynamics import TrainingDynamics
 from lightning_curricula._loader import curriculum_dataloader, find_dynamics
-from lightning_curricula._online import OnlineBatchSelection, find_online_selection
+from lightning_curricula._online import BatchPreselection, OnlineBatchSelection, find_online_selection
 from lightning_curricula._sampler import CurriculumSampler
 from lightning_curricula._schedule import planned_optimizer_steps
 from lightning_curricula._step_outputs import StepOutputs, read_step_outputs
@@ -73,6 +73,7 @@ __all__ = [
     "weighted_mean",
     "weighted_token_mean",
     # Selection inside the step (issue 9)
+    "BatchPreselection",
     "FrozenReference",
     "OnlineBatchSelection",
     "ReferenceLosses",

@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from lightning_curricula._dynamics import TrainingDynamics
+from lightning_curricula._online import BatchPreselection, OnlineBatchSelection
 from lightning_curricula._sampler import CurriculumSampler
 from lightning_curricula._with_index import WithIndex
 from lightning_curricula.policies import FullData, Policy
@@ -43,6 +44,12 @@ def curriculum_dataloader(
     silently later: a policy whose epoch length changes needs
     ``Trainer(reload_dataloaders_every_n_epochs=1)`` so Lightning re-reads the length each epoch.
 
+    With an `OnlineBatchSelection` that remembers scores (``rescore_every > 1``) on the Trainer, the
+    loader of an epoch between its scoring epochs selects each batch before loading it (see
+    `OnlineBatchSelection.batch_preselection`): it loads only the kept examples, in batches of
+    ``round(keep * batch_size)``, one batch per batch of ``batch_size`` it would have made. This needs the
+    loader re-created each epoch too.
+
     Args:
         dataset: the training dataset; wrapped in `WithIndex` unless it already is.
         trainer: the running ``Trainer`` (``self.trainer`` in a module or data module).
@@ -53,7 +60,8 @@ def curriculum_dataloader(
         **dataloader_kwargs: passed to ``DataLoader`` (``batch_size``, ``num_workers``, ...).
 
     Raises:
-        ValueError: the policy needs a tracker the Trainer lacks, the reload setting is missing, or
+        ValueError: the policy needs a tracker the Trainer lacks, the reload setting is missing, the
+            Trainer has several `OnlineBatchSelection` that would select before loading, or
             ``dataloader_kwargs`` holds ``sampler``, ``shuffle`` or ``batch_sampler``.
     """
     for key in ("sampler", "shuffle", "batch_sampler"):
@@ -68,6 +76,9 @@ def curriculum_dataloader(
         )
     indexed = dataset if isinstance(dataset, WithIndex) else WithIndex(dataset)
     num_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+    preselection = _batch_preselection(trainer, len(indexed), reload_every, dataloader_kwargs)
+    if preselection is not None:  # batches of the kept examples: one per batch the loader would have made
+        dataloader_kwargs = {**dataloader_kwargs, "batch_size": preselection.kept_per_batch, "drop_last": False}
     sampler = CurriculumSampler(
         indexed,
         policy,
@@ -77,5 +88,33 @@ def curriculum_dataloader(
         num_replicas=trainer.world_size,
         rank=trainer.global_rank,
         drop_last=drop_last_plan,
+        batch_preselection=preselection,
     )
     return DataLoader(indexed, sampler=sampler, **dataloader_kwargs)
+
+
+def _batch_preselection(
+    trainer: pl.Trainer, num_examples: int, reload_every: int, dataloader_kwargs: dict[str, Any]
+) -> BatchPreselection | None:
+    """What the Trainer's `OnlineBatchSelection` selects before loading this epoch, if anything."""
+    found = [
+        callback
+        for callback in trainer.callbacks  # type: ignore[attr-defined]
+        if isinstance(callback, OnlineBatchSelection) and callback.rescore_every > 1 and callback.select_before_loading
+    ]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise ValueError(
+            f"{len(found)} OnlineBatchSelection callbacks ({[c.name for c in found]}) would select the loader's "
+            "batches before loading; keep one, or set select_before_loading=False on the others."
+        )
+    if reload_every != 1:
+        raise ValueError(
+            f"OnlineBatchSelection(rescore_every={found[0].rescore_every}) selects the batches of the epochs between "
+            "scoring epochs before loading, so the loader changes from epoch to epoch: set "
+            f"Trainer(reload_dataloaders_every_n_epochs=1) (it is {reload_every}), or select_before_loading=False."
+        )
+    batch_size = dataloader_kwargs.get("batch_size", 1)
+    drop_last = bool(dataloader_kwargs.get("drop_last", False))
+    return found[0].batch_preselection(trainer.current_epoch, num_examples, batch_size, drop_last=drop_last)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -17,11 +19,12 @@ from lightning_curricula.step_selection import (
     TOKEN_METHODS,
     Selection,
     check_keep,
+    kept_count,
     select_examples,
     select_tokens,
 )
 
-__all__ = ["OnlineBatchSelection", "find_online_selection"]
+__all__ = ["BatchPreselection", "OnlineBatchSelection", "find_online_selection"]
 
 STATE_VERSION = 2
 
@@ -73,6 +76,15 @@ class OnlineBatchSelection(Callback):
         losses = F.cross_entropy(self(batch["x"][kept.positions]), batch["y"][kept.positions], reduction="none")
         selection.remember(batch["index"][kept.positions], losses)
 
+    **Selecting before loading**: a train loader made by `curriculum_dataloader` selects the batches of
+    an epoch between scoring epochs itself, when every example has a remembered score (Jiang et al.'s
+    order): it splits the rank's shard into the batches the loader would have made, keeps each one's
+    share by the remembered scores, and loads only the kept examples, in batches of
+    ``round(keep * batch_size)``. The step's `select_remembered` then returns the whole batch (with the
+    selection weights the loader drew), so the module above runs unchanged, while the dropped examples
+    are neither fetched nor augmented. It selects exactly what the step would have,
+    in the same random stream. ``select_before_loading=False`` keeps the selection in the step.
+
     Methods (the selection functions of `lightning_curricula.step_selection`): ``"top_k"`` (deterministic,
     Selective Backprop's deterministic variant, RHO-LOSS, Rho-1), ``"percentile"`` (Selective Backprop:
     kept with probability rising with the loss percentile, ``beta`` its sharpness) and ``"random"`` (the
@@ -90,6 +102,8 @@ class OnlineBatchSelection(Callback):
         name: prefix of the logged metrics and part of ``state_key``.
         rescore_every: score with a forward every this many epochs and select by remembered scores in the
             epochs between (see above); 1 (the default) scores every batch and remembers nothing.
+        select_before_loading: with ``rescore_every > 1``, let a `curriculum_dataloader` select the
+            batches of the epochs between scoring epochs before loading them (see above).
 
     Examples:
         >>> selection = OnlineBatchSelection(keep=0.5)
@@ -124,6 +138,7 @@ class OnlineBatchSelection(Callback):
         seed: int = 0,
         name: str = "selection",
         rescore_every: int = 1,
+        select_before_loading: bool = True,
     ) -> None:
         check_keep(keep)
         if method not in EXAMPLE_METHODS:
@@ -138,6 +153,8 @@ class OnlineBatchSelection(Callback):
             raise ValueError("name must be a non-empty string.")
         if isinstance(rescore_every, bool) or not isinstance(rescore_every, int) or rescore_every < 1:
             raise ValueError(f"rescore_every must be an integer >= 1, got {rescore_every!r}.")
+        if not isinstance(select_before_loading, bool):
+            raise ValueError(f"select_before_loading must be True or False, got {select_before_loading!r}.")
         self.keep = float(keep)
         self.method = method
         self.beta = float(beta)
@@ -145,9 +162,12 @@ class OnlineBatchSelection(Callback):
         self.seed = seed
         self.name = name
         self.rescore_every = rescore_every
+        self.select_before_loading = select_before_loading
         self.rank = 0
         self.calls = 0
         self.epoch = 0  # the Trainer's current epoch, set when it starts: it decides scoring epochs
+        self._preselected_epoch: int | None = None  # the epoch whose batches the train loader selects
+        self._preselected_weights = torch.empty(0)  # by id, the weights it drew (unbiased percentile only)
         self.epoch_metrics: dict[str, float] = {}
         # Python ints, not tensors: ddp_spawn moves a callback's CPU tensors to memory shared by all ranks.
         self._epoch = [0] * _ROWS  # counts since the epoch began, this rank
@@ -165,6 +185,12 @@ class OnlineBatchSelection(Callback):
         ``keep`` overrides the share for this call (a schedule, say). ``index``, the examples' ids, has
         the scores remembered (with ``rescore_every > 1``). Charges ``n`` scored and ``k`` kept examples.
         """
+        if self.preselected:
+            raise RuntimeError(
+                f"Epoch {self.epoch}'s batches were selected by the train loader before loading (select_before_loading"
+                "=True): select_remembered returns each of them whole; call it before scoring, or set "
+                "select_before_loading=False."
+            )
         if index is not None:
             self.remember(index, scores)
         selection = self._select(scores, keep)
@@ -176,24 +202,69 @@ class OnlineBatchSelection(Callback):
         """Whether this epoch scores every batch with a forward: always with ``rescore_every=1``."""
         return self.epoch % self.rescore_every == 0
 
+    @property
+    def preselected(self) -> bool:
+        """Whether the train loader selected this epoch's batches before loading them (see the class notes)."""
+        return self._preselected_epoch == self.epoch and not self.scoring_epoch
+
     def select_remembered(self, index: Tensor, *, keep: float | None = None) -> Selection | None:
         """Select the batch of ids ``index`` ``(n,)`` by its remembered scores, without a scoring forward.
 
         ``None`` in a scoring epoch, or when one of the ids has no remembered score: then score the batch
         with a forward and call ``select(scores, index=index)``. Charges ``n`` examples selected from
-        memory (``recalled``, not scored) and the ``k`` kept.
+        memory (``recalled``, not scored) and the ``k`` kept. When the loader selected this epoch's
+        batches already (`preselected`), every example of the batch, with the weights the loader drew
+        (charged by the loader).
         """
         if self.scoring_epoch:
             return None
+        if self.preselected:
+            if keep is not None and keep != self.keep:
+                raise ValueError(f"The loader selected this epoch's batches with keep={self.keep}, not keep={keep}.")
+            size = index.shape[0]
+            weights = self._preselected_weights[_example_ids(index)] if self.unbiased else torch.ones(size)
+            return Selection(torch.arange(size, device=index.device), weights.to(index.device))
         ids = _example_ids(index)
         if ids.numel() and int(ids.max()) >= self._memory.numel():
             return None
         scores = self._memory[ids]
         if bool(scores.isnan().any()):
             return None
-        selection = self._select(scores, keep)
-        self._count(_RECALLED, ids.numel(), _KEPT_RECALLED, selection.positions.numel())
+        selection = self._recall(scores, keep)
         return Selection(selection.positions.to(index.device), selection.weights.to(index.device))
+
+    def _recall(self, scores: Tensor, keep: float | None) -> Selection:
+        selection = self._select(scores, keep)
+        self._count(_RECALLED, scores.numel(), _KEPT_RECALLED, selection.positions.numel())
+        return selection
+
+    def _preselect(self, ids: Tensor) -> Tensor:
+        """The kept positions of the loader's batch of ``ids``; their weights wait for `select_remembered`."""
+        kept = self._recall(self._memory[ids], None)
+        if self.unbiased:
+            if self._preselected_weights.numel() < self._memory.numel():
+                self._preselected_weights = torch.ones(self._memory.numel())
+            self._preselected_weights[ids[kept.positions]] = kept.weights
+        return kept.positions
+
+    def batch_preselection(
+        self, epoch: int, num_examples: int, batch_size: int, *, drop_last: bool = False
+    ) -> BatchPreselection | None:
+        """What a train loader for ``epoch`` selects before loading, or ``None`` (select in the step).
+
+        Not ``None`` in an epoch between scoring epochs when ``select_before_loading`` is on and every
+        one of the ``num_examples`` examples has a remembered score; the epoch is then `preselected`.
+        `curriculum_dataloader` calls it each time it builds the loader.
+        """
+        known = self._memory[:num_examples]
+        ready = (
+            self.select_before_loading
+            and epoch % self.rescore_every != 0
+            and known.numel() == num_examples > 0
+            and not bool(known.isnan().any())
+        )
+        self._preselected_epoch = epoch if ready else None
+        return BatchPreselection(self, batch_size, drop_last) if ready else None
 
     def remember(self, index: Tensor, scores: Tensor) -> None:
         """Remember ``scores`` ``(n,)`` as the latest of the examples ``index`` ``(n,)`` (if ``rescore_every > 1``).
@@ -333,6 +404,48 @@ class OnlineBatchSelection(Callback):
         self._epoch = [int(value) for value in state_dict["epoch"]] + padding
         self._memory = state_dict.get("remembered_scores", torch.empty(0)).clone().float()
         self._changed = torch.zeros(self._memory.numel(), dtype=torch.bool)
+
+
+@dataclass(frozen=True)
+class BatchPreselection:
+    """Selection before loading: a `CurriculumSampler` yields only the kept examples of each batch it shards.
+
+    Made by `OnlineBatchSelection.batch_preselection`. Each run of ``batch_size`` consecutive visits of
+    the rank's shard (the batch the loader would have made) is selected by the examples' remembered
+    scores, in order, in the callback's random stream; the loader batches the kept visits by
+    `kept_per_batch`, so its batches are the kept parts of those batches.
+
+    Args:
+        selection: the callback whose remembered scores, share and random stream select.
+        batch_size: the examples of each batch before selection (the loader's ``batch_size`` otherwise).
+        drop_last: drop the last, shorter batch of the shard (the loader's ``drop_last``).
+    """
+
+    selection: OnlineBatchSelection
+    batch_size: int
+    drop_last: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}.")
+
+    @property
+    def kept_per_batch(self) -> int:
+        """The loader's batch size: what a full batch keeps."""
+        return kept_count(self.batch_size, self.selection.keep)
+
+    def kept_length(self, shard_size: int) -> int:
+        """The visits kept of a shard of ``shard_size``: the sampler's length."""
+        full, rest = divmod(shard_size, self.batch_size)
+        return full * self.kept_per_batch + (0 if self.drop_last else kept_count(rest, self.selection.keep))
+
+    def kept_visits(self, indices: Tensor, weights: Tensor) -> Iterator[tuple[int, float]]:
+        """``(index, plan weight)`` of the kept visits of the shard ``indices``, selected batch by batch."""
+        end = indices.numel() - indices.numel() % self.batch_size if self.drop_last else indices.numel()
+        for start in range(0, end, self.batch_size):
+            batch = slice(start, start + self.batch_size)
+            kept = self.selection._preselect(indices[batch])
+            yield from zip(indices[batch][kept].tolist(), weights[batch][kept].tolist(), strict=True)
 
 
 def _example_ids(index: Tensor) -> Tensor:

@@ -18,6 +18,7 @@ from lightning_curricula.policies._base import epoch_generator
 
 if TYPE_CHECKING:
     from lightning_curricula._dynamics import TrainingDynamics
+    from lightning_curricula._online import BatchPreselection
 
 __all__ = ["CurriculumSampler", "shard_positions"]
 
@@ -46,6 +47,8 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
         rank: this rank; from the process group (or 0) by default.
         drop_last: when the plan does not divide evenly, drop its last items (``True``) or pad with
             its first items (``False``, like ``DistributedSampler``), so all ranks get equal shares.
+        batch_preselection: yield only the kept visits of each batch of the shard (Stale-SB selecting
+            before loading; `curriculum_dataloader` passes it in the epochs where it applies).
 
     Raises:
         ValueError: at construction, for a policy that needs a tracker or ``num_epochs`` it was not
@@ -88,6 +91,7 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
         num_replicas: int | None = None,
         rank: int | None = None,
         drop_last: bool = False,
+        batch_preselection: BatchPreselection | None = None,
     ) -> None:
         world, this_rank = world_and_rank(num_replicas, rank)
         super().__init__(dataset, num_replicas=world, rank=this_rank, shuffle=False, seed=seed, drop_last=drop_last)  # type: ignore[arg-type]
@@ -123,6 +127,7 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
         self.dynamics = dynamics
         self.num_epochs = num_epochs
         self.num_examples = size
+        self.batch_preselection = batch_preselection
         self._cached: tuple[int, Plan | ShardedPlan] | None = None
         self._epoch_was_set = False
         self._length: int | None = None  # the first length reported: what the DataLoader's user caches
@@ -213,7 +218,7 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
         length = shard_size(len(self.plan()), self.num_replicas, self.drop_last)
         if self._length is None:
             self._length = length
-        return length
+        return length if self.batch_preselection is None else self.batch_preselection.kept_length(length)
 
     def __iter__(self) -> Iterator[tuple[int, float]]:
         epoch = self.plan_epoch
@@ -244,6 +249,8 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
         else:
             positions = shard_positions(len(plan), self.num_replicas, self.rank, self.drop_last)
             indices, weights = plan.indices[positions], plan.weights[positions]
+        if self.batch_preselection is not None:
+            return self.batch_preselection.kept_visits(indices, weights)
         unweighted = bool((weights == 1).all())  # then skip converting N ones to Python floats
         chunk = 1 << 16
 

@@ -82,8 +82,15 @@ def planned_optimizer_steps(trainer: pl.Trainer) -> int:
             f"limit_train_batches={trainer.limit_train_batches!r} cuts every epoch, so the planned step count would "
             "be wrong; leave it at 1.0, or size the schedule another way."
         )
+    # A loader that selects before loading batches the kept part of each batch of the unselected size.
+    preselection = sampler.batch_preselection
+    batch_size, drop_last = (
+        (loader.batch_size, loader.drop_last)
+        if preselection is None
+        else (preselection.batch_size, preselection.drop_last)
+    )
     steps = sampler.planned_steps(
-        loader.batch_size, accumulate_grad_batches=trainer.accumulate_grad_batches, drop_last=loader.drop_last
+        batch_size, accumulate_grad_batches=trainer.accumulate_grad_batches, drop_last=drop_last
     )
     if trainer.max_steps > 0:
         steps = min(steps, trainer.max_steps)

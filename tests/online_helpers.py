@@ -4,7 +4,8 @@
 reducible loss against `ReferenceLosses`), `OnlineBatchSelection.select`, and a forward + backward of
 the kept examples only, with automatic or manual optimisation; with ``rescore_every > 1`` it selects by
 remembered scores where it can and remembers the kept examples' training scores. It records the ids it
-scored with a forward and those it trained on.
+scored with a forward, those it trained on, and the size of each batch it was given.
+`CurriculumData` loads through `curriculum_dataloader`, which selects Stale-SB's epochs before loading.
 `RecordingLogger` keeps what the callback writes to the Trainer's loggers.
 """
 
@@ -13,13 +14,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
-from helpers import Classifier
+from helpers import ClassificationDataset, Classifier
 from lightning.pytorch.loggers import Logger
 from torch import Tensor
 from torch.nn import functional as F
+from torch.utils.data import DataLoader
 
-from lightning_curricula import OnlineBatchSelection, ReferenceLosses, find_online_selection, weighted_mean
+from lightning_curricula import (
+    OnlineBatchSelection,
+    ReferenceLosses,
+    curriculum_dataloader,
+    find_online_selection,
+    weighted_mean,
+)
 from lightning_curricula.step_selection import reducible_loss
 
 
@@ -44,6 +53,7 @@ class SelectiveClassifier(Classifier):
         self.automatic_optimization = not manual
         self.kept_ids: list[list[int]] = []  # per step, the ids trained on
         self.scored_ids: list[list[int]] = []
+        self.loaded_sizes: list[int] = []
 
     def scores(self, batch: Mapping[str, Tensor]) -> Tensor:
         with torch.no_grad():
@@ -55,6 +65,7 @@ class SelectiveClassifier(Classifier):
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor | None:  # type: ignore[override]
         selection: OnlineBatchSelection = find_online_selection(self.trainer)
+        self.loaded_sizes.append(int(batch["index"].numel()))
         kept = selection.select_remembered(batch["index"])
         if kept is None:
             self.scored_ids.append(batch["index"].tolist())
@@ -71,6 +82,18 @@ class SelectiveClassifier(Classifier):
         self.manual_backward(loss)
         optimizer.step()  # type: ignore[union-attr]
         return None
+
+
+class CurriculumData(pl.LightningDataModule):
+    """``ClassificationDataset(size)`` through `curriculum_dataloader` (full data, shuffled per epoch)."""
+
+    def __init__(self, size: int, batch_size: int = 8) -> None:
+        super().__init__()
+        self.size = size
+        self.batch_size = batch_size
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        return curriculum_dataloader(ClassificationDataset(self.size), self.trainer, batch_size=self.batch_size)
 
 
 class RecordingLogger(Logger):

@@ -246,7 +246,10 @@ class VisionClassifier(pl.LightningModule):
         kept = selection.select_remembered(batch["index"])
         if kept is None:
             kept = selection.select(self._scoring_forward(batch), index=batch["index"])
-        part = {key: value[kept.positions] for key, value in batch.items()}
+        if selection.preselected:  # the loader loaded the kept examples only
+            part = dict(batch)
+        else:
+            part = {key: value[kept.positions] for key, value in batch.items()}
         weights = kept.weights.to(part["label"].device)
         part["weight"] = weights * part["weight"] if "weight" in part else weights
         return part

@@ -3,7 +3,9 @@
 Each rank selects within its own batch from its own random stream; the counters are summed over ranks by
 exactly one all-reduce per epoch (``trainer.strategy.reduce``, which Lightning precedes by a barrier), and
 no collective runs per step (counted by wrapping ``torch.distributed``'s collectives while the callback's
-code runs); both ranks end with the same metrics.
+code runs); both ranks end with the same metrics. Stale-SB's remembered scores are merged over the ranks, and
+through `curriculum_dataloader` each rank's loader selects the stale epoch's batches before loading exactly as
+its step would have.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 import torch.distributed as dist
 from helpers import ClassificationDataset, make_trainer
 from lightning.pytorch.callbacks import Callback
-from online_helpers import SelectiveClassifier
+from online_helpers import CurriculumData, SelectiveClassifier
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -113,21 +115,25 @@ class Dump(Callback):
             "positions": selection.positions,
             "scored_ids": pl_module.scored_ids,
             "kept_ids": pl_module.kept_ids,
+            "loaded_sizes": pl_module.loaded_sizes,
             "remembered": selection.remembered,
             "memory": selection.state_dict()["remembered_scores"],
         }
         torch.save(state, self.directory / f"rank{trainer.global_rank}.pt")
 
 
-def fit_on_two_ranks(directory: Path, epochs: int, **options: Any) -> list[dict[str, Any]]:
+def fit_on_two_ranks(
+    directory: Path, epochs: int, data: pl.LightningDataModule | None = None, **options: Any
+) -> list[dict[str, Any]]:
     trainer = make_trainer(
         max_epochs=epochs,
         callbacks=[CountingSelection(keep=KEEP, seed=4, **options), Dump(str(directory))],
         strategy="ddp_spawn",
         devices=WORLD_SIZE,
         use_distributed_sampler=False,
+        reload_dataloaders_every_n_epochs=1,
     )
-    trainer.fit(SelectiveClassifier(lr=0.1), datamodule=ShardedData())
+    trainer.fit(SelectiveClassifier(lr=0.1), datamodule=ShardedData() if data is None else data)
     return [torch.load(directory / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD_SIZE)]
 
 
@@ -140,6 +146,22 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
 def stale_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """Stale-SB on two ranks: epochs 0 and 2 score with a forward, epoch 1 selects by remembered scores."""
     return fit_on_two_ranks(tmp_path_factory.mktemp("stale_ddp"), 3, method="top_k", rescore_every=2)
+
+
+@pytest.fixture(scope="module")
+def curriculum_stale_ranks(tmp_path_factory: pytest.TempPathFactory) -> dict[bool, list[dict[str, Any]]]:
+    """Stale-SB through `curriculum_dataloader`, selecting epoch 1 before loading (True) or in the step (False)."""
+    return {
+        before: fit_on_two_ranks(
+            tmp_path_factory.mktemp(f"preselected_{before}"),
+            3,
+            CurriculumData(SIZE),
+            method="percentile",
+            rescore_every=2,
+            select_before_loading=before,
+        )
+        for before in (True, False)
+    }
 
 
 @pytest.mark.slow
@@ -195,3 +217,22 @@ def test_remembered_scores_are_merged_over_ranks_at_each_epoch_end(stale_ranks: 
     expected = torch.tensor([sum(last[i]) / len(last[i]) for i in range(SIZE)])
     torch.testing.assert_close(stale_ranks[0]["memory"], expected)
     assert stale_ranks[0]["metrics"]["scoring_forwards"] == 2 * 38.0
+
+
+@pytest.mark.slow
+def test_each_rank_selects_before_loading_what_its_step_would_select(
+    curriculum_stale_ranks: dict[bool, list[dict[str, Any]]],
+) -> None:
+    whole, kept = [8, 8, 3], [4, 4, 2]  # 19 visits per rank after padding, kept_count(n, 0.5) of each batch
+    pairs = zip(curriculum_stale_ranks[True], curriculum_stale_ranks[False], strict=True)
+    for rank, (loaded, in_step) in enumerate(pairs):
+        assert in_step["loaded_sizes"] == whole * 3
+        assert loaded["loaded_sizes"] == whole + kept + whole, f"rank {rank}"
+        assert loaded["kept_ids"] == in_step["kept_ids"]
+        assert loaded["scored_ids"] == in_step["scored_ids"]  # epochs 0 and 2 only
+        assert loaded["totals"] == in_step["totals"]
+        assert torch.equal(loaded["memory"], in_step["memory"])
+        assert loaded["collectives_in_steps"] == 0
+    assert torch.equal(curriculum_stale_ranks[True][0]["memory"], curriculum_stale_ranks[True][1]["memory"])
+    epoch_1 = [set(sum(state["kept_ids"][3:6], [])) for state in curriculum_stale_ranks[True]]
+    assert len(epoch_1[0] & epoch_1[1]) <= 1  # each rank kept from its own shard (one padding repeat is on both)

@@ -31,13 +31,15 @@ def one_thread() -> Iterator[None]:
 
 
 class BatchSizes(Callback):
-    """Records the size of every trained batch (the kept examples) and the ids it trained on."""
+    """Records the size of every loaded and trained batch (the kept examples) and the ids it trained on."""
 
     def __init__(self) -> None:
+        self.loaded: list[int] = []
         self.sizes: list[int] = []
         self.ids: list[list[int]] = []
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.loaded.append(int(batch["index"].numel()))
         self.sizes.append(int(outputs["losses"].numel()))
         self.ids.append(outputs["index"].tolist())
 
@@ -96,12 +98,20 @@ def test_stale_selective_backprop_scores_only_every_third_epoch(tmp_path: Path, 
     run.trainer.fit(module, run.datamodule)
     assert scoring == [0, 0, 0, 3, 3, 3]
     assert sizes.sizes == [16, 16, 16] * 4
+    assert sizes.loaded == [32] * 3 + [16] * 6 + [32] * 3  # epochs 1 and 2 load only the kept examples
     metrics = next(c for c in run.trainer.callbacks if isinstance(c, OnlineBatchSelection)).epoch_metrics  # type: ignore[attr-defined]
     assert metrics["scoring_forwards"] == 2 * 96
     assert metrics["backward_passes"] == 4 * 48
     assert metrics["scored_examples"] == 96  # the last epoch (3) scores
     assert metrics["recalled_examples"] == 0
     assert int(tracker(run).signals()["visits"].sum()) == 4 * 48
+    in_step = BatchSizes()  # the same selection in the step, from whole batches
+    option = "--trainer.callbacks.init_args.select_before_loading"
+    run = cli(tmp_path / "in_step", config, option, "false", "--trainer.enable_checkpointing", "false", epochs=4)
+    run.trainer.callbacks.append(in_step)  # type: ignore[attr-defined]
+    run.trainer.fit(run.model, run.datamodule)
+    assert in_step.loaded == [32] * 12
+    assert in_step.ids[:6] == sizes.ids[:6]  # epoch 1 selects from epoch 0's scores alike (then augmentation differs)
     refused = cli(
         tmp_path / "refused", config, "--model.scoring_scale", "0.5", "--trainer.enable_checkpointing", "false"
     )
