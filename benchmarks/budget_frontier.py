@@ -6,14 +6,17 @@ reaches full data's accuracy" then mostly measures the schedule. This script put
 lengths (each its own ``compare --max-epochs E``) side by side against one reference, usually full
 data at the longest length: each row's final accuracy, its training time over the reference's, and
 the training time at which it first reaches the reference's final accuracy (the lowest over the reference's
-seeds), over the reference's training time.
+seeds), over the reference's training time, and its typical epoch: the median training time of one epoch
+(over epochs and seeds) over the reference's, which for Stale-SB is the cost of an epoch between scoring
+epochs.
 
     python benchmarks/budget_frontier.py --reference full@12 \\
         full@12=runs/e12/results/full sb@6=runs/e6/results/selective_backprop ...
 
-Times are the median over seeds (one disturbed run moves a mean, not a median), compared as ratios, so
-the runs should share the machine alike (run them in one batch). A row reaches the reference's accuracy
-when every seed does; the median of their times is reported.
+A label may name several folders, comma-separated (more seeds run later). Times are the median over
+seeds (one disturbed run moves a mean, not a median), compared as ratios, so the runs should share the
+machine alike (run them in one batch). A row reaches the reference's accuracy when every seed does; the
+median of their times is reported.
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ from pathlib import Path
 from lightning_curricula.recipes.compare.report import RunResult, train_seconds_to
 
 
-def load(folder: Path) -> list[RunResult]:
-    runs = [RunResult(**json.loads(path.read_text())) for path in sorted(folder.glob("seed_*.json"))]
-    if not runs:
-        raise SystemExit(f"No seed_*.json results in {folder}.")
-    return runs
+def load(folders: str) -> list[RunResult]:
+    """The runs of every seed in the comma-separated ``results/<policy>`` folders (seeds run in separate batches)."""
+    paths = [path for folder in folders.split(",") for path in sorted(Path(folder).glob("seed_*.json"))]
+    if not paths:
+        raise SystemExit(f"No seed_*.json results in {folders}.")
+    return [RunResult(**json.loads(path.read_text())) for path in paths]
 
 
 def row(label: str, runs: list[RunResult], reference: list[RunResult]) -> str:
@@ -47,24 +51,39 @@ def row(label: str, runs: list[RunResult], reference: list[RunResult]) -> str:
     else:
         when = f"never ({len(reached)} of {len(runs)} seeds)" if reached else "never"
     per_seed = ", ".join(f"{accuracy:.2f}" for accuracy in accuracies)
+    epoch_ratio = median_epoch_seconds(runs) / median_epoch_seconds(reference)
     return (
         f"| {label} | {len(runs[0].epochs)} | {statistics.fmean(accuracies):.2f} ± {std:.2f} | {per_seed} "
-        f"| {time_ratio:.2f} | {when} |"
+        f"| {time_ratio:.2f} | {when} | {epoch_ratio:.2f} |"
     )
+
+
+def median_epoch_seconds(runs: list[RunResult]) -> float:
+    """The median training time of one epoch, over every epoch of every seed (validation excluded)."""
+    seconds = []
+    for run in runs:
+        elapsed = [0.0] + [record["train_seconds"] for record in run.epochs]
+        seconds += [end - start for start, end in zip(elapsed, elapsed[1:], strict=False)]
+    return statistics.median(seconds)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference", required=True, help="the label of the reference runs")
-    parser.add_argument("runs", nargs="+", metavar="LABEL=FOLDER", help="a label and a results/<policy> folder")
+    parser.add_argument(
+        "runs", nargs="+", metavar="LABEL=FOLDER[,FOLDER]", help="a label and its results/<policy> folders"
+    )
     args = parser.parse_args()
     groups = dict(spec.split("=", 1) for spec in args.runs)
     if args.reference not in groups:
         parser.error(f"--reference {args.reference!r} is not one of the labels {sorted(groups)}.")
-    loaded = {label: load(Path(folder)) for label, folder in groups.items()}
+    loaded = {label: load(folders) for label, folders in groups.items()}
     reference = loaded[args.reference]
-    print("| runs | epochs | final test acc (%) | per seed | train time / reference | time to reference's acc |")
-    print("|---|---:|---:|---|---:|---:|")
+    print(
+        "| runs | epochs | final test acc (%) | per seed | train time / reference | time to reference's acc "
+        "| median epoch / reference's |"
+    )
+    print("|---|---:|---:|---|---:|---:|---:|")
     for label, runs in loaded.items():
         print(row(label, runs, reference))
 

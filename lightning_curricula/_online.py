@@ -125,7 +125,8 @@ class OnlineBatchSelection(Callback):
         remembered in two more all-reduces (the table's size, then the scores changed this epoch with
         their counts; an id changed on two ranks, a padding repeat, gets the mean), so every rank, and
         the checkpoint, has them all.
-        Resume from epoch-end checkpoints: a mid-epoch one holds only rank 0's changes of that epoch.
+        Resume from epoch-end checkpoints: a mid-epoch one holds only rank 0's changes of that epoch (and,
+        selecting before loading, a stream position that counts the batches the loader fetched ahead).
     """
 
     def __init__(

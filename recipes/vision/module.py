@@ -85,7 +85,8 @@ class VisionClassifier(pl.LightningModule):
         examples. The random twin (``method: random``) pays the same scoring forward, so that it differs
         from Selective Backprop and RHO-LOSS only by its rule. With the callback's ``rescore_every > 1``
         (Stale-SB) only every ``rescore_every``-th epoch scores; the others select by the remembered
-        scores, which the kept examples' training losses refresh. The inputs are ``channels_last`` on every
+        scores, which the kept examples' training losses refresh, and their train loader selects before
+        loading, so only the kept examples are fetched and augmented. The inputs are ``channels_last`` on every
         device (faster convolutions on a CPU as well), and on CUDA the model's weights too (tensor cores);
         add ``--trainer.precision bf16-mixed`` for mixed precision. Under DDP each rank's
         `planned_optimizer_steps` counts its own shard, so the schedule ends on time on every rank.
