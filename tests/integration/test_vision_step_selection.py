@@ -119,6 +119,20 @@ def test_stale_selective_backprop_scores_only_every_third_epoch(tmp_path: Path, 
         refused.trainer.fit(refused.model, refused.datamodule)
 
 
+@pytest.mark.parametrize("config", ["selective_backprop_scored_once", "random_step_scored_once"])
+def test_scored_once_configs_score_the_first_epoch_only_and_load_the_kept_40_percent(
+    tmp_path: Path, config: str
+) -> None:
+    sizes = BatchSizes()
+    run = cli(tmp_path, config, "--trainer.enable_checkpointing", "false", epochs=3, callbacks=[sizes])
+    run.trainer.fit(run.model, run.datamodule)
+    assert sizes.loaded == [32] * 3 + [13] * 6  # round(0.4 * 32): epochs 1 and 2 load the kept examples only
+    assert sizes.sizes == [13] * 9
+    metrics = next(c for c in run.trainer.callbacks if isinstance(c, OnlineBatchSelection)).epoch_metrics  # type: ignore[attr-defined]
+    assert metrics["scoring_forwards"] == 96
+    assert metrics["recalled_examples"] == 96
+
+
 def test_selective_backprop_prefers_high_losses(tmp_path: Path) -> None:
     # Deterministic top-k on the loss: every kept example's scoring loss is at least every dropped one's.
     run = cli(tmp_path, "selective_backprop", "--trainer.enable_checkpointing", "false", epochs=1)
