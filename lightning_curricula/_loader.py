@@ -44,7 +44,7 @@ def curriculum_dataloader(
     silently later: a policy whose epoch length changes needs
     ``Trainer(reload_dataloaders_every_n_epochs=1)`` so Lightning re-reads the length each epoch.
 
-    With an `OnlineBatchSelection` that remembers scores (``rescore_every > 1``) on the Trainer, the
+    With an `OnlineBatchSelection` that remembers scores (``rescore_every != 1``) on the Trainer, the
     loader of an epoch between its scoring epochs selects each batch before loading it (see
     `OnlineBatchSelection.batch_preselection`): it loads only the kept examples, in batches of
     ``round(keep * batch_size)``, one batch per batch of ``batch_size`` it would have made. This needs the
@@ -100,7 +100,7 @@ def _batch_preselection(
     found = [
         callback
         for callback in trainer.callbacks  # type: ignore[attr-defined]
-        if isinstance(callback, OnlineBatchSelection) and callback.rescore_every > 1 and callback.select_before_loading
+        if isinstance(callback, OnlineBatchSelection) and callback.remembers_scores and callback.select_before_loading
     ]
     if not found:
         return None

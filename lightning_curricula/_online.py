@@ -30,7 +30,7 @@ STATE_VERSION = 2
 
 # Rows of the counters: this epoch's and the run's totals are both kept; the epoch row is all-reduced once.
 # SCORED / KEPT: examples scored by a forward and kept among them; RECALLED / KEPT_RECALLED: the same for
-# examples selected by their remembered scores, without a forward (``rescore_every > 1``).
+# examples selected by their remembered scores, without a forward (``rescore_every != 1``).
 _SCORED, _KEPT, _SCORED_TOKENS, _KEPT_TOKENS, _CALLS, _RECALLED, _KEPT_RECALLED = range(7)
 _ROWS = 7
 _ROWS_IN_VERSION_1 = 5
@@ -62,11 +62,12 @@ class OnlineBatchSelection(Callback):
     run's ``<name>/scoring_forwards``, ``<name>/forward_only_passes`` (scored, not kept: forwards
     without a backward) and ``<name>/backward_passes``. They are also in `epoch_metrics`.
 
-    **Remembered scores** (``rescore_every > 1``, Stale-SB of Jiang et al. 2019): the callback keeps the
-    latest score of every example id, and only every ``rescore_every``-th epoch (the first included)
-    scores with a forward. In the epochs between, `select_remembered` selects each batch by the scores
-    remembered for its ids, so the scoring forward is skipped; the module then reports the kept
-    examples' training losses with `remember`, which keeps their scores fresh for free::
+    **Remembered scores** (``rescore_every != 1``, Stale-SB of Jiang et al. 2019): the callback keeps the
+    latest score of every example id, and only every ``rescore_every``-th epoch (the first included;
+    with ``None`` the first only) scores with a forward. In the epochs between, `select_remembered`
+    selects each batch by the scores remembered for its ids, so the scoring forward is skipped; the
+    module then reports the kept examples' training losses with `remember`, which keeps their scores
+    fresh for free::
 
         kept = selection.select_remembered(batch["index"])
         if kept is None:  # a scoring epoch, or an id without a remembered score
@@ -101,8 +102,9 @@ class OnlineBatchSelection(Callback):
         seed: seed of the random stream; the same on every rank (each rank draws its own stream from it).
         name: prefix of the logged metrics and part of ``state_key``.
         rescore_every: score with a forward every this many epochs and select by remembered scores in the
-            epochs between (see above); 1 (the default) scores every batch and remembers nothing.
-        select_before_loading: with ``rescore_every > 1``, let a `curriculum_dataloader` select the
+            epochs between (see above); ``None`` scores in the first epoch only; 1 (the default) scores
+            every batch and remembers nothing.
+        select_before_loading: with ``rescore_every != 1``, let a `curriculum_dataloader` select the
             batches of the epochs between scoring epochs before loading them (see above).
 
     Examples:
@@ -138,7 +140,7 @@ class OnlineBatchSelection(Callback):
         unbiased: bool = False,
         seed: int = 0,
         name: str = "selection",
-        rescore_every: int = 1,
+        rescore_every: int | None = 1,
         select_before_loading: bool = True,
     ) -> None:
         check_keep(keep)
@@ -152,8 +154,12 @@ class OnlineBatchSelection(Callback):
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
         if not name:
             raise ValueError("name must be a non-empty string.")
-        if isinstance(rescore_every, bool) or not isinstance(rescore_every, int) or rescore_every < 1:
-            raise ValueError(f"rescore_every must be an integer >= 1, got {rescore_every!r}.")
+        if rescore_every is not None and (
+            isinstance(rescore_every, bool) or not isinstance(rescore_every, int) or rescore_every < 1
+        ):
+            raise ValueError(
+                f"rescore_every must be an integer >= 1 or None (the first epoch only), got {rescore_every!r}."
+            )
         if not isinstance(select_before_loading, bool):
             raise ValueError(f"select_before_loading must be True or False, got {select_before_loading!r}.")
         self.keep = float(keep)
@@ -184,7 +190,7 @@ class OnlineBatchSelection(Callback):
         """Kept positions (ascending) and weights of a batch scored by ``scores`` ``(n,)``, detached.
 
         ``keep`` overrides the share for this call (a schedule, say). ``index``, the examples' ids, has
-        the scores remembered (with ``rescore_every > 1``). Charges ``n`` scored and ``k`` kept examples.
+        the scores remembered (with ``rescore_every != 1``). Charges ``n`` scored and ``k`` kept examples.
         """
         if self.preselected:
             raise RuntimeError(
@@ -201,7 +207,15 @@ class OnlineBatchSelection(Callback):
     @property
     def scoring_epoch(self) -> bool:
         """Whether this epoch scores every batch with a forward: always with ``rescore_every=1``."""
-        return self.epoch % self.rescore_every == 0
+        return self._scores(self.epoch)
+
+    @property
+    def remembers_scores(self) -> bool:
+        """Whether scores are remembered between scoring epochs (``rescore_every`` is not 1)."""
+        return self.rescore_every != 1
+
+    def _scores(self, epoch: int) -> bool:
+        return epoch == 0 if self.rescore_every is None else epoch % self.rescore_every == 0
 
     @property
     def preselected(self) -> bool:
@@ -260,7 +274,7 @@ class OnlineBatchSelection(Callback):
         known = self._memory[:num_examples]
         ready = (
             self.select_before_loading
-            and epoch % self.rescore_every != 0
+            and not self._scores(epoch)
             and known.numel() == num_examples > 0
             and not bool(known.isnan().any())
         )
@@ -268,12 +282,12 @@ class OnlineBatchSelection(Callback):
         return BatchPreselection(self, batch_size, drop_last) if ready else None
 
     def remember(self, index: Tensor, scores: Tensor) -> None:
-        """Remember ``scores`` ``(n,)`` as the latest of the examples ``index`` ``(n,)`` (if ``rescore_every > 1``).
+        """Remember ``scores`` ``(n,)`` as the latest of the examples ``index`` ``(n,)`` (if ``rescore_every != 1``).
 
         Call it with the kept examples' training losses (or the score made of them, such as the
         reducible loss) to keep their remembered scores fresh without another forward.
         """
-        if self.rescore_every == 1:
+        if not self.remembers_scores:
             return
         ids = _example_ids(index)
         if tuple(scores.shape) != tuple(ids.shape):
@@ -346,7 +360,7 @@ class OnlineBatchSelection(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.rescore_every > 1:
+        if self.remembers_scores:
             self._merge_memory(trainer, pl_module.device)
         # The counters' collective: seven integers summed over ranks (int64, never packed into floats).
         counts = torch.tensor(self._epoch, dtype=torch.int64, device=pl_module.device)

@@ -83,7 +83,7 @@ class VisionClassifier(pl.LightningModule):
         are updated by it), keeps the callback's share, and trains on the kept examples only; the
         ``losses``, ``logits``, ``targets`` and ``index`` returned (and tracked) are those of the kept
         examples. The random twin (``method: random``) pays the same scoring forward, so that it differs
-        from Selective Backprop and RHO-LOSS only by its rule. With the callback's ``rescore_every > 1``
+        from Selective Backprop and RHO-LOSS only by its rule. With the callback's ``rescore_every != 1``
         (Stale-SB) only every ``rescore_every``-th epoch scores; the others select by the remembered
         scores, which the kept examples' training losses refresh, and their train loader selects before
         loading, so only the kept examples are fetched and augmented. The inputs are ``channels_last`` on every
@@ -157,7 +157,7 @@ class VisionClassifier(pl.LightningModule):
         if len(found) > 1:
             raise ValueError(f"The vision recipe takes one OnlineBatchSelection, the Trainer has {len(found)}.")
         self.selection = found[0] if found else None
-        if self.selection is not None and self.selection.rescore_every > 1 and self.scoring_scale < 1.0:
+        if self.selection is not None and self.selection.remembers_scores and self.scoring_scale < 1.0:
             raise ValueError(
                 f"scoring_scale={self.scoring_scale} scores downsampled images, but rescore_every="
                 f"{self.selection.rescore_every} remembers the full-size training losses between scoring epochs: "
@@ -235,7 +235,7 @@ class VisionClassifier(pl.LightningModule):
         targets = batch["label"]
         logits = self(batch["image"])
         losses = F.cross_entropy(logits, targets, reduction="none")
-        if self.selection is not None and self.selection.rescore_every > 1:  # fresh scores for epochs that do not score
+        if self.selection is not None and self.selection.remembers_scores:  # fresh scores for epochs that do not score
             self.selection.remember(batch["index"], self._score(losses.detach(), batch["index"]))
         loss = weighted_mean(losses, batch.get("weight"))
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=targets.numel(), sync_dist=True)

@@ -25,6 +25,10 @@ def scoring_epochs(selection: OnlineBatchSelection, epochs: int) -> list[bool]:
 def test_only_every_rescore_every_th_epoch_scores() -> None:
     assert scoring_epochs(stale(), 5) == [True, False, True, False, True]
     assert scoring_epochs(OnlineBatchSelection(keep=0.5), 3) == [True, True, True]
+    once = OnlineBatchSelection(keep=0.5, rescore_every=None)
+    assert scoring_epochs(once, 4) == [True, False, False, False]
+    assert once.remembers_scores
+    assert not OnlineBatchSelection(keep=0.5).remembers_scores
 
 
 def test_a_stale_epoch_selects_the_top_remembered_scores_without_scoring() -> None:
@@ -92,7 +96,9 @@ def test_a_version_1_state_loads_with_empty_new_counters() -> None:
 
 @pytest.mark.parametrize("value", [0, -2, 1.5, True])
 def test_rescore_every_must_be_a_positive_integer(value: object) -> None:
-    with pytest.raises(ValueError, match=f"rescore_every must be an integer >= 1, got {value!r}"):
+    with pytest.raises(
+        ValueError, match=rf"rescore_every must be an integer >= 1 or None \(the first epoch only\), got {value!r}"
+    ):
         OnlineBatchSelection(keep=0.5, rescore_every=value)  # type: ignore[arg-type]
 
 
