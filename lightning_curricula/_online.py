@@ -207,14 +207,14 @@ class OnlineBatchSelection(Callback):
     @property
     def scoring_epoch(self) -> bool:
         """Whether this epoch scores every batch with a forward: always with ``rescore_every=1``."""
-        return self._scores(self.epoch)
+        return self._is_scoring(self.epoch)
 
     @property
     def remembers_scores(self) -> bool:
         """Whether scores are remembered between scoring epochs (``rescore_every`` is not 1)."""
         return self.rescore_every != 1
 
-    def _scores(self, epoch: int) -> bool:
+    def _is_scoring(self, epoch: int) -> bool:
         return epoch == 0 if self.rescore_every is None else epoch % self.rescore_every == 0
 
     @property
@@ -274,7 +274,7 @@ class OnlineBatchSelection(Callback):
         known = self._memory[:num_examples]
         ready = (
             self.select_before_loading
-            and not self._scores(epoch)
+            and not self._is_scoring(epoch)
             and known.numel() == num_examples > 0
             and not bool(known.isnan().any())
         )
