@@ -22,6 +22,7 @@ median of their times is reported.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -63,7 +64,7 @@ def median_epoch_seconds(runs: list[RunResult]) -> float:
     seconds = []
     for run in runs:
         elapsed = [0.0] + [record["train_seconds"] for record in run.epochs]
-        seconds += [end - start for start, end in zip(elapsed, elapsed[1:], strict=False)]
+        seconds += [end - start for start, end in itertools.pairwise(elapsed)]
     return statistics.median(seconds)
 
 

@@ -220,7 +220,7 @@ class OnlineBatchSelection(Callback):
     @property
     def preselected(self) -> bool:
         """Whether the train loader selected this epoch's batches before loading them (see the class notes)."""
-        return self._preselected_epoch == self.epoch and not self.scoring_epoch
+        return self._preselected_epoch == self.epoch  # only ever an epoch between scoring epochs
 
     def select_remembered(self, index: Tensor, *, keep: float | None = None) -> Selection | None:
         """Select the batch of ids ``index`` ``(n,)`` by its remembered scores, without a scoring forward.
