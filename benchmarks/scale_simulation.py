@@ -31,10 +31,17 @@ from typing import Any
 
 import torch
 
-from lightning_curricula._distributed import Collectives, ThreadCollectives
-from lightning_curricula._sampler import shard_positions
-from lightning_curricula._sharding import easiest_set_shard, permuted_shard, reduce_records, shard_bounds
-from lightning_curricula.policies.selection import easiest_set, generator_key, shuffled_plan
+from lightning_curricula.distributed import (
+    Collectives,
+    ThreadCollectives,
+    easiest_set_shard,
+    generator_key,
+    permuted_shard,
+    reduce_records,
+    shard_bounds,
+)
+from lightning_curricula.policies._sampler import shard_positions
+from lightning_curricula.policies.selection import easiest_set, shuffled_plan
 
 TABLE_BYTES = {"classification (target: 64 B)": 64, "loss only (target: 24 B)": 24}
 RECORD_BYTES_PER_COLUMN = 4

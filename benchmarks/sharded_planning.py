@@ -31,10 +31,7 @@ from harness import environment, markdown_table, write_json
 from planning_cost import synthetic_tables
 from torch import Tensor
 
-from lightning_curricula._distributed import Collectives, ThreadCollectives
-from lightning_curricula._sampler import shard_positions
-from lightning_curricula._sharding import TableShard
-from lightning_curricula._tables import signal_columns
+from lightning_curricula.distributed import Collectives, TableShard, ThreadCollectives
 from lightning_curricula.policies import (
     Bandit,
     Curriculum,
@@ -48,6 +45,8 @@ from lightning_curricula.policies import (
     StaticPruning,
     epoch_generator,
 )
+from lightning_curricula.policies._sampler import shard_positions
+from lightning_curricula.tracking._tables import signal_columns
 
 EPOCH, NUM_EPOCHS, SEED = 3, 10, 0
 

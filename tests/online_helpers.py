@@ -29,7 +29,7 @@ from lightning_curricula import (
     find_online_selection,
     weighted_mean,
 )
-from lightning_curricula.step_selection import reducible_loss
+from lightning_curricula.step.selection import reducible_loss
 
 
 def per_example_loss(model: torch.nn.Module, batch: Mapping[str, Tensor]) -> Tensor:

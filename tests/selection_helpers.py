@@ -31,7 +31,7 @@ from lightning_curricula import (
     curriculum_dataloader,
     weighted_mean,
 )
-from lightning_curricula._sharding import TableShard
+from lightning_curricula.distributed import TableShard
 from lightning_curricula.policies import epoch_generator
 
 

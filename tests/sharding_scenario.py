@@ -15,18 +15,20 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from lightning_curricula._distributed import Collectives, ProcessGroupCollectives
-from lightning_curricula._sampler import shard_positions
-from lightning_curricula._sharding import (
+from lightning_curricula.distributed import (
+    Collectives,
+    ProcessGroupCollectives,
     check_world_size,
     easiest_set_shard,
+    generator_key,
     kth_smallest,
     permuted_shard,
     reduce_records,
     shard_bounds,
     write_parquet_shard,
 )
-from lightning_curricula.policies.selection import easiest_set, generator_key, shuffled_plan
+from lightning_curricula.policies._sampler import shard_positions
+from lightning_curricula.policies.selection import easiest_set, shuffled_plan
 
 COLUMNS = 3
 

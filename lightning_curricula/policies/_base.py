@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from lightning_curricula.pacing import training_progress
-from lightning_curricula.ranking import HARDER_WHEN_HIGHER, difficulty_scores
+from lightning_curricula.distributed._keyed import derived_seed, keyed_permutation
+from lightning_curricula.distributed._sharding import permuted_shard
+from lightning_curricula.policies.pacing import training_progress
+from lightning_curricula.tracking.ranking import HARDER_WHEN_HIGHER, difficulty_scores
 
 if TYPE_CHECKING:
-    from lightning_curricula._sharding import TableShard
+    from lightning_curricula.distributed._sharding import TableShard
 
 __all__ = [
     "EpochContext",
@@ -25,43 +27,9 @@ __all__ = [
     "check_fraction",
     "check_signal",
     "check_warmup",
-    "derived_seed",
     "epoch_generator",
     "fraction_size",
 ]
-
-_MASK64 = (1 << 64) - 1
-
-
-#: SplitMix64's increment and its finaliser's two multipliers, as unsigned 64-bit integers (also the
-#: constants of `selection.keyed_uniforms`, its tensor form).
-SPLITMIX_INCREMENT, SPLITMIX_MIX1, SPLITMIX_MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
-
-
-def derived_seed(*parts: int) -> int:
-    """A 63-bit seed that mixes ``parts`` (such as ``(seed, epoch)``) so that no two tuples share a stream.
-
-    ``seed + epoch`` would make seed 1's epoch ``e`` replay seed 0's epoch ``e + 1``. Each part is
-    folded in with the SplitMix64 finaliser, a bijection on 64-bit words, so tuples of values below
-    ``2**32`` never collide, and nearby tuples give unrelated seeds.
-
-    Examples:
-        >>> derived_seed(1, 0) != derived_seed(0, 1)
-        True
-        >>> derived_seed(3, 7) == derived_seed(3, 7)
-        True
-    """
-    state = SPLITMIX_INCREMENT
-    for part in parts:
-        state = _splitmix64((state ^ (part & _MASK64)) * SPLITMIX_MIX1 & _MASK64)
-    return state >> 1
-
-
-def _splitmix64(value: int) -> int:
-    value = (value + SPLITMIX_INCREMENT) & _MASK64
-    value = ((value ^ (value >> 30)) * SPLITMIX_MIX1) & _MASK64
-    value = ((value ^ (value >> 27)) * SPLITMIX_MIX2) & _MASK64
-    return value ^ (value >> 31)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -93,15 +61,14 @@ class ShardedPlan:
     The plan is a set of ``size`` visits in a keyed random order, and `take` gives a rank the visits at
     its positions (the sampler's ``r, r + W, ...``), equal to the same positions of the `Plan` an unsharded
     run makes. The set is either ``selected``, each rank's part of it (global ids in id order, with
-    ``weights``), the parts concatenated in rank order and shuffled by ``key``; or, without ``selected``,
-    the first ``size`` ids of ``keyed_permutation(num_examples, base_key)``, shuffled again by ``key`` when
-    it is given. See `TableShard`.
+    ``weights``), the parts concatenated in rank order and shuffled by ``key`` (`of_selection`); or, without
+    ``selected``, the first ``size`` ids of ``keyed_permutation(num_examples, base_key)``, shuffled again
+    by ``key`` when it is given (`of_permutation`). See `TableShard`.
 
     Examples:
-        >>> from lightning_curricula._distributed import ThreadCollectives
-        >>> from lightning_curricula._sharding import TableShard
+        >>> from lightning_curricula.distributed import TableShard, ThreadCollectives
         >>> def rank_visits(comm):  # two thread-ranks, each takes positions rank, rank + 2, ... of a full plan
-        ...     plan = TableShard(comm, 6).permutation_plan(6, base_key=3)
+        ...     plan = ShardedPlan.of_permutation(TableShard(comm, 6), 6, base_key=3)
         ...     return plan.take(torch.arange(comm.rank, 6, 2))[0].tolist()
         >>> first, second = ThreadCollectives.run(2, rank_visits)
         >>> sorted(first + second)
@@ -115,12 +82,28 @@ class ShardedPlan:
     weights: Tensor | None = None
     base_key: int | None = None
 
+    @classmethod
+    def of_selection(cls, shard: TableShard, selected: Tensor, key: int, weights: Tensor | None = None) -> ShardedPlan:
+        """The set made of every rank's ``selected`` ids (and ``weights``), in the order of ``key`` (a collective)."""
+        size = sum(shard.comm.all_gather_int(selected.numel()))
+        return cls(size, shard, key, selected=selected.long(), weights=weights)
+
+    @classmethod
+    def of_permutation(cls, shard: TableShard, size: int, base_key: int, key: int | None = None) -> ShardedPlan:
+        """The first ``size`` ids of ``keyed_permutation(N, base_key)``, shuffled again by ``key`` if given."""
+        return cls(size, shard, key, base_key=base_key)
+
     def __len__(self) -> int:
         return self.size
 
     def take(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """The ids and weights at ``positions``; a collective for a ``selected`` set (every rank calls it)."""
-        return self.shard.take(self, positions)
+        if self.selected is not None:
+            assert self.key is not None
+            return permuted_shard(self.selected, self.key, positions, self.shard.comm, self.weights)
+        assert self.base_key is not None
+        order = positions.long() if self.key is None else keyed_permutation(self.size, self.key, positions)
+        return keyed_permutation(self.shard.num_examples, self.base_key, order), torch.ones(positions.numel())
 
 
 @dataclass(frozen=True)

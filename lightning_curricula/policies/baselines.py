@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from lightning_curricula.distributed._keyed import generator_key
 from lightning_curricula.policies._base import (
     EpochContext,
     Plan,
@@ -13,7 +14,7 @@ from lightning_curricula.policies._base import (
     check_fraction,
     fraction_size,
 )
-from lightning_curricula.policies.selection import full_plan, generator_key, random_plan, shuffled_plan
+from lightning_curricula.policies.selection import full_plan, random_plan, shuffled_plan
 
 __all__ = ["FullData", "RandomSubset", "RandomTwin"]
 
@@ -68,7 +69,9 @@ class RandomSubset(Policy):
         # The run's subset: the head of a permutation keyed by the seed alone (the same every epoch and rank).
         run_generator = torch.Generator().manual_seed(context.seed)
         if context.shard is not None:
-            return context.shard.permutation_plan(size, generator_key(run_generator), generator_key(context.generator))
+            return ShardedPlan.of_permutation(
+                context.shard, size, generator_key(run_generator), generator_key(context.generator)
+            )
         subset = random_plan(context.num_examples, size, run_generator).indices
         return shuffled_plan(subset, context.generator)
 

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor
 
-from lightning_curricula.pacing import Pacing, pacing_function, training_progress
 from lightning_curricula.policies._base import (
     EpochContext,
     Plan,
@@ -19,10 +18,11 @@ from lightning_curricula.policies._base import (
     check_warmup,
     fraction_size,
 )
+from lightning_curricula.policies.pacing import Pacing, pacing_function, training_progress
 from lightning_curricula.policies.selection import easiest_mask, easiest_set, full_plan, random_plan, shuffled_plan
 
 if TYPE_CHECKING:
-    from lightning_curricula._sharding import TableShard
+    from lightning_curricula.distributed._sharding import TableShard
 
 __all__ = ["Curriculum", "ScoreCurriculum", "SelfPaced", "paced_size"]
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from lightning_curricula.policies._base import EpochContext, Plan, Policy, PolicyWrapper, ShardedPlan
-from lightning_curricula.ranking import HARDER_WHEN_HIGHER
+from lightning_curricula.tracking.ranking import HARDER_WHEN_HIGHER
 
 __all__ = ["NoiseAware"]
 

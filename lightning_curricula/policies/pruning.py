@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
+from lightning_curricula.distributed._keyed import generator_key, keyed_uniforms
 from lightning_curricula.policies._base import (
     EpochContext,
     Plan,
@@ -24,17 +25,15 @@ from lightning_curricula.policies.selection import (
     easiest_mask,
     easiest_set,
     full_plan,
-    generator_key,
     grouped_easiest_band,
-    keyed_uniforms,
     random_plan,
     shuffled_plan,
     stratified_keep,
 )
-from lightning_curricula.ranking import HARDER_WHEN_HIGHER
+from lightning_curricula.tracking.ranking import HARDER_WHEN_HIGHER
 
 if TYPE_CHECKING:
-    from lightning_curricula._sharding import TableShard
+    from lightning_curricula.distributed._sharding import TableShard
 
 __all__ = ["Bandit", "InfoBatch", "StaticPruning", "well_learned_mask"]
 

@@ -18,17 +18,11 @@ from typing import TYPE_CHECKING, overload
 import torch
 from torch import Tensor
 
-from lightning_curricula.policies._base import (
-    SPLITMIX_INCREMENT,
-    SPLITMIX_MIX1,
-    SPLITMIX_MIX2,
-    Plan,
-    ShardedPlan,
-    derived_seed,
-)
+from lightning_curricula.distributed._keyed import generator_key, keyed_permutation
+from lightning_curricula.policies._base import Plan, ShardedPlan
 
 if TYPE_CHECKING:
-    from lightning_curricula._sharding import TableShard
+    from lightning_curricula.distributed._sharding import TableShard
 
 __all__ = [
     "easiest_band",
@@ -37,11 +31,8 @@ __all__ = [
     "easiest_prefix",
     "easiest_set",
     "full_plan",
-    "generator_key",
     "grouped_easiest_band",
     "importance_draws",
-    "keyed_permutation",
-    "keyed_uniforms",
     "random_plan",
     "sampling_probabilities",
     "shuffled_plan",
@@ -71,7 +62,7 @@ def shuffled_plan(
         ([0, 1, 2, 3, 4], [1.0, 1.0, 1.0, 1.0, 1.0])
     """
     if shard is not None:
-        return shard.shuffled_plan(indices, generator_key(generator), weights)
+        return ShardedPlan.of_selection(shard, indices, generator_key(generator), weights)
     order = keyed_permutation(indices.numel(), generator_key(generator))
     shuffled = torch.index_select(indices.long(), 0, order)  # index_select: advanced indexing syncs threads often
     if weights is None:  # all ones: nothing to permute
@@ -114,111 +105,10 @@ def random_plan(
     size = min(max(size, 0), num_examples)
     key = generator_key(generator)
     if shard is not None:
-        return shard.permutation_plan(size, key)
+        return ShardedPlan.of_permutation(shard, size, key)
     if size == num_examples:
         return Plan(keyed_permutation(num_examples, key), torch.ones(num_examples))
     return Plan(keyed_permutation(num_examples, key, torch.arange(size)), torch.ones(size))
-
-
-def generator_key(generator: torch.Generator) -> int:
-    """A 64-bit key for `keyed_permutation`: one draw from ``generator`` (which it advances).
-
-    Examples:
-        >>> generator_key(torch.Generator().manual_seed(0)) == generator_key(torch.Generator().manual_seed(0))
-        True
-    """
-    return int(torch.randint(-(1 << 63), (1 << 63) - 1, (), generator=generator))
-
-
-_MAX_PERMUTATION_SIZE = 1 << 40  # round tables of at most 2**20 entries
-
-
-def keyed_permutation(n: int, key: int, positions: Tensor | None = None) -> Tensor:
-    """The values at ``positions`` of a pseudo-random permutation of ``[0, n)`` chosen by ``key``.
-
-    A random order that is never materialised: ``keyed_permutation(n, key)[p]`` equals
-    ``keyed_permutation(n, key, positions=p)``, so a rank can evaluate just its shard of a shuffled plan,
-    and a plan's head is a uniformly random subset in a random order at the cost of its size, not of N.
-
-    It is a Feistel network on ``[0, rows * 2**u)``, the smallest grid of ``2**u``-wide rows holding
-    ``max(n, 4)`` ids, with ``u = ceil(k / 2)`` for ``2**(k-1) < max(n, 4) <= 2**k``. An id is a pair
-    (row, column); rounds alternate ``column ^= table[row]`` and ``row = (row + table[column]) mod rows``,
-    with random tables drawn from ``key`` (four rounds; eight up to 256 ids, where a round of a few bits
-    mixes little). Cycle-walking keeps it a bijection of ``[0, n)``: an id at or above ``n`` (only in the
-    grid's last row: fewer than ``2**u``, about ``sqrt(n)``) goes through the network again until it lands
-    below ``n``. So one pass of a dozen vectorised, in-place ``int32`` operations (``int64`` above
-    ``2**31`` ids) covers nearly every id. It is not a uniform draw from all ``n!`` orders, but a Feistel
-    network with random round functions is a pseudo-random permutation (Luby and Rackoff, 1988): each
-    id's position and the relative order of any few ids look uniform.
-
-    Args:
-        n: the size of the permuted range, ``0 <= n <= 2**40``.
-        key: any integer (its low 64 bits are used); the same key gives the same permutation everywhere.
-        positions: int positions in ``[0, n)`` to evaluate; ``None`` for all of ``0, ..., n - 1``.
-
-    Returns:
-        ``int64`` values, one per position (``n`` of them without ``positions``).
-
-    Raises:
-        ValueError: for ``n`` outside ``[0, 2**40]`` or a position outside ``[0, n)``.
-
-    Examples:
-        >>> order = keyed_permutation(10, key=7)
-        >>> sorted(order.tolist()) == list(range(10))
-        True
-        >>> torch.equal(keyed_permutation(10, key=7, positions=torch.tensor([3, 0])), order[[3, 0]])
-        True
-    """
-    if not 0 <= n <= _MAX_PERMUTATION_SIZE:
-        raise ValueError(f"n must be in [0, 2**40], got {n!r}.")
-    bits = max(2, (n - 1).bit_length())
-    width = (bits + 1) // 2  # the columns: 2**width of them
-    rows = -(-max(n, 4) // (1 << width))
-    dtype = torch.int32 if bits <= 31 else torch.int64
-    if positions is None:
-        x = torch.arange(n, dtype=dtype)
-    else:
-        if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= n):
-            raise ValueError(
-                f"positions must be in [0, {n}), got values in [{int(positions.min())}, {int(positions.max())}]."
-            )
-        x = positions.reshape(-1).to(dtype, copy=True)
-    tables = _feistel_tables(bits, width, rows, key, dtype)
-    # Cycle-walk: pass the values still >= n through the network again. (index_select and index_copy_, not
-    # advanced indexing, whose kernels synchronise threads even on small tensors.)
-    out = _feistel(x, tables, width, rows)
-    pending = (out >= n).nonzero().squeeze(1)
-    while pending.numel():
-        values = _feistel(torch.index_select(out, 0, pending), tables, width, rows)
-        out.index_copy_(0, pending, values)
-        pending = torch.index_select(pending, 0, (values >= n).nonzero().squeeze(1))
-    return out.long()
-
-
-def _feistel_tables(bits: int, width: int, rows: int, key: int, dtype: torch.dtype) -> list[Tensor]:
-    """The round functions: even rounds map a row to a column mask, odd rounds a column to a row shift."""
-    generator = torch.Generator().manual_seed(derived_seed(key, bits))
-    rounds = 8 if bits <= 8 else 4  # a round of a few bits mixes little: eight on at most 256 ids
-    return [
-        torch.randint(1 << width, (rows,), generator=generator, dtype=dtype)
-        if i % 2 == 0
-        else torch.randint(rows, (1 << width,), generator=generator, dtype=dtype)
-        for i in range(rounds)
-    ]
-
-
-def _feistel(x: Tensor, tables: list[Tensor], width: int, rows: int) -> Tensor:
-    """One pass over ``x`` (which it consumes): ``column ^= table[row]``, then ``row += table[column] mod rows``."""
-    row = torch.bitwise_right_shift(x, width)
-    column = x.bitwise_and_((1 << width) - 1)
-    mixed = torch.empty_like(x)
-    for i, table in enumerate(tables):
-        if i % 2 == 0:
-            column.bitwise_xor_(torch.index_select(table, 0, row, out=mixed))
-        else:
-            row.add_(torch.index_select(table, 0, column, out=mixed))
-            row.sub_(torch.ge(row, rows, out=mixed).mul_(rows))  # mod rows: the sum is below 2 * rows
-    return row.bitwise_left_shift_(width).bitwise_or_(column)
 
 
 def easiest_set(difficulty: Tensor, count: int, *, hardest: bool = False, shard: TableShard | None = None) -> Tensor:
@@ -551,32 +441,3 @@ def sampling_probabilities(scores: Tensor, smoothing: float) -> Tensor:
     if total <= 0:  # every score 0: uniform
         return torch.full_like(filled, 1.0 / scores.numel())
     return filled.mul_((1 - smoothing) / total).add_(smoothing / scores.numel())
-
-
-# The same constants as int64 words (two's complement), for wrapping tensor arithmetic.
-_GOLDEN, _MIX1, _MIX2 = (value - (1 << 64) for value in (SPLITMIX_INCREMENT, SPLITMIX_MIX1, SPLITMIX_MIX2))
-
-
-def keyed_uniforms(key: int, ids: Tensor) -> Tensor:
-    """One uniform draw in ``[0, 1)`` per id, a function of ``(key, id)`` alone (float64).
-
-    A counter-based generator (the SplitMix64 finaliser of ``key`` and the id, in wrapping ``int64``
-    arithmetic): like ``torch.rand(n)[ids]`` for independent draws, but a rank that owns some ids
-    draws for them alone, without generating the others', and gets the same values as any other rank.
-    In place on two buffers: a dozen passes over ``ids``, no temporaries.
-
-    Examples:
-        >>> draws = keyed_uniforms(7, torch.arange(5))
-        >>> bool(((draws >= 0) & (draws < 1)).all()), torch.equal(keyed_uniforms(7, torch.arange(2, 4)), draws[2:4])
-        (True, True)
-    """
-    x = ids.to(torch.int64, copy=True).mul_(_GOLDEN).add_(derived_seed(key) - (1 << 63))
-    shifted = torch.empty_like(x)
-    for bits, multiplier in ((30, _MIX1), (27, _MIX2), (31, 1)):
-        x.bitwise_xor_(_shift_right(x, bits, out=shifted)).mul_(multiplier)
-    return _shift_right(x, 11, out=shifted).double().mul_(2.0**-53)
-
-
-def _shift_right(x: Tensor, bits: int, *, out: Tensor) -> Tensor:
-    """A logical right shift of int64 words into ``out`` (torch's ``>>`` is arithmetic: it copies the sign bit)."""
-    return torch.bitwise_right_shift(x, bits, out=out).bitwise_and_((1 << (64 - bits)) - 1)

@@ -37,9 +37,9 @@ from lightning_curricula import (
     planned_optimizer_steps,
     weighted_token_mean,
 )
-from lightning_curricula.reference import vocabulary_size
-from lightning_curricula.signals import instruction_following_difficulty
-from lightning_curricula.step_selection import excess_loss
+from lightning_curricula.step.reference import vocabulary_size
+from lightning_curricula.step.selection import excess_loss
+from lightning_curricula.tracking.signals import instruction_following_difficulty
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

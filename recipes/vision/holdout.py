@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 
-from lightning_curricula.policies import derived_seed
-from lightning_curricula.reference import ReferenceLosses, irreducible_losses
+from lightning_curricula.distributed import derived_seed
+from lightning_curricula.step.reference import ReferenceLosses, irreducible_losses
 
 __all__ = ["holdout_losses"]
 

@@ -19,8 +19,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from lightning_curricula import OnlineBatchSelection, planned_optimizer_steps, weighted_mean
-from lightning_curricula.reference import ReferenceLosses
-from lightning_curricula.step_selection import reducible_loss
+from lightning_curricula.step.reference import ReferenceLosses
+from lightning_curricula.step.selection import reducible_loss
 
 __all__ = ["VisionClassifier"]
 

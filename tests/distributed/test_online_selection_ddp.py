@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_curricula import OnlineBatchSelection, WithIndex
-from lightning_curricula.step_selection import Selection, kept_count
+from lightning_curricula.step.selection import Selection, kept_count
 
 SIZE = 37  # 19 per rank after DistributedSampler's padding: batches of 8, 8, 3
 WORLD_SIZE = 2

@@ -155,7 +155,7 @@ def test_ddp_plans_equal_the_single_process_plans(runs: tuple[Path, Path]) -> No
 
 @pytest.mark.slow
 def test_static_pruning_keeps_its_subset_when_drop_last_plan_trims_the_selection_epoch(tmp_path: Path) -> None:
-    # Issue 8, bug 6: keep=0.3 of 37 is 11 examples; drop_last_plan=True trims a plan of 11 to 10 for two ranks,
+    # A regression test: keep=0.3 of 37 is 11 examples; drop_last_plan=True trims a plan of 11 to 10 for two ranks,
     # and the subset used to be read back from the tables, so the trimmed example left it for good.
     policy = StaticPruning("loss", keep=0.3, score_epochs=1)
     fit(tmp_path, FixedLossModel(str(tmp_path), policy, drop_last_plan=True), strategy="ddp_spawn", devices=WORLD_SIZE)

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from lightning_curricula import Bandit, InfoBatch, Policy, StaticPruning, TrainingDynamics, curriculum_dataloader
-from lightning_curricula.losses import weighted_mean
+from lightning_curricula.step.losses import weighted_mean
 
 SIZE = 53  # prime: unequal shards, and padded plans
 EPOCHS = 4

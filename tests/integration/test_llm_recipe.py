@@ -200,7 +200,7 @@ class RecordLoss(pl.Callback):
 
 
 def test_a_reweighting_policy_trains_on_the_unbiased_token_loss(tmp_path, tokenizer):
-    # Issue 8, bug 4: the batch's own token count biases a reweighted plan's loss; a fixed count does not.
+    # A regression test: the batch's own token count biases a reweighted plan's loss; a fixed count does not.
     data = InstructionDataModule(
         tokenizer=tokenizer, train_size=16, eval_size=0, batch_size=8, policy=InfoBatch(0.5, anneal=0.0, budget=0.75)
     )

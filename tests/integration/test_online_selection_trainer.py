@@ -24,7 +24,7 @@ from lightning_curricula import (
     vocabulary_size,
     weighted_token_mean,
 )
-from lightning_curricula.step_selection import kept_count, reducible_loss, top_k_selection
+from lightning_curricula.step.selection import kept_count, reducible_loss, top_k_selection
 
 SIZE = 37
 BATCH = 8

@@ -105,7 +105,7 @@ def test_logged_plan_metrics(run: dict[str, Any]) -> None:
 
 
 def test_static_pruning_keeps_its_size_when_the_selection_epoch_is_cut_short() -> None:
-    # Issue 8, bug 6: the subset was read back from the tables, so the examples that a cut-short selection epoch
+    # A regression test: the subset was read back from the tables, so the examples that a cut-short selection epoch
     # did not reach left it for good and later epochs were smaller than epoch_size() (and the LR schedule).
     policy = StaticPruning("loss", keep=0.5, score_epochs=1)
     model = CurriculumClassifier(policy, size=SIZE, batch_size=BATCH_SIZE, plan_seed=7)

@@ -89,7 +89,7 @@ def test_resumed_run_plans_and_trains_like_the_uninterrupted_one(
 
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 def test_static_pruning_resumes_its_recorded_subset(tmp_path: Path) -> None:
-    # Issue 8, bug 6: the subset is the policy's state, saved with the tracker's; after a resume it is planned
+    # A regression test: the subset is the policy's state, saved with the tracker's; after a resume it is planned
     # again in full, although the selection epoch trained only part of it (limit_train_batches).
     crash_epoch, options = 3, {"limit_train_batches": 2}
     straight, _ = fit(StaticPruning("loss", keep=0.5, score_epochs=1), tmp_path / "straight", **options)
@@ -112,7 +112,7 @@ def test_static_pruning_resumes_its_recorded_subset(tmp_path: Path) -> None:
 
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 def test_resuming_a_paced_curriculum_with_another_max_epochs_is_refused(tmp_path: Path) -> None:
-    # Issue 8, bug 9: the pacing depends on max_epochs; resuming with another silently changed every later epoch.
+    # A regression test: the pacing depends on max_epochs; resuming with another silently changed every later epoch.
     with pytest.raises(SimulatedCrash):
         fit(Curriculum(start=0.3), tmp_path, crash_at=2)
     checkpoint = tmp_path / "checkpoints" / "epoch=1.ckpt"

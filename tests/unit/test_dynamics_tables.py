@@ -320,7 +320,7 @@ def tracked_bytes_per_example(dynamics: TrainingDynamics) -> float:
 
 @pytest.mark.parametrize(("classification", "budget"), [(True, 64 - 1), (False, 24)])
 def test_memory_per_example_is_within_budget(classification: bool, budget: int) -> None:
-    # Issue 10: at most 64 bytes per example with every classification signal (one of them for the
+    # at most 64 bytes per example with every classification signal (one of them for the
     # visuals' predictions), at most 24 loss-only; a few scalar slots are shared by all examples.
     size = 10_000
     dynamics = TrainingDynamics(num_examples=size)

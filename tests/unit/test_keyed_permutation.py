@@ -9,10 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lightning_curricula.distributed import generator_key, keyed_permutation
 from lightning_curricula.policies.selection import (
     full_plan,
-    generator_key,
-    keyed_permutation,
     random_plan,
     shuffled_plan,
     stratified_keep,

@@ -87,7 +87,7 @@ def test_weighted_token_mean_fixed_count_at_weight_one() -> None:
 
 
 def length_correlated_sequences(n: int = 64) -> tuple[Tensor, Tensor]:
-    """Well-learned sequences have 48 loss tokens, the others 17 or 18 (17.5 on average): issue 8, bug 4."""
+    """Well-learned sequences have 48 loss tokens, the others 17 or 18 (17.5 on average)."""
     generator = torch.Generator().manual_seed(0)
     easy = torch.arange(n) % 2 == 0
     lengths = torch.where(easy, 48, 17 + (torch.arange(n) // 2) % 2)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lightning_curricula import Curriculum
-from lightning_curricula.pacing import PACING_FUNCTIONS, pacing_function, training_progress
+from lightning_curricula.policies.pacing import PACING_FUNCTIONS, pacing_function, training_progress
 
 START, SATURATION = 0.2, 0.8
 

@@ -358,7 +358,7 @@ def test_infobatch_budget_drops_the_easiest_first_with_bounded_unbiased_weights(
 
 
 def test_infobatch_budget_never_drops_the_hardest_and_bounds_weights() -> None:
-    # Issue 8, bug 12: 1,000 skewed losses, 12 epochs; drops beyond the well-learned came uniformly from the
+    # A regression test: 1,000 skewed losses, 12 epochs; drops beyond the well-learned came uniformly from the
     # hard examples (62 of the 100 hardest in an epoch) and weights reached 21.6.
     generator = torch.Generator().manual_seed(0)
     loss = torch.rand(1000, generator=generator).pow(4) * 5
@@ -382,7 +382,7 @@ def test_infobatch_budget_beyond_the_weight_bound_is_refused_at_setup_saying_whi
 
 
 def test_infobatch_non_finite_scores_are_never_well_learned() -> None:
-    # Issue 8, bug 2: forgetting_events scores never-learned examples +inf; the mean became inf and every
+    # A regression test: forgetting_events scores never-learned examples +inf; the mean became inf and every
     # other example counted as well-learned, so an example forgotten five times was pruned.
     forgetting = torch.tensor([0.0, 0.0, 0.0, 0.0, 5.0, 1.0, 0.0, 0.0])
     correctness = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 1.0, 0.0])  # id 7: never learned -> +inf

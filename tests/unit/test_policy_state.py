@@ -1,4 +1,4 @@
-"""Policies keep their own checkpointed state; StaticPruning plans its recorded subset (issue 8, bugs 6 and 9).
+"""Policies keep their own checkpointed state; StaticPruning plans its recorded subset.
 
 The tracker a sampler is bound to stores the bound policy's state in its ``state_dict`` and hands a
 loaded state to the policy when the next sampler binds it (on resume ``Callback.load_state_dict`` runs
@@ -125,7 +125,7 @@ def test_a_checkpoint_of_another_policy_is_refused() -> None:
 
 @pytest.mark.parametrize("policy", [Curriculum(), InfoBatch(budget=0.8), RandomTwin(Curriculum())])
 def test_resuming_with_another_max_epochs_is_refused_naming_both(policy: Policy) -> None:
-    # Issue 8, bug 9: pacing, annealing and budgets depend on num_epochs; a resume with another max_epochs
+    # A regression test: pacing, annealing and budgets depend on num_epochs; a resume with another max_epochs
     # silently changed them.
     dynamics = quiet_tracker()
     CurriculumSampler(range(N), policy, dynamics=dynamics, num_epochs=EPOCHS)

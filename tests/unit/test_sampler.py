@@ -357,7 +357,7 @@ class ReadsAum(FullData):
     ids=["noise_aware_curriculum", "noise_aware_static", "any_policy"],
 )
 def test_a_signal_the_tracker_never_produces_fails_at_the_first_plan_naming_it(policy: Policy) -> None:
-    # Issue 8, bug 7: with a loss-only training_step, NoiseAware fell back to its inner plan every epoch.
+    # A regression test: with a loss-only training_step, NoiseAware fell back to its inner plan every epoch.
     n = 12
     dynamics = TrainingDynamics(num_examples=n)
     loop = HookLoop(dynamics, torch.zeros(n, 3), torch.zeros(n, dtype=torch.long), num_epochs=4)
@@ -373,7 +373,7 @@ def test_a_signal_the_tracker_never_produces_fails_at_the_first_plan_naming_it(p
 
 
 def test_drop_last_with_a_plan_smaller_than_the_world_size_raises_naming_both() -> None:
-    # Issue 8, bug 8: every rank got an empty epoch, silently.
+    # A regression test: every rank got an empty epoch, silently.
     message = r"plans 1 visits for epoch 0, fewer than the 2 ranks: with drop_last_plan=True"
     sampler = CurriculumSampler(range(5), FixedPlan([3]), num_replicas=2, rank=1, drop_last=True)
     with pytest.raises(ValueError, match=message):

@@ -1,4 +1,4 @@
-"""`ScoreCurriculum`: a curriculum ranked by given scores, sized exactly like `Curriculum` (issue 8, bug 10)."""
+"""`ScoreCurriculum`: a curriculum ranked by given scores, sized exactly like `Curriculum`."""
 
 from __future__ import annotations
 

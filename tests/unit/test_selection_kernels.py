@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_curricula.policies import derived_seed
+from lightning_curricula.distributed import derived_seed, generator_key, keyed_permutation, keyed_uniforms
 from lightning_curricula.policies.curricula import ordered_subset
 from lightning_curricula.policies.selection import (
     _bracket,
@@ -17,11 +17,8 @@ from lightning_curricula.policies.selection import (
     easiest_first,
     easiest_mask,
     easiest_set,
-    generator_key,
     grouped_easiest_band,
     importance_draws,
-    keyed_permutation,
-    keyed_uniforms,
     stratified_keep,
 )
 

@@ -1,4 +1,4 @@
-"""SelfPaced admits a growing set for every signal, including those where higher is easier (issue 8, bug 1)."""
+"""SelfPaced admits a growing set for every signal, including those where higher is easier."""
 
 from __future__ import annotations
 

@@ -15,9 +15,7 @@ from selection_helpers import epoch_context
 from torch import Tensor
 
 from lightning_curricula import CurriculumSampler, TrainingDynamics
-from lightning_curricula._distributed import ThreadCollectives
-from lightning_curricula._sampler import shard_positions
-from lightning_curricula._sharding import TableShard
+from lightning_curricula.distributed import TableShard, ThreadCollectives
 from lightning_curricula.policies import (
     Bandit,
     Curriculum,
@@ -32,6 +30,7 @@ from lightning_curricula.policies import (
     ShardedPlan,
     StaticPruning,
 )
+from lightning_curricula.policies._sampler import shard_positions
 
 SIZE = 211  # prime: shards of unequal sizes for every W
 EPOCHS = 4

@@ -11,8 +11,7 @@ import pytest
 import torch
 from sharding_scenario import scenario
 
-from lightning_curricula._distributed import ThreadCollectives
-from lightning_curricula._sharding import kth_smallest, owners, shard_bounds
+from lightning_curricula.distributed import ThreadCollectives, kth_smallest, owners, shard_bounds
 
 
 @pytest.mark.parametrize(("world", "n"), [(1, 50), (3, 101), (5, 64), (4, 3)])

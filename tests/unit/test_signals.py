@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lightning_curricula import signals as S
+from lightning_curricula.tracking import signals as S
 
 LN3 = math.log(3.0)
 NAN = math.nan

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lightning_curricula import weighted_mean, weighted_token_mean
-from lightning_curricula.step_selection import (
+from lightning_curricula.step.selection import (
     excess_loss,
     inclusion_probabilities,
     kept_count,

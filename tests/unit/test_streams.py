@@ -15,8 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, IterableDataset
 
-from lightning_curricula import WithIndex
-from lightning_curricula.streams import ShardedStream, StreamDynamics, stable_id
+from lightning_curricula import ShardedStream, StreamDynamics, WithIndex, stable_id
 
 
 class CountingStream(IterableDataset[dict[str, Any]]):

@@ -5,22 +5,47 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator, Mapping, Sized
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
 from torch.utils.data import DistributedSampler
 
-from lightning_curricula._distributed import world_and_rank
-from lightning_curricula._sharding import TableShard
-from lightning_curricula.policies import EpochContext, FullData, Plan, Policy, ShardedPlan
-from lightning_curricula.policies._base import epoch_generator
+from lightning_curricula.distributed._collectives import world_and_rank
+from lightning_curricula.distributed._sharding import TableShard
+from lightning_curricula.policies._base import EpochContext, Plan, Policy, ShardedPlan, epoch_generator
+from lightning_curricula.policies.baselines import FullData
 
 if TYPE_CHECKING:
-    from lightning_curricula._dynamics import TrainingDynamics
-    from lightning_curricula._online import BatchPreselection
+    from lightning_curricula.tracking._dynamics import TrainingDynamics
 
-__all__ = ["CurriculumSampler", "shard_positions"]
+__all__ = ["CurriculumSampler", "Preselection", "shard_positions"]
+
+
+class Preselection(Protocol):
+    """Selection before loading: which visits of each batch of a rank's shard the loader loads at all.
+
+    Selection inside the step makes one (`lightning_curricula.OnlineBatchSelection.batch_preselection`);
+    the sampler only executes it, so the epoch stage does not depend on the step stage.
+    """
+
+    @property
+    def batch_size(self) -> int:
+        """The visits of each batch before selection."""
+
+    @property
+    def drop_last(self) -> bool:
+        """Whether the shard's last, shorter batch is dropped."""
+
+    @property
+    def kept_per_batch(self) -> int:
+        """The loader's batch size: what a full batch keeps."""
+
+    def kept_length(self, shard_size: int) -> int:
+        """The visits kept of a shard of ``shard_size``: the sampler's length."""
+
+    def kept_visits(self, indices: Tensor, weights: Tensor) -> Iterator[tuple[int, float]]:
+        """``(index, weight)`` of the kept visits of the shard ``indices`` (with its plan ``weights``)."""
 
 
 class CurriculumSampler(DistributedSampler[tuple[int, float]]):
@@ -91,7 +116,7 @@ class CurriculumSampler(DistributedSampler[tuple[int, float]]):
         num_replicas: int | None = None,
         rank: int | None = None,
         drop_last: bool = False,
-        batch_preselection: BatchPreselection | None = None,
+        batch_preselection: Preselection | None = None,
     ) -> None:
         world, this_rank = world_and_rank(num_replicas, rank)
         super().__init__(dataset, num_replicas=world, rank=this_rank, shuffle=False, seed=seed, drop_last=drop_last)  # type: ignore[arg-type]

@@ -2,29 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from lightning_curricula._dynamics import TrainingDynamics
-from lightning_curricula._online import BatchPreselection, OnlineBatchSelection
-from lightning_curricula._sampler import CurriculumSampler
-from lightning_curricula._with_index import WithIndex
-from lightning_curricula.policies import FullData, Policy
+from lightning_curricula.data._with_index import WithIndex
+from lightning_curricula.policies._base import Policy
+from lightning_curricula.policies._sampler import CurriculumSampler, Preselection
+from lightning_curricula.policies.baselines import FullData
+from lightning_curricula.tracking._dynamics import find_dynamics
 
-__all__ = ["curriculum_dataloader", "find_dynamics"]
+__all__ = ["BatchPreselector", "curriculum_dataloader"]
 
 
-def find_dynamics(trainer: pl.Trainer, name: str | None = None) -> TrainingDynamics | None:
-    """The `TrainingDynamics` on ``trainer`` (the one called ``name`` when there are several), or ``None``."""
-    trackers = [c for c in trainer.callbacks if isinstance(c, TrainingDynamics)]  # type: ignore[attr-defined]
-    if name is not None:
-        trackers = [tracker for tracker in trackers if tracker.name == name]
-    if len(trackers) > 1:
-        names = [tracker.name for tracker in trackers]
-        raise ValueError(f"The Trainer has several TrainingDynamics {names}: say which with dynamics_name=.")
-    return trackers[0] if trackers else None
+@runtime_checkable
+class BatchPreselector(Protocol):
+    """A callback that may select the train loader's batches before loading them (`OnlineBatchSelection`).
+
+    `curriculum_dataloader` asks it for each epoch's `Preselection`; the step stage implements it, so
+    the loader needs no import of that stage.
+    """
+
+    name: str
+
+    @property
+    def selects_before_loading(self) -> bool:
+        """Whether it would select some epochs' batches before loading them."""
+
+    def batch_preselection(
+        self, epoch: int, num_examples: int, batch_size: int, *, drop_last: bool = False
+    ) -> Preselection | None:
+        """What the loader of ``epoch`` selects before loading, or ``None`` (the step selects)."""
 
 
 def curriculum_dataloader(
@@ -95,23 +104,23 @@ def curriculum_dataloader(
 
 def _batch_preselection(
     trainer: pl.Trainer, num_examples: int, reload_every: int, dataloader_kwargs: dict[str, Any]
-) -> BatchPreselection | None:
+) -> Preselection | None:
     """What the Trainer's `OnlineBatchSelection` selects before loading this epoch, if anything."""
     found = [
         callback
         for callback in trainer.callbacks  # type: ignore[attr-defined]
-        if isinstance(callback, OnlineBatchSelection) and callback.remembers_scores and callback.select_before_loading
+        if isinstance(callback, BatchPreselector) and callback.selects_before_loading
     ]
     if not found:
         return None
     if len(found) > 1:
         raise ValueError(
-            f"{len(found)} OnlineBatchSelection callbacks ({[c.name for c in found]}) would select the loader's "
+            f"{len(found)} {type(found[0]).__name__} callbacks ({[c.name for c in found]}) would select the loader's "
             "batches before loading; keep one, or set select_before_loading=False on the others."
         )
     if reload_every != 1:
         raise ValueError(
-            f"OnlineBatchSelection(rescore_every={found[0].rescore_every}) selects the batches of the epochs between "
+            f"{type(found[0]).__name__}(name={found[0].name!r}) selects the batches of the epochs between "
             "scoring epochs before loading, so the loader changes from epoch to epoch: set "
             f"Trainer(reload_dataloaders_every_n_epochs=1) (it is {reload_every}), or select_before_loading=False."
         )

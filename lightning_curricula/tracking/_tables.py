@@ -34,11 +34,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from lightning_curricula import signals as S
-from lightning_curricula._step_outputs import StepOutputs
+from lightning_curricula.tracking import signals as S
+from lightning_curricula.tracking._step_outputs import StepOutputs
 
 if TYPE_CHECKING:
-    from lightning_curricula._sharding import TableShard
+    from lightning_curricula.distributed._sharding import TableShard
 
 __all__ = [
     "EpochTotals",

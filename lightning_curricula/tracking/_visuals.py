@@ -17,11 +17,10 @@ from torch import Tensor
 from torch.utils.data import IterableDataset
 from typing_extensions import override
 
-from lightning_curricula._dynamics import TrainingDynamics
-from lightning_curricula._loader import find_dynamics
-from lightning_curricula._step_outputs import read_step_outputs
-from lightning_curricula._with_index import WithIndex
-from lightning_curricula.ranking import HARDER_WHEN_HIGHER, difficulty_scores, select_indices
+from lightning_curricula.data._with_index import WithIndex
+from lightning_curricula.tracking._dynamics import TrainingDynamics, find_dynamics
+from lightning_curricula.tracking._step_outputs import read_step_outputs
+from lightning_curricula.tracking.ranking import HARDER_WHEN_HIGHER, difficulty_scores, select_indices
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from lightning_curricula._sampler import CurriculumSampler
+from lightning_curricula.policies._sampler import CurriculumSampler
 
 __all__ = ["planned_optimizer_steps"]
 

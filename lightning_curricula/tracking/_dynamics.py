@@ -15,18 +15,17 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_curricula import _tables as T
-from lightning_curricula._distributed import world_and_rank
-from lightning_curricula._policy_binding import PolicyBinding
-from lightning_curricula._sharding import TableShard, check_world_size, shard_file_name, write_parquet_shard
-from lightning_curricula._step_outputs import StepOutputs, read_step_outputs
-from lightning_curricula.policies.selection import easiest_set
-from lightning_curricula.ranking import difficulty_scores, select_indices, selection_size
+from lightning_curricula.distributed._collectives import world_and_rank
+from lightning_curricula.distributed._sharding import TableShard, check_world_size, shard_file_name, write_parquet_shard
+from lightning_curricula.tracking import _tables as T
+from lightning_curricula.tracking._binding import PolicyBinding
+from lightning_curricula.tracking._step_outputs import StepOutputs, read_step_outputs
+from lightning_curricula.tracking.ranking import difficulty_scores, select_indices, selection_size
 
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["TrainingDynamics"]
+__all__ = ["TrainingDynamics", "find_dynamics"]
 
 STATE_VERSION = 2  # 2: counts in narrow integer dtypes, `last_seen` (= last epoch + 1), no `last_epoch`
 SHARD_STATE_VERSION = 1
@@ -478,7 +477,7 @@ class TrainingDynamics(Callback):
         count = selection_size(self.num_examples or 0, k=k, fraction=fraction)
         scores = self.difficulty(signal)
         seen = int(self.table_shard.total((~scores.isnan()).sum().reshape(1)))  # NaN (unseen) is never selected
-        return easiest_set(scores, min(count, seen), hardest=hardest, shard=self.table_shard)
+        return self.table_shard.easiest_set(scores, min(count, seen), hardest=hardest)
 
     # ----------------------------------------------------------------------------------- export
 
@@ -646,3 +645,14 @@ def _dataset_size(trainer: pl.Trainer) -> int | None:
         return len(dataset)
     except TypeError:
         return None
+
+
+def find_dynamics(trainer: pl.Trainer, name: str | None = None) -> TrainingDynamics | None:
+    """The `TrainingDynamics` on ``trainer`` (the one called ``name`` when there are several), or ``None``."""
+    trackers = [c for c in trainer.callbacks if isinstance(c, TrainingDynamics)]  # type: ignore[attr-defined]
+    if name is not None:
+        trackers = [tracker for tracker in trackers if tracker.name == name]
+    if len(trackers) > 1:
+        names = [tracker.name for tracker in trackers]
+        raise ValueError(f"The Trainer has several TrainingDynamics {names}: say which with dynamics_name=.")
+    return trackers[0] if trackers else None

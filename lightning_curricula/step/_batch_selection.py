@@ -13,8 +13,8 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_curricula.policies._base import derived_seed
-from lightning_curricula.step_selection import (
+from lightning_curricula.distributed._keyed import derived_seed
+from lightning_curricula.step.selection import (
     EXAMPLE_METHODS,
     TOKEN_METHODS,
     Selection,
@@ -86,7 +86,7 @@ class OnlineBatchSelection(Callback):
     are neither fetched nor augmented. It selects exactly what the step would have,
     in the same random stream. ``select_before_loading=False`` keeps the selection in the step.
 
-    Methods (the selection functions of `lightning_curricula.step_selection`): ``"top_k"`` (deterministic,
+    Methods (the selection functions of `lightning_curricula.step.selection`): ``"top_k"`` (deterministic,
     Selective Backprop's deterministic variant, RHO-LOSS, Rho-1), ``"percentile"`` (Selective Backprop:
     kept with probability rising with the loss percentile, ``beta`` its sharpness) and ``"random"`` (the
     random twin at the same kept share). Jiang et al. 2019, "Accelerating Deep Learning by Focusing on
@@ -208,6 +208,11 @@ class OnlineBatchSelection(Callback):
     def scoring_epoch(self) -> bool:
         """Whether this epoch scores every batch with a forward: always with ``rescore_every=1``."""
         return self._is_scoring(self.epoch)
+
+    @property
+    def selects_before_loading(self) -> bool:
+        """Whether a `curriculum_dataloader` selects the batches of the epochs between scoring epochs before loading."""
+        return self.remembers_scores and self.select_before_loading
 
     @property
     def remembers_scores(self) -> bool:

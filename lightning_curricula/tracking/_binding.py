@@ -10,13 +10,25 @@ sampler binds its policy.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
-from lightning_curricula.policies import Policy
-
-__all__ = ["PolicyBinding"]
+__all__ = ["BoundPolicy", "PolicyBinding"]
 
 STATE_VERSION = 1
+
+
+class BoundPolicy(Protocol):
+    """What the tracker needs of a policy to checkpoint it (`lightning_curricula.policies.Policy` has it all)."""
+
+    @property
+    def needs_num_epochs(self) -> bool:
+        """Whether its plans depend on the run's ``num_epochs``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Its own state: tensors, numbers and a ``version``; ``{}`` when stateless."""
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore `state_dict`'s output."""
 
 
 class PolicyBinding:
@@ -31,11 +43,11 @@ class PolicyBinding:
     """
 
     def __init__(self) -> None:
-        self.policy: Policy | None = None
+        self.policy: BoundPolicy | None = None
         self.num_epochs: int | None = None
         self._loaded: Mapping[str, Any] | None = None
 
-    def bind(self, policy: Policy, *, num_epochs: int | None) -> None:
+    def bind(self, policy: BoundPolicy, *, num_epochs: int | None) -> None:
         """Bind ``policy``: give it a state loaded from a checkpoint, or the state of the policy it replaces.
 
         Raises:
@@ -73,7 +85,7 @@ class PolicyBinding:
         self._loaded = state
 
     @staticmethod
-    def _restore(policy: Policy, state: Mapping[str, Any], num_epochs: int | None) -> None:
+    def _restore(policy: BoundPolicy, state: Mapping[str, Any], num_epochs: int | None) -> None:
         name = type(policy).__name__
         if state["policy"] != name:
             raise ValueError(

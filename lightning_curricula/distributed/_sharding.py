@@ -16,7 +16,8 @@ identical to its unsharded counterpart, not an approximation:
   as one dataset in id order; `check_world_size`: refuses a checkpoint written by another number of ranks.
 
 `TableShard` bundles a rank's slice and its collectives; the selection kernels take it as ``shard=`` and
-call its methods, so a policy that plans from shards has one code path for both kinds of tables.
+call its methods, so a policy that plans from shards has one code path for both kinds of tables
+(`lightning_curricula.policies.ShardedPlan` is the plan they make).
 """
 
 from __future__ import annotations
@@ -28,9 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lightning_curricula._distributed import Collectives, ProcessGroupCollectives
-from lightning_curricula.policies import ShardedPlan
-from lightning_curricula.policies.selection import keyed_permutation
+from lightning_curricula.distributed._collectives import Collectives, ProcessGroupCollectives
+from lightning_curricula.distributed._keyed import keyed_permutation
 
 __all__ = [
     "TableShard",
@@ -75,7 +75,7 @@ class TableShard:
     Every method that takes collectives must be called by every rank, in the same order.
 
     Examples:
-        >>> from lightning_curricula._distributed import ThreadCollectives
+        >>> from lightning_curricula.distributed._collectives import ThreadCollectives
         >>> ThreadCollectives.run(2, lambda comm: TableShard(comm, 5).total(torch.tensor([1.0, 2.0])).tolist())
         [[2.0, 4.0], [2.0, 4.0]]
     """
@@ -113,24 +113,6 @@ class TableShard:
     def easiest_set(self, difficulty: Tensor, count: int, *, hardest: bool = False) -> Tensor:
         """This rank's ids (global, in id order) of `easiest_set` over all ranks' ``difficulty`` shards."""
         return easiest_set_shard(difficulty, count, self.start, self.comm, hardest=hardest)
-
-    def shuffled_plan(self, selected: Tensor, key: int, weights: Tensor | None = None) -> ShardedPlan:
-        """The set made of every rank's ``selected`` ids (and ``weights``), in the order of ``key``."""
-        size = sum(self.comm.all_gather_int(selected.numel()))
-        return ShardedPlan(size, self, key, selected=selected.long(), weights=weights)
-
-    def permutation_plan(self, size: int, base_key: int, key: int | None = None) -> ShardedPlan:
-        """The first ``size`` ids of ``keyed_permutation(N, base_key)``, shuffled again by ``key`` if given."""
-        return ShardedPlan(size, self, key, base_key=base_key)
-
-    def take(self, plan: ShardedPlan, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """The ids and weights of ``plan`` at ``positions`` (see `ShardedPlan`)."""
-        if plan.selected is not None:
-            assert plan.key is not None
-            return permuted_shard(plan.selected, plan.key, positions, self.comm, plan.weights)
-        assert plan.base_key is not None
-        order = positions.long() if plan.key is None else keyed_permutation(plan.size, plan.key, positions)
-        return keyed_permutation(self.num_examples, plan.base_key, order), torch.ones(positions.numel())
 
 
 def _route(tensors: list[Tensor], destinations: Tensor, comm: Collectives) -> tuple[list[Tensor], Tensor]:
