@@ -151,43 +151,67 @@ def reduce_records(ids: Tensor, values: Tensor, num_examples: int, comm: Collect
     return table.index_add_(0, ids_in - start, values_in)
 
 
+_NAN_KEY = 1 << 32  # above every float32's key: NaN (unseen) ranks after +inf
+
+
 def _sortable(values: Tensor) -> Tensor:
-    """Float32 values as int64 keys in ``[0, 2**32)`` with the same order; NaN counts as ``+inf``."""
-    bits = torch.nan_to_num(values.float(), nan=math.inf, posinf=math.inf).view(torch.int32).long()
-    return torch.where(bits >= 0, bits + (1 << 31), -1 - bits)
+    """Float32 values as int64 keys in ``[0, 2**32]`` with the same order, equal exactly where the floats are equal.
+
+    ``-0.0`` becomes ``0.0`` (adding ``+0.0`` does that), as float comparisons make them equal; NaN gets the
+    key ``2**32``, above ``+inf``'s.
+    """
+    values = values.float() + 0.0
+    bits = values.view(torch.int32).long()
+    keys = torch.where(bits >= 0, bits + (1 << 31), -1 - bits)
+    return keys.masked_fill_(torch.isnan(values), _NAN_KEY)
 
 
 def _unsortable(key: int) -> float:
+    if key == _NAN_KEY:
+        return math.nan
     bits = key - (1 << 31) if key >= 1 << 31 else -1 - key
     return float(torch.tensor(bits, dtype=torch.int32).view(torch.float32))
 
 
 def kth_smallest(values: Tensor, k: int, comm: Collectives) -> float:
-    """The exact ``k``-th smallest (1-based) of the values of all the ranks, as ``torch.kthvalue`` would give.
+    """The exact ``k``-th smallest (1-based) of the values of all the ranks, as ``torch.sort`` would order them.
 
     Radix selection on the 32 bits of each float32 (mapped to order-preserving integers): one
     all-reduce of a histogram of the high 16 bits finds the bin holding the ``k``-th value, a second of
     the low 16 bits within that bin finds the value. Two collectives of 512 KiB, whatever N and W.
-    NaN counts as ``+inf``.
+    NaN ranks after ``+inf`` (the result is NaN when the ``k``-th value is).
 
     Raises:
         ValueError: unless ``1 <= k <=`` the number of values over all ranks.
     """
-    keys = _sortable(values.reshape(-1))
+    return _unsortable(_kth_smallest_key(_sortable(values.reshape(-1)), k, comm))
+
+
+def _kth_smallest_key(keys: Tensor, k: int, comm: Collectives) -> int:
+    """The ``k``-th smallest of the ranks' `_sortable` keys (see `kth_smallest`)."""
     total = comm.all_gather_int(keys.numel())
     if not 1 <= k <= sum(total):
         raise ValueError(f"k must be in [1, {sum(total)}] (the number of values over all ranks), got {k!r}.")
-    prefix, shift = 0, 32
-    for _ in range(32 // _DIGIT_BITS):
-        shift -= _DIGIT_BITS
-        in_bin = torch.masked_select(keys, (keys >> (shift + _DIGIT_BITS)) == prefix)  # the bin found so far
-        digits = (in_bin >> shift) & ((1 << _DIGIT_BITS) - 1)
-        histogram = comm.all_reduce_sum(torch.bincount(digits, minlength=1 << _DIGIT_BITS))
-        cumulative = histogram.cumsum(0)
-        digit = int(torch.searchsorted(cumulative, torch.tensor(k)))  # first bin whose cumulative count >= k
-        k -= int(cumulative[digit - 1]) if digit else 0
-        prefix = (prefix << _DIGIT_BITS) | digit
-    return _unsortable(prefix)
+    low_mask = (1 << _DIGIT_BITS) - 1
+    # The high digit first, over all keys (2**16 + 1 bins: the NaN key's high digit is 2**16), then the low
+    # digit within the high digit's bin. Every rank's histograms have these sizes.
+    high = _kth_digit(keys >> _DIGIT_BITS, (1 << _DIGIT_BITS) + 1, k, comm)
+    in_bin = torch.masked_select(keys, (keys >> _DIGIT_BITS) == high.digit)
+    low = _kth_digit(in_bin & low_mask, 1 << _DIGIT_BITS, high.rank, comm)
+    return (high.digit << _DIGIT_BITS) | low.digit
+
+
+@dataclass(frozen=True)
+class _Digit:
+    digit: int  # the bin holding the k-th key
+    rank: int  # the k-th key's rank within that bin (1-based)
+
+
+def _kth_digit(digits: Tensor, bins: int, k: int, comm: Collectives) -> _Digit:
+    """The bin of the ``k``-th smallest of the ranks' ``digits``, from one all-reduce of their histogram."""
+    cumulative = comm.all_reduce_sum(torch.bincount(digits, minlength=bins)).cumsum(0)
+    digit = int(torch.searchsorted(cumulative, torch.tensor(k)))  # first bin whose cumulative count >= k
+    return _Digit(digit, k - (int(cumulative[digit - 1]) if digit else 0))
 
 
 def easiest_set_shard(
@@ -199,13 +223,12 @@ def easiest_set_shard(
     `kth_smallest`; its ties go to the lower ids, that is to the lower ranks first (one all-gather of
     each rank's tie count). NaN (unseen) comes last in both directions.
     """
-    key = -difficulty.float() if hardest else difficulty.float()
-    key = torch.nan_to_num(key, nan=math.inf, posinf=math.inf)
+    key = _sortable(-difficulty.float() if hardest else difficulty.float())  # integers: NaN after +inf, exactly
     total = sum(comm.all_gather_int(key.numel()))
     count = min(max(count, 0), total)
     if count == 0:
         return torch.empty(0, dtype=torch.int64)
-    kth = kth_smallest(key, count, comm)
+    kth = _kth_smallest_key(key, count, comm)
     chosen = key < kth
     below = sum(comm.all_gather_int(int(chosen.sum())))
     ties = (key == kth).nonzero().squeeze(1)

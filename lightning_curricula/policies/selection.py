@@ -131,7 +131,7 @@ def easiest_prefix(difficulty: Tensor, count: int, *, hardest: bool = False) -> 
     """``easiest_first(difficulty, hardest=hardest)[:count]``, sorting only the first ``count`` ids, not all N."""
     ids = easiest_set(difficulty, count, hardest=hardest)
     key = -difficulty[ids] if hardest else difficulty[ids]
-    return ids[torch.sort(torch.nan_to_num(key.float(), nan=math.inf, posinf=math.inf), stable=True).indices]
+    return ids[torch.sort(key.float(), stable=True).indices]  # torch.sort puts NaN after +inf
 
 
 _SAMPLE_STRIDE = 64  # the selections' sample: every 64th key
@@ -139,9 +139,21 @@ _MARGIN = 2.5  # a bracket spans the expected sample rank +- 2.5 sqrt(m): five s
 
 
 def _ranking_key(difficulty: Tensor, hardest: bool) -> Tensor:
-    """A fresh float32 key whose ascending order is `easiest_first`'s: negated for ``hardest``, NaN last."""
+    """A fresh float32 key whose ascending order is `easiest_first`'s but for NaN: negated for ``hardest``, NaN +inf.
+
+    NaN (unseen) shares the key +inf with scores of +inf (a never-learned example's forgetting count,
+    or -inf ranked hardest first); `_unseen_last` puts it after them among the ties of a selection's last key.
+    """
     key = difficulty.float().neg() if hardest else difficulty.float().clone()
     return torch.nan_to_num_(key, nan=math.inf, posinf=math.inf)
+
+
+def _unseen_last(ties: Tensor, kth: float, difficulty: Tensor) -> Tensor:
+    """The ids ``ties`` of the key ``kth`` in ranking order: by id, but at +inf the unseen (NaN) ones after the rest."""
+    if kth != math.inf:
+        return ties
+    unseen = torch.isnan(torch.index_select(difficulty, 0, ties))
+    return torch.cat([ties[~unseen], ties[unseen]])
 
 
 def _bracket(key: Tensor, k: int) -> tuple[int, Tensor] | None:
@@ -183,11 +195,11 @@ def easiest_mask(difficulty: Tensor, count: int, *, hardest: bool = False) -> Te
         >>> easiest_mask(torch.tensor([0.5, float("nan"), 0.1, 0.5]), 2)
         tensor([ True, False,  True, False])
     """
-    return _first_mask(_ranking_key(difficulty, hardest), count)
+    return _first_mask(_ranking_key(difficulty, hardest), count, difficulty)
 
 
-def _first_mask(key: Tensor, count: int) -> Tensor:
-    """The mask of the ``count`` smallest of a `_ranking_key`'s keys, ties to the lower id."""
+def _first_mask(key: Tensor, count: int, difficulty: Tensor) -> Tensor:
+    """The mask of the ``count`` smallest of ``difficulty``'s `_ranking_key` ``key``, ties to the lower id, NaN last."""
     count = min(max(count, 0), key.numel())
     if count == 0:
         return torch.zeros(key.numel(), dtype=torch.bool)
@@ -204,13 +216,14 @@ def _first_mask(key: Tensor, count: int) -> Tensor:
         chosen = torch.lt(key, kth)
         ties = torch.index_select(ids, 0, torch.eq(inside, kth).nonzero().squeeze(1))
         need = count - below - int(torch.count_nonzero(torch.lt(inside, kth)))
-    return chosen.index_fill_(0, ties[:need], True)  # the set ends among the ties of its last key: lowest ids first
+    # The set ends among the ties of its last key: lowest ids first (at +inf, the unseen after the others).
+    return chosen.index_fill_(0, _unseen_last(ties, float(kth), difficulty)[:need], True)
 
 
-def _band_mask(key: Tensor, skip: int, count: int) -> Tensor:
+def _band_mask(key: Tensor, skip: int, count: int, difficulty: Tensor) -> Tensor:
     """The mask of ranks ``[skip, skip + count)`` of a `_ranking_key`: nested `_first_mask` sets, the inner removed."""
-    band = _first_mask(key, skip + count)
-    return band.logical_and_(_first_mask(key, skip).logical_not_()) if skip > 0 else band
+    band = _first_mask(key, skip + count, difficulty)
+    return band.logical_and_(_first_mask(key, skip, difficulty).logical_not_()) if skip > 0 else band
 
 
 def easiest_band(
@@ -233,7 +246,7 @@ def easiest_band(
         inner = torch.zeros(difficulty.numel(), dtype=torch.bool)
         inner[easiest_set(difficulty, skip, hardest=hardest, shard=shard) - shard.start] = True
         return torch.index_select(outer, 0, (~torch.index_select(inner, 0, outer - shard.start)).nonzero().squeeze(1))
-    return _band_mask(_ranking_key(difficulty, hardest), skip, count).nonzero().squeeze(1)
+    return _band_mask(_ranking_key(difficulty, hardest), skip, count, difficulty).nonzero().squeeze(1)
 
 
 def grouped_easiest_band(
@@ -263,13 +276,15 @@ def grouped_easiest_band(
     """
     key = _ranking_key(difficulty, hardest)
     groups = groups.long()
-    band = _grouped_first_mask(key, groups, [skip + count for skip, count in zip(skips, counts, strict=True)])
+    band = _grouped_first_mask(
+        key, groups, [skip + count for skip, count in zip(skips, counts, strict=True)], difficulty
+    )
     if any(skip > 0 for skip in skips):
-        band.logical_and_(_grouped_first_mask(key, groups, skips).logical_not_())
+        band.logical_and_(_grouped_first_mask(key, groups, skips, difficulty).logical_not_())
     return band.nonzero().squeeze(1)
 
 
-def _grouped_first_mask(key: Tensor, groups: Tensor, counts: list[int]) -> Tensor:
+def _grouped_first_mask(key: Tensor, groups: Tensor, counts: list[int], difficulty: Tensor) -> Tensor:
     """The mask of the ``counts[g]`` smallest keys of each group ``g`` (ties to the lower id), all groups at once.
 
     `_bracket` per group, from one strided sample: per-group bounds are gathered to every
@@ -316,14 +331,17 @@ def _grouped_first_mask(key: Tensor, groups: Tensor, counts: list[int]) -> Tenso
     tied = torch.eq(inside_keys, torch.index_select(threshold, 0, inside_groups))
     ties = torch.index_select(ids, 0, tied.nonzero().squeeze(1))
     tie_groups = torch.index_select(groups, 0, ties)
-    by_group = torch.sort(tie_groups, stable=True).indices  # each group's ties, in id order
+    # Each group's ties in id order, except that at a threshold of +inf the unseen (NaN) come after the rest.
+    unseen = torch.isnan(torch.index_select(difficulty, 0, ties)).long()
+    by_group = torch.sort(tie_groups.long() * 2 + unseen, stable=True).indices
     tie_sizes = torch.bincount(tie_groups, minlength=num_groups)
     position = torch.arange(ties.numel()) - torch.repeat_interleave(tie_sizes.cumsum(0) - tie_sizes, tie_sizes)
     first = position < torch.tensor(need, dtype=torch.int64)[tie_groups[by_group]]
     chosen.index_fill_(0, ties[by_group][first], True)
     for group in missed:  # the sample misled: this group's selection over its members (exact, slower)
         members = torch.eq(groups, group).nonzero().squeeze(1)
-        part = _first_mask(torch.index_select(key, 0, members), counts[group]).nonzero().squeeze(1)
+        member_key, member_difficulty = torch.index_select(key, 0, members), torch.index_select(difficulty, 0, members)
+        part = _first_mask(member_key, counts[group], member_difficulty).nonzero().squeeze(1)
         chosen.index_fill_(0, torch.index_select(members, 0, part), True)
     return chosen
 
@@ -378,8 +396,7 @@ def easiest_first(difficulty: Tensor, *, hardest: bool = False) -> Tensor:
         tensor([0, 3, 2, 1])
     """
     key = -difficulty if hardest else difficulty
-    key = torch.nan_to_num(key.float(), nan=math.inf, posinf=math.inf)
-    return torch.sort(key, stable=True).indices
+    return torch.sort(key.float(), stable=True).indices  # torch.sort puts NaN after +inf, as numpy does
 
 
 def stratified_keep(strata: Tensor, drops: list[int], generator: torch.Generator) -> tuple[Tensor, Tensor]:
