@@ -26,8 +26,10 @@ def test_irreducible_losses_are_by_id_in_eval_mode_without_grad_and_restore_the_
     model.eval()
     with torch.no_grad():
         expected = per_example_loss(model, {"x": dataset.x, "y": dataset.y})
+    # Batches of 4 against one batch of 23: different shapes may run different kernels, so the last bits may differ.
     torch.testing.assert_close(reference.losses, expected)
-    assert reference.lookup(torch.tensor([5, 0])).tolist() == expected[[5, 0]].tolist()
+    # The lookup is a plain gather from the table, so it equals indexing the table by the same ids exactly.
+    assert reference.lookup(torch.tensor([5, 0])).tolist() == reference.losses[[5, 0]].tolist()
     assert all(p.grad is None for p in model.parameters())
 
 
