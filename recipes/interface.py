@@ -14,13 +14,20 @@ __all__ = ["RecipeDataModule"]
 class RecipeDataModule(pl.LightningDataModule, ABC):
     """A recipe's data module: its split sizes, its policy as the train loader binds it, and the run's final metrics.
 
+    It serves a ``val_dataloader`` (held out of the training data) and a ``test_dataloader`` (evaluated by
+    ``trainer.test`` after fitting).
+
     ``lightning-curricula compare`` reads a run only through these three methods, so a new recipe
     plugs into it by subclassing this class (and adding a ``Recipe`` entry to the comparison).
     """
 
     @abstractmethod
-    def split_sizes(self) -> tuple[int, int]:
-        """Training and evaluation examples, after ``setup("fit")``."""
+    def split_sizes(self) -> tuple[int, int, int]:
+        """Training, validation and test examples, after ``setup("fit")``.
+
+        The validation examples are held out of the training data: per-epoch curves, "best" epochs and
+        tuned settings use them; the test examples are evaluated once, after training.
+        """
 
     @abstractmethod
     def bound_policy(self) -> Policy | None:

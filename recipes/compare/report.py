@@ -33,7 +33,13 @@ __all__ = [
 
 @dataclass
 class RunResult:
-    """What one run of one policy with one seed produced (the content of its result file)."""
+    """What one run of one policy with one seed produced (the content of its result file).
+
+    ``final_acc`` and ``best_acc`` are validation accuracies (the last epoch's and the best epoch's),
+    ``test_acc`` the test accuracy after training. ``trained_digest`` fingerprints the ids, weights and
+    losses of every step (`EpochHistory.trained_digest`); ``position`` is the run's place in the
+    comparison's order.
+    """
 
     policy: str
     seed: int
@@ -48,14 +54,26 @@ class RunResult:
     extras: dict[str, float] = field(default_factory=dict)
     train_seconds: float = math.nan
     scoring_forwards: int = 0
+    test_acc: float = math.nan
+    val_examples: int = 0
+    test_seconds: float = math.nan
+    trained_digest: str = ""
+    position: int = -1
 
 
 @dataclass(frozen=True)
 class PolicySummary:
-    """One row of the summary: a policy's results aggregated over seeds."""
+    """One row of the summary: a policy's results aggregated over seeds.
+
+    ``test_acc`` is measured on the test split after training; ``final_acc`` and ``best_acc`` on the
+    validation split. ``same_as_full``: every seed trained on exactly what full data's run of that seed
+    did (the same ids, weights and losses at every step), so its times are only a measure of noise.
+    """
 
     policy: str
     seeds: int
+    test_acc_mean: float
+    test_acc_std: float
     final_acc_mean: float
     final_acc_std: float
     best_acc_mean: float
@@ -68,6 +86,7 @@ class PolicySummary:
     train_ratio: float
     scoring_ratio: float = 0.0
     time_to_full_ratio: float = math.nan
+    same_as_full: bool = False
     extras: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
@@ -96,6 +115,7 @@ def load_results(options: CompareOptions) -> list[RunResult]:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
+    values = [value for value in values if not math.isnan(value)]  # a metric a run did not measure
     if not values:
         return math.nan, math.nan
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
@@ -116,11 +136,12 @@ def summarize(results: Sequence[RunResult], policies: Sequence[str], metric: str
     ratios when ``full`` is not among the results. ``scoring_ratio`` counts the scoring forwards (without
     a backward) of selection inside the step as a share of full data's passes;
     ``time_to_full_ratio`` is the mean over seeds of the training time at which a run first reaches full
-    data's final ``metric`` (the lowest over full data's seeds, so that every full-data seed reaches
-    it), over full data's training time (NaN when a seed never reaches it).
+    data's final validation ``metric`` (the lowest over full data's seeds, so that every full-data seed
+    reaches it), over full data's training time (NaN when a seed never reaches it).
     """
     by_policy = {policy: [r for r in results if r.policy == policy] for policy in policies}
     full = by_policy.get("full") or []
+    full_digests = {r.seed: r.trained_digest for r in full}
     full_passes = statistics.fmean(r.sample_passes for r in full) if full else math.nan
     full_wall = statistics.fmean(r.wall_seconds for r in full) if full else math.nan
     full_train = statistics.fmean(r.train_seconds for r in full) if full else math.nan
@@ -129,6 +150,7 @@ def summarize(results: Sequence[RunResult], policies: Sequence[str], metric: str
     for policy, runs in by_policy.items():
         if not runs:
             continue
+        test = _mean_std([r.test_acc for r in runs])
         final = _mean_std([r.final_acc for r in runs])
         best = _mean_std([r.best_acc for r in runs])
         passes = statistics.fmean(r.sample_passes for r in runs)
@@ -141,6 +163,8 @@ def summarize(results: Sequence[RunResult], policies: Sequence[str], metric: str
             PolicySummary(
                 policy=policy,
                 seeds=len(runs),
+                test_acc_mean=test[0],
+                test_acc_std=test[1],
                 final_acc_mean=final[0],
                 final_acc_std=final[1],
                 best_acc_mean=best[0],
@@ -153,10 +177,15 @@ def summarize(results: Sequence[RunResult], policies: Sequence[str], metric: str
                 train_ratio=train / full_train,
                 scoring_ratio=scoring / full_passes,
                 time_to_full_ratio=to_full / full_train,
+                same_as_full=policy != "full" and all(_same_as_full(r, full_digests) for r in runs),
                 extras=extras,
             )
         )
     return rows
+
+
+def _same_as_full(run: RunResult, full_digests: dict[int, str]) -> bool:
+    return bool(run.trained_digest) and full_digests.get(run.seed) == run.trained_digest
 
 
 def _percent(mean: float, std: float) -> str:
@@ -180,16 +209,18 @@ def markdown_table(rows: Sequence[PolicySummary], recipe: Recipe, note: str) -> 
     extras = [title for title, name in recipe.extras.items() if any(name in row.extras for row in rows)]
     scoring = any(row.scoring_ratio > 0 for row in rows)  # selection inside the step: its forwards are charged
     lines = [
-        f"| policy | seeds | final {recipe.column} (%) | best {recipe.column} (%) | sample passes | passes / full "
-        f"{'| scoring forwards / full ' if scoring else ''}"
-        f"| wall-clock (s) | wall-clock / full | train time / full | time to full's {recipe.column} / full "
+        f"| policy | seeds | test {recipe.column} (%) | final val {recipe.column} (%) | best val {recipe.column} (%) "
+        f"| sample passes | passes / full {'| scoring forwards / full ' if scoring else ''}"
+        f"| wall-clock (s) | wall-clock / full | train time / full | time to full's val {recipe.column} / full "
         f"|{''.join(f' {title} |' for title in extras)}",
-        f"|---|---:|---:|---:|---:|---:|{'---:|' * scoring}---:|---:|---:|---:|{'---:|' * len(extras)}",
+        f"|---|---:|---:|---:|---:|---:|---:|{'---:|' * scoring}---:|---:|---:|---:|{'---:|' * len(extras)}",
     ]
     for row in rows:
         cells = [row.extras.get(recipe.extras[title], (math.nan, math.nan)) for title in extras]
+        name = f"{row.policy} (same as full)" if row.same_as_full else row.policy
         lines.append(
-            f"| {row.policy} | {row.seeds} | {_percent(row.final_acc_mean, row.final_acc_std)} "
+            f"| {name} | {row.seeds} | {_percent(row.test_acc_mean, row.test_acc_std)} "
+            f"| {_percent(row.final_acc_mean, row.final_acc_std)} "
             f"| {_percent(row.best_acc_mean, row.best_acc_std)} | {row.sample_passes:,.0f} "
             f"| {_ratio(row.passes_ratio)} {f'| {_ratio(row.scoring_ratio)} ' if scoring else ''}"
             f"| {row.wall_seconds:.1f} | {_ratio(row.wall_ratio)} | {_ratio(row.train_ratio)} "
@@ -203,20 +234,27 @@ def footnote(options: CompareOptions, results: Sequence[RunResult]) -> str:
     """What the table measured: recipe, data sizes, epochs, evaluation, devices."""
     recipe = RECIPES[options.recipe]
     tests = sorted({r.test_examples for r in results})
+    vals = sorted({r.val_examples for r in results})
     trains = sorted({r.train_examples for r in results})
     devices = sorted({r.device for r in results})
     return (
         f"Recipe `{recipe.name}`, dataset `{options.dataset}`{' (--fast-dev)' if options.fast_dev else ''}: "
-        f"{'/'.join(map(str, trains))} training and {'/'.join(map(str, tests))} evaluation examples, "
-        f"{options.max_epochs} epochs. {recipe.note} ± is the sample standard deviation over seeds. Sample "
+        f"{'/'.join(map(str, trains))} training, {'/'.join(map(str, vals))} validation and "
+        f"{'/'.join(map(str, tests))} test examples, {options.max_epochs} epochs. {recipe.note} Columns: *test* "
+        "is the test split after training; *final val* and *best val* are the validation split's last and best "
+        "epoch. ± is the sample standard deviation over seeds. *Same as full*: every seed trained on exactly "
+        "what full data's run of that seed trained on (the same examples, weights and losses at every step), so "
+        "its differences in time are noise. Each seed runs the policies in a rotated order after an untimed "
+        "warm-up run, and `comparison.json` keeps every run's times. Sample "
         "passes: training examples processed over the whole run (forward and backward). Scoring forwards: "
         "the extra forward passes without a backward of selection inside the step, which scores every example "
         "of a batch (in every epoch, or every few with remembered scores) and trains on some. Wall-clock: "
         "`Trainer.fit`, per-epoch evaluation included, on "
         f"{', '.join(devices)}; train time: the same without the evaluation, the part a policy can save "
         "(a policy's own preparation, such as RHO-LOSS's holdout models, included). Time to full's accuracy: "
-        "the train time at the end of the first epoch that reaches full data's final accuracy (the lowest "
-        "over its seeds), over full data's train time (n/a: some seed never reaches it)."
+        "the train time at the end of the first epoch whose validation accuracy reaches full data's final "
+        "validation accuracy (the lowest over its seeds), over full data's train time (n/a: some seed never "
+        "reaches it)."
     )
 
 
@@ -237,7 +275,7 @@ def accuracy_figure(
     policies: Sequence[str] | None = None,
     *,
     metric: str = "val/acc",
-    label: str = "test accuracy",
+    label: str = "validation accuracy",
 ) -> Figure:
     """Accuracy (``metric``) against sample passes, one line per policy (the mean over seeds, ± std as bars).
 

@@ -36,7 +36,7 @@ from lightning_curricula.recipes.interface import RecipeDataModule
 
 __all__ = ["run_comparison"]
 
-_SETTINGS_VERSION = 2
+_SETTINGS_VERSION = 3
 _QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning")
 # Warnings that every run of a comparison would repeat: expected here, and they would break the progress bar.
 _EXPECTED_WARNINGS = (
@@ -58,15 +58,9 @@ def run_comparison(options: CompareOptions) -> list[PolicySummary]:
 
     output = options.output
     settings = _settings_record(options)
-    # Seed by seed, every policy in turn: a shared machine's speed drifts over a long comparison, and taking
-    # the policies in turn spreads the drift over all of them instead of penalising the last ones.
-    pending = [
-        (policy, seed)
-        for seed in options.seeds
-        for policy in options.policies
-        if not result_path(output, policy, seed).is_file()
-    ]
-    runs = len(options.policies) * len(options.seeds)
+    order = run_order(options.policies, options.seeds)
+    pending = [(policy, seed) for policy, seed in order if not result_path(output, policy, seed).is_file()]
+    runs = len(order)
     with _quiet_runs(options.threads):
         if pending:
             _preflight(options, sorted({policy for policy, _ in pending}))
@@ -74,18 +68,61 @@ def run_comparison(options: CompareOptions) -> list[PolicySummary]:
         progress = tqdm(total=runs * options.max_epochs, unit="epoch", desc="compare", dynamic_ncols=True)
         progress.update((runs - len(pending)) * options.max_epochs)
         with progress:
+            if pending:  # the first timed run must not pay for imports, kernel selection and cold caches
+                progress.set_postfix_str("warm-up (untimed)")
+                settings["warmup_seconds"] = _warm_up(options, pending[0][0])
             for policy, seed in pending:
                 progress.set_postfix_str(f"{policy} seed {seed}")
-                result = _run_one(options, policy, seed, progress)
+                result = _run_one(options, policy, seed, progress, position=order.index((policy, seed)))
                 write_json(result_path(output, policy, seed), asdict(result))
+                settings["runs"] = [*settings.get("runs", []), _timing(result)]
+                write_json(output / "comparison.json", settings)
     return write_report(options, load_results(options))
+
+
+def run_order(policies: tuple[str, ...], seeds: tuple[int, ...]) -> list[tuple[str, int]]:
+    """Seed by seed, every policy in turn, the order rotated by one policy from each seed to the next.
+
+    A shared machine's speed drifts over a long comparison: taking the policies in turn spreads the drift
+    over all of them, and rotating the order keeps any one policy from always running first (or last).
+
+    Example:
+        >>> run_order(("full", "random", "bandit"), (0, 1))
+        [('full', 0), ('random', 0), ('bandit', 0), ('random', 1), ('bandit', 1), ('full', 1)]
+    """
+    order = []
+    for turn, seed in enumerate(seeds):
+        shift = turn % len(policies)
+        order += [(policy, seed) for policy in (*policies[shift:], *policies[:shift])]
+    return order
+
+
+def _timing(result: RunResult) -> dict[str, Any]:
+    """A run's times, for ``comparison.json``."""
+    return {
+        "policy": result.policy,
+        "seed": result.seed,
+        "position": result.position,
+        "wall_seconds": result.wall_seconds,
+        "train_seconds": result.train_seconds,
+        "test_seconds": result.test_seconds,
+    }
+
+
+def _warm_up(options: CompareOptions, policy: str) -> float:
+    """One untimed run of ``policy`` on the recipe's warm-up data, without logs; its seconds."""
+    recipe = RECIPES[options.recipe]
+    cli = _build_cli(options, policy, options.seeds[0], history=None, logger=False, data_args=recipe.warmup_args)
+    started = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return time.perf_counter() - started
 
 
 def _settings_record(options: CompareOptions) -> dict[str, Any]:
     """The content of ``comparison.json``, after checking that the output folder holds this comparison or none.
 
     A stored comparison is the same when the dataset, epochs, ``--fast-dev`` and extra arguments are
-    equal and no policy's config changed; new policies and seeds extend it.
+    equal and no policy's config changed; new policies and seeds extend it, and its runs' times are kept.
     """
     path = options.output / "comparison.json"
     configs = {
@@ -114,13 +151,21 @@ def _settings_record(options: CompareOptions) -> dict[str, Any]:
         configs = {**stored.get("configs", {}), **configs}
         policies = list(dict.fromkeys([*stored.get("policies", []), *options.policies]))
         seeds = sorted({*stored.get("seeds", []), *options.seeds})
+        runs = list(stored.get("runs", []))
     elif options.output.exists() and any(options.output.iterdir()):
         raise ComparisonMismatchError(
             f"{options.output} is not empty and holds no comparison.json. Pick another --output, or delete it."
         )
     else:
-        policies, seeds = list(options.policies), sorted(options.seeds)
-    return {"version": _SETTINGS_VERSION, **identity, "configs": configs, "policies": policies, "seeds": seeds}
+        policies, seeds, runs = list(options.policies), sorted(options.seeds), []
+    return {
+        "version": _SETTINGS_VERSION,
+        **identity,
+        "configs": configs,
+        "policies": policies,
+        "seeds": seeds,
+        "runs": runs,
+    }
 
 
 def _preflight(options: CompareOptions, policies: list[str]) -> None:
@@ -158,7 +203,9 @@ def _recipe_data(cli: Any, policy: str) -> RecipeDataModule:
     return datamodule
 
 
-def _build_cli(options: CompareOptions, policy: str, seed: int, *, history: Any, logger: Any) -> Any:
+def _build_cli(
+    options: CompareOptions, policy: str, seed: int, *, history: Any, logger: Any, data_args: tuple[str, ...] = ()
+) -> Any:
     recipe = RECIPES[options.recipe]
     cli_class = getattr(importlib.import_module(f"{recipe.package}.cli"), recipe.cli)
     with importlib.resources.as_file(configs_dir(recipe.name) / f"{policy}.yaml") as config:
@@ -188,11 +235,11 @@ def _build_cli(options: CompareOptions, policy: str, seed: int, *, history: Any,
         ]
         if options.fast_dev:
             args += recipe.fast_dev_args
-        args += [*options.extra_args, *recipe.run_args]
+        args += [*data_args, *options.extra_args, *recipe.run_args]
         return cli_class(args=args, run=False, history=history, save_config_kwargs={"overwrite": True})
 
 
-def _run_one(options: CompareOptions, policy: str, seed: int, progress: Any) -> RunResult:
+def _run_one(options: CompareOptions, policy: str, seed: int, progress: Any, *, position: int) -> RunResult:
     from lightning_curricula.recipes.vision.history import EpochHistory
 
     recipe = RECIPES[options.recipe]
@@ -221,7 +268,13 @@ def _run_one(options: CompareOptions, policy: str, seed: int, progress: Any) -> 
         raise RuntimeError(f"The run of {policy!r} (seed {seed}) recorded no {recipe.metric}.")
     datamodule = _recipe_data(cli, policy)
     final = datamodule.final_metrics(cli.trainer)
-    train_examples, test_examples = datamodule.split_sizes()
+    started = time.perf_counter()
+    cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)  # resets callback_metrics: read first
+    test_seconds = time.perf_counter() - started
+    final |= datamodule.final_metrics(cli.trainer)
+    if recipe.test_metric not in final:
+        raise RuntimeError(f"The test of {policy!r} (seed {seed}) logged no {recipe.test_metric}.")
+    train_examples, val_examples, test_examples = datamodule.split_sizes()
     result = RunResult(
         policy=policy,
         seed=seed,
@@ -236,12 +289,18 @@ def _run_one(options: CompareOptions, policy: str, seed: int, progress: Any) -> 
         extras={name: final[name] for name in recipe.extras.values() if name in final},
         train_seconds=history.records[-1]["train_seconds"] if history.records else math.nan,
         scoring_forwards=_scoring_forwards(cli.trainer),
+        test_acc=final[recipe.test_metric],
+        val_examples=val_examples,
+        test_seconds=test_seconds,
+        trained_digest=history.trained_digest,
+        position=position,
     )
     cli.trainer.logger.log_hyperparams(
         _hyperparameters(cli, policy, seed, options),
         metrics={
-            "hparams/final_test_acc": result.final_acc,
-            "hparams/best_test_acc": result.best_acc,
+            "hparams/test_acc": result.test_acc,
+            "hparams/final_val_acc": result.final_acc,
+            "hparams/best_val_acc": result.best_acc,
             "hparams/sample_passes": float(result.sample_passes),
             "hparams/wall_seconds": result.wall_seconds,
             "hparams/train_seconds": result.train_seconds,

@@ -1,4 +1,4 @@
-"""`InstructionDataModule`: instruction data, held-out easy and hard splits, and the curriculum's train loader."""
+"""`InstructionDataModule`: instruction data, held-out validation and test splits, and the curriculum's train loader."""
 
 from __future__ import annotations
 
@@ -41,17 +41,21 @@ REASONING_GYM_PREFIX = "reasoning_gym:"
 class InstructionDataModule(RecipeDataModule):
     """Instruction data for `CausalLMFineTuner`: tokenised training rows and held-out splits.
 
+    Two held-out pools of ``eval_size`` examples each, disjoint from each other and from the training
+    rows: the **validation** pool (``val_dataloader``: per-epoch metrics, "best" epochs, every setting
+    chosen from results) and the **test** pool (``test_dataloader``: evaluated once after training, by
+    ``trainer.test``, for the report). Each pool with a ``difficulty`` column is split into its easiest
+    and hardest ``eval_fraction``, ``easy`` and ``hard``; without one it is one ``heldout`` split.
+
     **Sources** (``dataset``):
 
     - ``"reasoning_gym:<task>"`` (the offline default ``reasoning_gym:basic_arithmetic``):
       ``train_size`` generated problems with a known ``difficulty`` (`load_reasoning_gym`, seed
-      ``seed``), and a held-out pool of ``eval_size`` more (another seed, questions seen in training
-      removed), whose easiest and hardest ``eval_fraction`` are the ``easy`` and ``hard`` validation
-      splits. Answers are graded by reasoning-gym's checker.
+      ``seed``); the held-out pools are generated from other seeds, questions seen in training (and, for
+      the test pool, in validation) removed. Answers are graded by reasoning-gym's checker.
     - a local ``.json`` / ``.jsonl`` / ``.parquet`` / ``.csv`` file, a ``save_to_disk`` folder, or a hub
-      name (`load_instruction_dataset`): ``eval_size`` random rows are held out (seeded); with a
-      ``difficulty`` column they are split into ``easy`` and ``hard`` as above, else they form one
-      ``heldout`` split. Answers are graded by `normalized_match`.
+      name (`load_instruction_dataset`): ``2 * eval_size`` random rows are held out (seeded), the first
+      half for validation, the second for test. Answers are graded by `normalized_match`.
 
     Rows are tokenised by `prepare_dataset` (see it for the over-long rule). The train loader is
     `curriculum_dataloader` with ``policy``. A `ScoreCurriculum` without scores is given the
@@ -62,7 +66,7 @@ class InstructionDataModule(RecipeDataModule):
         dataset: the source, see above.
         tokenizer: a tokenizer or a name for `load_tokenizer`.
         train_size: training examples: generated, or the first of the shuffled source (``0``: all of it).
-        eval_size: held-out examples before the easy / hard split.
+        eval_size: held-out examples in each of the validation and test pools, before the easy / hard split.
         eval_fraction: the share of the held-out pool in each of ``easy`` and ``hard``, in ``(0, 0.5]``.
         seed: seed of the generation and of the held-out draw.
         task_config: reasoning-gym config overrides (``min_terms``, ``max_terms``, ...).
@@ -147,48 +151,64 @@ class InstructionDataModule(RecipeDataModule):
         self.scorer: Scorer | None = None
         self.train_dataset: datasets.Dataset | None = None
         self.val_datasets: dict[str, datasets.Dataset] = {}
+        self.test_datasets: dict[str, datasets.Dataset] = {}
 
     @property
     def val_split_names(self) -> list[str]:
         """Names of the validation splits, in the order of `val_dataloader`."""
         return list(self.val_datasets)
 
+    @property
+    def test_split_names(self) -> list[str]:
+        """Names of the test splits, in the order of `test_dataloader`."""
+        return list(self.test_datasets)
+
     @override
     def setup(self, stage: str) -> None:
         if self.train_dataset is not None:
             return
-        train_rows, held_out = self._rows()
+        train_rows, validation, test = self._rows()
         self.train_dataset = self._prepare(train_rows)
-        if "difficulty" in held_out.column_names and len(held_out) >= 2:
-            easy, hard = split_by_difficulty(held_out, self.eval_fraction)
-            self.val_datasets = {"easy": self._prepare(easy), "hard": self._prepare(hard)}
-        elif len(held_out):
-            self.val_datasets = {"heldout": self._prepare(held_out)}
+        self.val_datasets = self._held_out_splits(validation)
+        self.test_datasets = self._held_out_splits(test)
 
-    def _rows(self) -> tuple[datasets.Dataset, datasets.Dataset]:
+    def _held_out_splits(self, pool: datasets.Dataset) -> dict[str, datasets.Dataset]:
+        if "difficulty" in pool.column_names and len(pool) >= 2:
+            easy, hard = split_by_difficulty(pool, self.eval_fraction)
+            return {"easy": self._prepare(easy), "hard": self._prepare(hard)}
+        return {"heldout": self._prepare(pool)} if len(pool) else {}
+
+    def _rows(self) -> tuple[datasets.Dataset, datasets.Dataset, datasets.Dataset]:
+        """The training rows and the validation and test pools, disjoint."""
         if self.source.startswith(REASONING_GYM_PREFIX):
             task = self.source[len(REASONING_GYM_PREFIX) :]
             self.scorer = make_scorer(task)
             if not self.train_size:
                 raise ValueError("reasoning-gym data is generated: give train_size > 0 (0 means 'all' for files only).")
             train = load_reasoning_gym(task, self.train_size, self.seed, levels=self.levels, **self.task_config)
-            if not self.eval_size:
-                return train, train.select([])
-            pool = load_reasoning_gym(
-                task, self.eval_size, self.seed + 1_000_003, levels=self.levels, **self.task_config
-            )
             seen = set(train["question"])
-            fresh = [i for i, question in enumerate(pool["question"]) if question not in seen]
-            if len(fresh) < len(pool):
-                log.info("Removed %d held-out questions that are also training questions.", len(pool) - len(fresh))
-            return train, pool.select(fresh)
+            pools = []
+            for offset in (1_000_003, 2_000_003):  # validation, then test: other seeds, seen questions removed
+                pool = self._generated_pool(task, self.seed + offset, seen)
+                seen |= set(pool["question"])
+                pools.append(pool)
+            return train, pools[0], pools[1]
         self.scorer = make_scorer()
         rows = load_instruction_dataset(self.source, split=self.split)
         order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(self.seed)).tolist()
-        held_out = order[: self.eval_size]
-        rest = order[self.eval_size :]
+        validation, test = order[: self.eval_size], order[self.eval_size : 2 * self.eval_size]
+        rest = order[2 * self.eval_size :]
         train = rest[: self.train_size] if self.train_size else rest
-        return rows.select(sorted(train)), rows.select(sorted(held_out))
+        return rows.select(sorted(train)), rows.select(sorted(validation)), rows.select(sorted(test))
+
+    def _generated_pool(self, task: str, seed: int, seen: set[str]) -> datasets.Dataset:
+        if not self.eval_size:
+            return load_reasoning_gym(task, 1, seed, levels=self.levels, **self.task_config).select([])
+        pool = load_reasoning_gym(task, self.eval_size, seed, levels=self.levels, **self.task_config)
+        fresh = [i for i, question in enumerate(pool["question"]) if question not in seen]
+        if len(fresh) < len(pool):
+            log.info("Removed %d held-out questions seen in an earlier split.", len(pool) - len(fresh))
+        return pool.select(fresh)
 
     def _prepare(self, rows: datasets.Dataset) -> datasets.Dataset:
         prepared, _ = prepare_dataset(
@@ -202,10 +222,11 @@ class InstructionDataModule(RecipeDataModule):
         return prepared
 
     @override
-    def split_sizes(self) -> tuple[int, int]:
-        """Training examples, and held-out examples over all validation splits, after ``setup("fit")``."""
+    def split_sizes(self) -> tuple[int, int, int]:
+        """Training examples, and the examples of all validation and of all test splits, after ``setup("fit")``."""
         assert self.train_dataset is not None, "setup() builds the data"
-        return len(self.train_dataset), sum(len(split) for split in self.val_datasets.values())
+        held_out = (sum(len(split) for split in splits.values()) for splits in (self.val_datasets, self.test_datasets))
+        return len(self.train_dataset), *held_out
 
     @override
     def final_metrics(self, trainer: pl.Trainer) -> dict[str, float]:
@@ -269,10 +290,17 @@ class InstructionDataModule(RecipeDataModule):
 
     @override
     def val_dataloader(self) -> list[DataLoader[Any]]:
+        return self._held_out_loaders(self.val_datasets)
+
+    @override
+    def test_dataloader(self) -> list[DataLoader[Any]]:
+        return self._held_out_loaders(self.test_datasets)
+
+    def _held_out_loaders(self, splits: dict[str, datasets.Dataset]) -> list[DataLoader[Any]]:
         collate = CausalLMCollator(self.tokenizer, generation=True)
         return [
             DataLoader(split, batch_size=self.eval_batch_size, collate_fn=collate, num_workers=self.num_workers)  # type: ignore[arg-type]
-            for split in self.val_datasets.values()
+            for split in splits.values()
         ]
 
 

@@ -126,6 +126,8 @@ class CausalLMFineTuner(pl.LightningModule):
       ``hard``): ``val/<split>/loss`` (mean per-sequence response loss) and, with
       ``max_new_tokens > 0``, ``val/<split>/accuracy`` (greedy generation graded by ``scorer``: an
       answer counts when it scores 1) and ``val/<split>/score`` (the mean score).
+    - **Test**, after training (``trainer.test``), the same metrics under ``test/<split>/...`` on the data
+      module's test splits (``test_split_names``), disjoint from the validation ones.
     - **IFD** (Li et al. 2024, "From Quantity to Quality"): `compute_example_scores` runs the model
       in eval mode over the training set twice, with and without the instruction, and keeps per example
       id ``initial_loss`` (response loss given the prompt), ``response_loss`` (given only a start
@@ -304,11 +306,20 @@ class CausalLMFineTuner(pl.LightningModule):
 
     @override
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        split = self._split_name(dataloader_idx)
+        self._evaluate(batch, "val", self._split_name(dataloader_idx, "val_split_names"))
+
+    @override
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, "test", self._split_name(dataloader_idx, "test_split_names"))
+
+    def _evaluate(self, batch: dict[str, Any], prefix: str, split: str) -> None:
+        """Log ``<prefix>/<split>/loss`` and, generating answers, ``accuracy`` and ``score``."""
         size = batch["input_ids"].shape[0]
         losses, mask = self.token_losses(batch)
         per_sequence = sequence_losses(losses, mask)
-        self.log(f"val/{split}/loss", per_sequence.mean(), batch_size=size, add_dataloader_idx=False, sync_dist=True)
+        self.log(
+            f"{prefix}/{split}/loss", per_sequence.mean(), batch_size=size, add_dataloader_idx=False, sync_dist=True
+        )
         if self.max_new_tokens == 0:
             return
         predictions = self.generate(batch["prompt_input_ids"], batch["prompt_attention_mask"])
@@ -323,13 +334,13 @@ class CausalLMFineTuner(pl.LightningModule):
             device=self.device,
         )
         self.log(
-            f"val/{split}/accuracy",
+            f"{prefix}/{split}/accuracy",
             (scores >= 1.0).float().mean(),
             batch_size=size,
             add_dataloader_idx=False,
             sync_dist=True,
         )
-        self.log(f"val/{split}/score", scores.mean(), batch_size=size, add_dataloader_idx=False, sync_dist=True)
+        self.log(f"{prefix}/{split}/score", scores.mean(), batch_size=size, add_dataloader_idx=False, sync_dist=True)
 
     @torch.no_grad()
     def generate(self, prompt_ids: Tensor, attention_mask: Tensor) -> list[str]:
@@ -354,9 +365,9 @@ class CausalLMFineTuner(pl.LightningModule):
             self.scorer = getattr(datamodule, "scorer", None) or make_scorer()
         return self.scorer
 
-    def _split_name(self, dataloader_idx: int) -> str:
+    def _split_name(self, dataloader_idx: int, names_attribute: str) -> str:
         datamodule = getattr(self.trainer, "datamodule", None)
-        names: Sequence[str] = getattr(datamodule, "val_split_names", ()) or ()
+        names: Sequence[str] = getattr(datamodule, names_attribute, ()) or ()
         return names[dataloader_idx] if dataloader_idx < len(names) else f"split{dataloader_idx}"
 
     # ------------------------------------------------------------------------------------ IFD

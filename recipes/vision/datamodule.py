@@ -76,6 +76,8 @@ _OFFLINE_HINT = (
     "wheel, the default) or --data.dataset fashion_mnist (Debian's dataset-fashion-mnist)."
 )
 _EMBEDDED_TEST_PER_CLASS = 100
+# Validation examples held out of the training split by default (the Hub's: 5,000).
+_DEFAULT_VAL_SIZE = {"embedded": 500, "fashion_mnist": 5_000, "digits": 180}
 _STATISTICS_SAMPLE = 10_000
 
 
@@ -104,10 +106,15 @@ class VisionDataModule(RecipeDataModule):
         batch_size: examples per batch (per device).
         num_workers: ``DataLoader`` worker processes; 0 loads in the main process (best on a small CPU).
         data_dir: folder of Fashion-MNIST's IDX files.
-        train_subset: train on a random subset of this many training examples (all when ``None``).
+        train_subset: train on a random subset of this many training examples (all when ``None``), drawn
+            from the training split's examples outside the validation set.
         test_subset: evaluate on a random subset of this many test examples (all when ``None``).
-        val_size: hold out this many training examples as the validation set; with 0 the test split
-            doubles as the validation set (accuracy every epoch at no extra cost; do not tune on it).
+        val_size: hold out this many training examples (a seeded draw, disjoint from the rest) as the
+            validation set, which the per-epoch accuracy, "best" epochs and every tuned setting use;
+            the test split is for the final report only. ``None``: the dataset's default (500 of the
+            embedded 4,000, 5,000 of Fashion-MNIST's 60,000, 180 of digits' 1,437, 5,000 for the Hub), or
+            a tenth of ``train_subset`` when one is given. With 0 the test split doubles as the validation
+            set (accuracy every epoch at no extra cost; never tune on it).
         label_noise: share of training labels flipped to another class, uniformly (symmetric noise).
             The flipped ids are in `noisy_ids` and in ``label_noise.csv`` in the run's log folder.
         augment: random crops (and flips where they make sense) on training batches.
@@ -148,7 +155,7 @@ class VisionDataModule(RecipeDataModule):
         data_dir: str = FASHION_MNIST_DIR,
         train_subset: int | None = None,
         test_subset: int | None = None,
-        val_size: int = 0,
+        val_size: int | None = None,
         label_noise: float = 0.0,
         augment: bool = True,
         crop_padding: int | None = None,
@@ -168,7 +175,7 @@ class VisionDataModule(RecipeDataModule):
         for name, value in (("batch_size", batch_size), ("train_subset", train_subset), ("test_subset", test_subset)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if num_workers < 0 or val_size < 0:
+        if num_workers < 0 or (val_size is not None and val_size < 0):
             raise ValueError(f"num_workers and val_size must be >= 0, got {num_workers!r} and {val_size!r}.")
         if not 0.0 <= label_noise < 1.0:
             raise ValueError(f"label_noise must be in [0, 1), got {label_noise!r}.")
@@ -263,12 +270,20 @@ class VisionDataModule(RecipeDataModule):
         mode = getattr(features.get(image), "mode", None)
         return len(names), 1 if mode == "L" else 3
 
+    def held_out_size(self) -> int:
+        """The validation examples held out of the training split: `val_size`, or its default (see the class)."""
+        if self.val_size is not None:
+            return self.val_size
+        if self.train_subset is not None:
+            return max(1, self.train_subset // 10)
+        return _DEFAULT_VAL_SIZE.get(self.dataset, 5_000)
+
     # ------------------------------------------------------------------------------------------ RecipeDataModule
 
     @override
-    def split_sizes(self) -> tuple[int, int]:
-        """Training and test images, after ``setup("fit")``."""
-        return len(self.train_set), len(self.test_set)
+    def split_sizes(self) -> tuple[int, int, int]:
+        """Training, validation and test images, after ``setup("fit")``."""
+        return len(self.train_set), len(self.val_set), len(self.test_set)
 
     @override
     def bound_policy(self) -> Policy | None:
@@ -290,20 +305,20 @@ class VisionDataModule(RecipeDataModule):
         seed = self.run_seed
         train_images, train_labels, test_images, test_labels = self._load_source()
         generator = torch.Generator().manual_seed(seed)
-        if self.train_subset is not None and self.train_subset < len(train_labels):
-            keep = torch.randperm(len(train_labels), generator=generator)[: self.train_subset].sort().values
-            train_images, train_labels = _take(train_images, keep), train_labels[keep]
+        # One seeded order of the training split: the validation examples first, then the training ones.
+        val_size = self.held_out_size()
+        if val_size >= len(train_labels):
+            raise ValueError(f"val_size={val_size} leaves no training data (there are {len(train_labels)}).")
+        order = torch.randperm(len(train_labels), generator=generator)
+        end = len(train_labels) if self.train_subset is None else min(val_size + self.train_subset, len(train_labels))
+        held, kept = order[:val_size].sort().values, order[val_size:end].sort().values
+        val_images, val_labels = _take(train_images, held), train_labels[held]
+        train_images, train_labels = _take(train_images, kept), train_labels[kept]
         if self.test_subset is not None and self.test_subset < len(test_labels):
             keep = torch.randperm(len(test_labels), generator=generator)[: self.test_subset].sort().values
             test_images, test_labels = _take(test_images, keep), test_labels[keep]
-        val_images, val_labels = test_images, test_labels
-        if self.val_size:
-            if self.val_size >= len(train_labels):
-                raise ValueError(f"val_size={self.val_size} leaves no training data (there are {len(train_labels)}).")
-            order = torch.randperm(len(train_labels), generator=generator)
-            held, kept = order[: self.val_size].sort().values, order[self.val_size :].sort().values
-            val_images, val_labels = _take(train_images, held), train_labels[held]
-            train_images, train_labels = _take(train_images, kept), train_labels[kept]
+        if not val_size:  # the test split doubles as the validation set
+            val_images, val_labels = test_images, test_labels
         self.clean_labels = train_labels.clone()
         noisy, self.noisy_ids = flip_labels(train_labels, self.label_noise, self.num_classes, generator)
         self.train_labels = noisy

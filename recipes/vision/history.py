@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +31,11 @@ class EpochHistory(Callback):
     When the data module flipped labels (its ``noisy_ids``), the record also has ``noisy_share``: the
     share of this epoch's trained examples whose label was flipped (logged as ``train/noisy_share``),
     which shows whether a policy chases or avoids the noise.
+
+    `trained_digest` fingerprints what the run trained on: every step's example ids, weights and
+    per-example losses, in order. Two runs with equal digests trained on exactly the same examples with
+    the same weights and got the same losses at every step (``lightning-curricula compare`` flags a
+    policy that is "same as full" by it).
 
     Args:
         monitor: the validation metric logged against sample passes.
@@ -73,6 +79,9 @@ class EpochHistory(Callback):
         self._validated_epoch = -1
         self._noisy: torch.Tensor | None = None  # bool mask by example id, when labels were flipped
         self._epoch_noisy: torch.Tensor | None = None
+        #: A hex digest of what the epochs so far trained on (ids, weights, losses), chained epoch by epoch.
+        self.trained_digest = ""
+        self._epoch_trained: list[torch.Tensor] = []  # this epoch's steps, detached on their device (no sync)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -88,15 +97,26 @@ class EpochHistory(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_passes = 0
         self._epoch_noisy = None
+        self._epoch_trained = []
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if isinstance(outputs, Mapping) and isinstance(outputs.get("losses"), torch.Tensor):
-            self._epoch_passes += int(outputs["losses"].shape[0])
+            losses = outputs["losses"].detach()
+            self._epoch_passes += int(losses.shape[0])
+            index = outputs.get("index", batch.get("index") if isinstance(batch, Mapping) else None)
+            weight = outputs.get(
+                "weight", batch.get("weight") if isinstance(batch, Mapping) and "index" not in outputs else None
+            )
+            step = [losses.double()]
+            if isinstance(index, torch.Tensor):
+                step.append(index.detach().double())
+            if isinstance(weight, torch.Tensor):
+                step.append(weight.detach().double())
+            self._epoch_trained.append(torch.cat([part.reshape(-1).to(losses.device) for part in step]))
             if self._noisy is not None:
-                index = outputs.get("index", batch.get("index") if isinstance(batch, Mapping) else None)
                 noisy = self._noisy[index].sum()  # stays on the device: no sync per step
                 self._epoch_noisy = noisy if self._epoch_noisy is None else self._epoch_noisy + noisy
 
@@ -117,6 +137,7 @@ class EpochHistory(Callback):
         passes, noisy_passes = trainer.strategy.reduce(counts, reduce_op="sum").tolist()
         self.sample_passes += int(passes)
         self._elapsed = time.perf_counter() - self._started
+        self._digest_epoch()
         record: dict[str, float] = {
             "epoch": float(trainer.current_epoch),
             "sample_passes": float(self.sample_passes),
@@ -141,10 +162,19 @@ class EpochHistory(Callback):
         if self.on_record is not None:
             self.on_record(record)
 
+    def _digest_epoch(self) -> None:
+        """Chain this epoch's trained ids, weights and losses (this rank's) into `trained_digest`: one host copy."""
+        trained = torch.cat(self._epoch_trained).cpu() if self._epoch_trained else torch.empty(0, dtype=torch.float64)
+        self.trained_digest = hashlib.blake2b(
+            self.trained_digest.encode() + trained.numpy().tobytes(), digest_size=16
+        ).hexdigest()
+        self._epoch_trained = []
+
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "version": _STATE_VERSION,
+            "trained_digest": self.trained_digest,
             "sample_passes": self.sample_passes,
             "elapsed": self._elapsed,
             "validation_seconds": self._validation_seconds,
@@ -161,3 +191,4 @@ class EpochHistory(Callback):
         self._elapsed = float(state_dict["elapsed"])
         self._validation_seconds = float(state_dict["validation_seconds"])
         self.records = [dict(record) for record in state_dict["records"]]
+        self.trained_digest = str(state_dict.get("trained_digest", ""))

@@ -16,7 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 ARGS = ["--policies", "full", "curriculum", "--seeds", "0", "--max-epochs", "3", "--fast-dev"]
-# --fast-dev trains on 256 images; the curriculum's second epoch takes the easiest ceil(0.7 * 256), its last all.
+# --fast-dev trains on 256 images (25 more held out for validation); the curriculum's second epoch takes the
+# easiest ceil(0.7 * 256), its last all.
 PASSES = {"full": [256, 512, 768], "curriculum": [256, 256 + 180, 256 + 180 + 256]}
 
 
@@ -38,29 +39,32 @@ def results(output: Path) -> dict[str, dict[str, Any]]:
 def test_summary_table_and_csv(comparison: Path) -> None:
     markdown = (comparison / "summary.md").read_text()
     table = [line for line in markdown.splitlines() if line.startswith("| ") and "---" not in line]
-    assert table[0].startswith("| policy | seeds | final test acc (%) | best test acc (%) | sample passes")
+    assert table[0].startswith("| policy | seeds | test acc (%) | final val acc (%) | best val acc (%) | sample passes")
     rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]] for line in table[1:]}
     assert list(rows) == ["full", "curriculum"]
     for cells in rows.values():
-        seeds, final, best, passes, passes_ratio, wall, wall_ratio, train_ratio, time_to_full = cells
+        seeds, test, final, best, passes, passes_ratio, wall, wall_ratio, train_ratio, time_to_full, test_loss = cells
         assert seeds == "1"
+        assert 0.0 <= float(test) <= 100.0
         assert 0.0 <= float(final) <= float(best) <= 100.0
+        assert float(test_loss) > 0
         assert float(passes_ratio) <= 1.0
         assert float(wall) > 0
         assert float(wall_ratio) > 0
         assert float(train_ratio) > 0
         assert time_to_full == "n/a" or float(time_to_full) > 0
-    assert float(rows["full"][8]) <= 1.0  # full data reaches its own final accuracy by its last epoch
-    assert rows["full"][3] == "768"
-    assert rows["full"][4] == "1.00"
-    assert rows["curriculum"][3] == "692"
-    assert "test split doubles as the validation set" in markdown
+    assert float(rows["full"][9]) <= 1.0  # full data reaches its own final accuracy by its last epoch
+    assert rows["full"][4] == "768"
+    assert rows["full"][5] == "1.00"
+    assert rows["curriculum"][4] == "692"
+    assert "256 training, 25 validation and 128 test examples" in markdown
 
     with (comparison / "summary.csv").open() as file:
         summary = {row["policy"]: row for row in csv.DictReader(file)}
     assert list(summary) == ["full", "curriculum"]
     stored = results(comparison)
     for policy, row in summary.items():
+        assert float(row["test_acc_mean"]) == pytest.approx(stored[policy]["test_acc"])
         assert float(row["final_acc_mean"]) == pytest.approx(stored[policy]["final_acc"])
         assert float(row["best_acc_mean"]) == pytest.approx(stored[policy]["best_acc"])
         assert math.isnan(float(row["final_acc_std"]))  # one seed
@@ -80,12 +84,13 @@ def test_tensorboard_logs_accuracy_by_passes_and_hparams(comparison: Path) -> No
         events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0})
         events.Reload()
         tags = set(events.Tags()["scalars"])
-        assert {"val/acc", "val/loss", "train/loss", "dynamics/sample_passes", "hparams/final_test_acc"} <= tags
-        by_passes = events.Scalars("test/acc_by_sample_passes")
+        assert {"val/acc", "val/loss", "test/acc", "train/loss", "dynamics/sample_passes", "hparams/test_acc"} <= tags
+        by_passes = events.Scalars("val/acc_by_sample_passes")
         assert [event.step for event in by_passes] == passes
         expected = [epoch["val/acc"] for epoch in stored[policy]["epochs"]]
         assert [event.value for event in by_passes] == pytest.approx(expected)
-        assert events.Scalars("hparams/final_test_acc")[-1].value == pytest.approx(stored[policy]["final_acc"])
+        assert events.Scalars("hparams/test_acc")[-1].value == pytest.approx(stored[policy]["test_acc"])
+        assert events.Scalars("hparams/final_val_acc")[-1].value == pytest.approx(stored[policy]["final_acc"])
         start = events.summary_metadata["_hparams_/session_start_info"].plugin_data.content
         hparams = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info.hparams
         assert hparams["policy"].string_value == policy
@@ -128,15 +133,16 @@ def test_more_seeds_extend_the_comparison(comparison: Path, tmp_path: Path, monk
     shutil.copytree(comparison, output)
     trained = []
 
-    def fake_run(options: compare.CompareOptions, policy: str, seed: int, progress: Any) -> RunResult:
+    def fake_run(options: compare.CompareOptions, policy: str, seed: int, progress: Any, position: int) -> RunResult:
         trained.append((policy, seed))
         original = results(output)[policy]
         return RunResult(**{**original, "seed": seed, "final_acc": original["final_acc"] + 0.1})
 
     monkeypatch.setattr(runner, "_run_one", fake_run)
     monkeypatch.setattr(runner, "_preflight", lambda options, policies: None)
+    monkeypatch.setattr(runner, "_warm_up", lambda options, policy: 0.0)
     assert run(output, *ARGS[:3], "--seeds", "0", "1", *ARGS[5:]) == 0
-    assert trained == [("full", 1), ("curriculum", 1)]
+    assert trained == [("curriculum", 1), ("full", 1)]  # seed 1 takes the policies in the rotated order
     assert json.loads((output / "comparison.json").read_text())["seeds"] == [0, 1]
     assert "± 7.07" in (output / "summary.md").read_text()  # stdev of (a, a + 0.1) in percent
 
@@ -259,6 +265,9 @@ def test_llm_recipe_comparison_reports_hard_accuracy_tokens_and_rank_correlation
     assert stored["curriculum_difficulty"]["sample_passes"] == 32 + 20 + 32  # paced: ceil(0.625 * 32) at progress 0.5
     for result in stored.values():
         assert 0.0 <= result["final_acc"] <= result["best_acc"] <= 1.0
+        assert 0.0 <= result["test_acc"] <= 1.0
+        assert result["val_examples"] > 0
+        assert result["test_examples"] > 0
         assert result["extras"]["train/tokens_seen"] > 0
         assert -1.0 <= result["extras"]["rank_correlation/loss_ema"] <= 1.0
         assert [epoch["val/hard/accuracy"] for epoch in result["epochs"]][-1] == result["final_acc"]
@@ -268,8 +277,8 @@ def test_llm_recipe_comparison_reports_hard_accuracy_tokens_and_rank_correlation
     markdown = (output / "summary.md").read_text()
     header, _, full_row, curriculum_row = [line for line in markdown.splitlines() if line.startswith("|")][:4]
     titles = [cell.strip() for cell in header.split("|")[1:-1]]
-    assert titles[2:4] == ["final hard acc (%)", "best hard acc (%)"]
-    assert titles[-4:] == ["easy acc (%)", "hard loss", "tokens", "ρ(loss_ema, difficulty)"]
+    assert titles[2:5] == ["test hard acc (%)", "final val hard acc (%)", "best val hard acc (%)"]
+    assert titles[-4:] == ["test easy acc (%)", "test hard loss", "tokens", "ρ(loss_ema, difficulty)"]
     cells = [cell.strip() for cell in full_row.split("|")[1:-1]]
     assert cells[0] == "full"
     assert cells[titles.index("tokens")] == f"{stored['full']['extras']['train/tokens_seen']:,.0f}"
@@ -284,18 +293,60 @@ def test_llm_recipe_comparison_reports_hard_accuracy_tokens_and_rank_correlation
     assert [event.step for event in events.Scalars("val/hard_accuracy_by_sample_passes")] == [32, 64, 96]
 
 
-def test_runs_take_the_policies_in_turn_seed_by_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    trained = []
+def test_runs_warm_up_then_take_the_policies_in_a_rotated_turn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    events = []
 
-    def fake_run(options: compare.CompareOptions, policy: str, seed: int, progress: Any) -> RunResult:
-        trained.append((policy, seed))
-        return result(policy, seed, 0.5, 100, 1.0)
+    def fake_run(options: compare.CompareOptions, policy: str, seed: int, progress: Any, position: int) -> RunResult:
+        events.append((policy, seed, position))
+        return RunResult(**{**vars(result(policy, seed, 0.5, 100, 1.0 + position)), "position": position})
+
+    def fake_warm_up(options: compare.CompareOptions, policy: str) -> float:
+        events.append(("warm-up", policy))
+        return 1.5
 
     monkeypatch.setattr(runner, "_run_one", fake_run)
     monkeypatch.setattr(runner, "_preflight", lambda options, policies: None)
-    assert run(tmp_path / "order", "--policies", "full", "curriculum", "--seeds", "0", "1", "--fast-dev") == 0
-    # A machine that slows down during the comparison slows every policy alike.
-    assert trained == [("full", 0), ("curriculum", 0), ("full", 1), ("curriculum", 1)]
+    monkeypatch.setattr(runner, "_warm_up", fake_warm_up)
+    args = ["--policies", "full", "curriculum", "bandit", "--seeds", "0", "1", "2", "--fast-dev"]
+    assert run(tmp_path / "order", *args) == 0
+    # A machine that slows down during the comparison slows every policy alike, and none always runs first.
+    assert events == [
+        ("warm-up", "full"),
+        ("full", 0, 0), ("curriculum", 0, 1), ("bandit", 0, 2),
+        ("curriculum", 1, 3), ("bandit", 1, 4), ("full", 1, 5),
+        ("bandit", 2, 6), ("full", 2, 7), ("curriculum", 2, 8),
+    ]  # fmt: skip
+    stored = json.loads((tmp_path / "order" / "comparison.json").read_text())
+    assert stored["warmup_seconds"] == 1.5
+    assert [(run["policy"], run["seed"], run["position"]) for run in stored["runs"]] == [e[:3] for e in events[1:]]
+    assert [run["wall_seconds"] for run in stored["runs"]] == [1.0 + position for position in range(9)]
+    # Resumed with a new seed: the stored runs' times stay, the new ones are appended.
+    assert run(tmp_path / "order", *args[:4], "--seeds", "0", "1", "2", "3", "--fast-dev") == 0
+    assert len(json.loads((tmp_path / "order" / "comparison.json").read_text())["runs"]) == 12
+
+
+def test_a_policy_that_trains_exactly_what_full_data_trains_is_flagged(tmp_path: Path) -> None:
+    options = compare.CompareOptions(
+        policies=("full", "random"), max_epochs=2, fast_dev=True, output=tmp_path / "same", threads=1
+    )
+    (tmp_path / "same").mkdir()
+
+    class Progress:
+        def update(self, count: int) -> None: ...
+
+    first, second = (runner._run_one(options, "full", 0, Progress(), position=i) for i in range(2))
+    random = runner._run_one(options, "random", 0, Progress(), position=2)
+    assert len(first.trained_digest) == 32
+    assert first.trained_digest == second.trained_digest  # the same examples, weights and losses at every step
+    assert random.trained_digest != first.trained_digest
+    twin = RunResult(**{**vars(second), "policy": "twin"})
+    rows = {row.policy: row for row in summarize([first, random, twin], ["full", "random", "twin"])}
+    assert rows["twin"].same_as_full
+    assert not rows["random"].same_as_full
+    assert not rows["full"].same_as_full
+    table = report.markdown_table(list(rows.values()), compare.RECIPES["vision"], "")
+    assert "| twin (same as full) |" in table
+    assert "| random |" in table
 
 
 def test_every_recipe_data_module_is_a_recipe_data_module() -> None:

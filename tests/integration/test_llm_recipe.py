@@ -305,3 +305,30 @@ def test_cached_checkpoint_equals_the_dequantized_gguf():
     ids = torch.tensor([[1, 4093, 198, 44345, 216, 34, 1232, 216, 35, 30, 2]])
     with torch.no_grad():
         assert torch.allclose(direct(ids).logits, cached(ids).logits, atol=1e-5)
+
+
+def test_validation_and_test_pools_are_disjoint_from_training_and_each_other(tmp_path, tokenizer):
+    data = InstructionDataModule(tokenizer=tokenizer, train_size=40, eval_size=24, max_length=96, batch_size=8)
+    data.setup("fit")
+    train = set(data.train_dataset["prompt"])
+    validation = {q for split in data.val_datasets.values() for q in split["prompt"]}
+    test = {q for split in data.test_datasets.values() for q in split["prompt"]}
+    assert data.val_split_names == data.test_split_names == ["easy", "hard"]
+    assert validation
+    assert test
+    assert not train & validation
+    assert not train & test
+    assert not validation & test
+    assert data.split_sizes() == (
+        40,
+        sum(map(len, data.val_datasets.values())),
+        sum(map(len, data.test_datasets.values())),
+    )
+
+    module = CausalLMFineTuner(tiny_llama(len(tokenizer)), tokenizer, max_new_tokens=2)
+    trainer = _trainer(tmp_path, [], max_epochs=1)
+    trainer.fit(module, data)
+    assert "val/hard/accuracy" in trainer.callback_metrics
+    trainer.test(module, data, verbose=False)
+    assert {"test/easy/loss", "test/hard/accuracy"} <= set(trainer.callback_metrics)
+    assert not any(name.startswith("val/") for name in trainer.callback_metrics)

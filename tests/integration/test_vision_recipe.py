@@ -203,8 +203,33 @@ def test_digits_are_upsampled_and_split() -> None:
     data = VisionDataModule("digits")
     data.setup("fit")
     assert data.image_shape == (1, 24, 24)
-    assert len(data.train_set) + len(data.test_set) == 1797
+    assert (len(data.train_set), len(data.val_set), len(data.test_set)) == (1258, 180, 359)
     assert data.horizontal_flip is False
+
+
+@pytest.mark.parametrize(
+    ("options", "sizes"),
+    [
+        ({}, (3500, 500, 1000)),  # the embedded MNIST-5k's default: 500 of its 4,000 training images held out
+        ({"train_subset": 200}, (200, 20, 1000)),  # a tenth of the subset, drawn outside it
+        ({"val_size": 0}, (4000, 1000, 1000)),  # the test split doubles as the validation set
+    ],
+)
+def test_validation_is_held_out_of_the_training_split(options: dict[str, int], sizes: tuple[int, int, int]) -> None:
+    data = VisionDataModule(seed=3, **options)
+    data.setup("fit")
+    assert data.split_sizes() == sizes
+    train, val, test = (
+        {image.numpy().tobytes() for image in split["image"]} for split in (data.train_set, data.val_set, data.test_set)
+    )
+    if options.get("val_size") == 0:
+        assert val == test
+    else:  # disjoint from the training images, and from the test split
+        assert not val & train
+        assert not val & test
+    again = VisionDataModule(seed=3, **options)
+    again.setup("fit")
+    assert again.val_set["label"] == data.val_set["label"]  # seeded: the same draw each time
 
 
 class StopAfterFirstEpoch(pl.Callback):
