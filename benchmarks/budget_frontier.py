@@ -4,11 +4,12 @@ Within one comparison every policy trains the same number of epochs, and a learn
 ends with the run makes the last epochs decide the final accuracy: "the time at which a policy first
 reaches full data's accuracy" then mostly measures the schedule. This script puts runs of different
 lengths (each its own ``compare --max-epochs E``) side by side against one reference, usually full
-data at the longest length: each row's final accuracy, its training time over the reference's, and
-the training time at which it first reaches the reference's final accuracy (the lowest over the reference's
-seeds), over the reference's training time, and its typical epoch: the median training time of one epoch
-(over epochs and seeds) over the reference's, which for Stale-SB is the cost of an epoch between scoring
-epochs.
+data at the longest length: each row's final validation accuracy, its training time over the reference's,
+the training time at which it first reaches the reference's final validation accuracy (the lowest over the
+reference's seeds), over the reference's training time, its typical epoch (the median training time of one
+epoch, over epochs and seeds, over the reference's, which for Stale-SB is the cost of an epoch between scoring
+epochs), and its test accuracy after training. Choose settings by the validation columns; the test column
+only reports.
 
     python benchmarks/budget_frontier.py --reference full@12 \\
         full@12=runs/e12/results/full sb@6=runs/e6/results/selective_backprop ...
@@ -53,9 +54,11 @@ def row(label: str, runs: list[RunResult], reference: list[RunResult]) -> str:
         when = f"never ({len(reached)} of {len(runs)} seeds)" if reached else "never"
     per_seed = ", ".join(f"{accuracy:.2f}" for accuracy in accuracies)
     epoch_ratio = median_epoch_seconds(runs) / median_epoch_seconds(reference)
+    tests = [100 * run.test_acc for run in runs]
+    test_std = statistics.stdev(tests) if len(tests) > 1 else math.nan
     return (
         f"| {label} | {len(runs[0].epochs)} | {statistics.fmean(accuracies):.2f} ± {std:.2f} | {per_seed} "
-        f"| {time_ratio:.2f} | {when} | {epoch_ratio:.2f} |"
+        f"| {time_ratio:.2f} | {when} | {epoch_ratio:.2f} | {statistics.fmean(tests):.2f} ± {test_std:.2f} |"
     )
 
 
@@ -81,10 +84,10 @@ def main() -> None:
     loaded = {label: load(folders) for label, folders in groups.items()}
     reference = loaded[args.reference]
     print(
-        "| runs | epochs | final test acc (%) | per seed | train time / reference | time to reference's acc "
-        "| median epoch / reference's |"
+        "| runs | epochs | final val acc (%) | per seed (val) | train time / reference | time to reference's val acc "
+        "| median epoch / reference's | test acc (%) |"
     )
-    print("|---|---:|---:|---|---:|---:|---:|")
+    print("|---|---:|---:|---|---:|---:|---:|---:|")
     for label, runs in loaded.items():
         print(row(label, runs, reference))
 
