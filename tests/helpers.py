@@ -12,7 +12,9 @@ Everything here is small and deterministic so that tests can compare runs exactl
   ``set_epoch`` on it every epoch);
 - `make_trainer`: a quiet CPU ``Trainer`` (no progress bar, no model summary, no sanity check);
 - `Visit`, `reference_signals`, `assert_signals_match`: a straightforward per-example Python
-  implementation of the `TrainingDynamics` columns, to compare the vectorised tables against.
+  implementation of the `TrainingDynamics` columns, to compare the vectorised tables against;
+- `ShardUnionSampler`, `ShardBatchSampler`: what the ranks of a DDP run visit, and the batches they train on,
+  replayed in one process.
 """
 
 from __future__ import annotations
@@ -380,6 +382,30 @@ class ShardUnionSampler(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return sum(len(shard) for shard in self.shards)
+
+
+class ShardBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """One-process stand-in for the batches of ``world_size`` DDP ranks: each rank's batches, rank after rank.
+
+    Every batch holds the ids, in order, of one batch that a DDP rank with ``DistributedSampler(shuffle=True,
+    seed=seed)`` and ``batch_size`` trains on, so a model computes every per-example value on the same rows in a
+    batch of the same shape as on that rank (a batch of another shape may run another matrix-multiply kernel and
+    differ in the last bits).
+    """
+
+    def __init__(self, dataset: Dataset[Any], *, world_size: int, batch_size: int, seed: int = 0) -> None:
+        # Lightning calls ``set_epoch`` on ``loader.batch_sampler.sampler``, not on the batch sampler itself.
+        self.sampler = ShardUnionSampler(dataset, world_size=world_size, seed=seed)
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for shard in self.sampler.shards:
+            ids = list(shard)
+            for start in range(0, len(ids), self.batch_size):
+                yield ids[start : start + self.batch_size]
+
+    def __len__(self) -> int:
+        return sum(math.ceil(len(shard) / self.batch_size) for shard in self.sampler.shards)
 
 
 class SimulatedCrash(RuntimeError):

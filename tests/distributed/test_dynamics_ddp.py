@@ -20,6 +20,7 @@ from helpers import (
     COUNT_COLUMNS,
     ClassificationDataset,
     Classifier,
+    ShardBatchSampler,
     ShardUnionSampler,
     assert_signals_equal,
     make_trainer,
@@ -131,15 +132,18 @@ def test_padded_repeats_count_as_visits_not_epochs(ddp_run: Path) -> None:
 def test_ddp_tables_equal_a_single_process_run_over_the_same_visits(ddp_run: Path) -> None:
     dynamics = TrainingDynamics()
     dataset = WithIndex(ClassificationDataset(SIZE))
-    loader = DataLoader(dataset, batch_size=BATCH_SIZE, sampler=ShardUnionSampler(dataset, world_size=WORLD_SIZE))
-    make_trainer(max_epochs=EPOCHS, callbacks=[dynamics]).fit(Classifier(lr=0.0), loader)
+    # Each rank's batches (8, 8 and 3 examples), not the union in batches of 8: the same per-example values.
+    batches = ShardBatchSampler(dataset, world_size=WORLD_SIZE, batch_size=BATCH_SIZE)
+    make_trainer(max_epochs=EPOCHS, callbacks=[dynamics]).fit(
+        Classifier(lr=0.0), DataLoader(dataset, batch_sampler=batches)
+    )
     single = dynamics.signals()
     distributed = load(ddp_run, "rank1.pt")["signals"]
     assert sorted(distributed) == sorted(single)
     for key, expected in single.items():
         if key in COUNT_COLUMNS:
             assert torch.equal(distributed[key], expected), key
-        else:  # the same values summed in another order (per rank, then across ranks)
+        else:  # the same per-example values, summed in another order (per rank, then across ranks)
             torch.testing.assert_close(distributed[key], expected, rtol=1e-6, atol=1e-7, equal_nan=True, msg=key)
 
 
