@@ -1,4 +1,4 @@
-"""Test-wide settings: gloo on the loopback interface, quiet Lightning, and `helpers` importable."""
+"""Test-wide settings: gloo on loopback, quiet Lightning, `helpers` importable, the CPU kernels in the header."""
 
 from __future__ import annotations
 
@@ -20,3 +20,10 @@ import lightning.pytorch  # noqa: E402, F401 - it sets its loggers' levels on im
 # Lightning's info lines (GPU available, litmodels tips, "max_epochs reached") only add noise to test output.
 for _name in ("lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+def pytest_report_header() -> str:
+    """Which CPU kernels ran: set ``ATEN_CPU_CAPABILITY`` (default, avx2, avx512) to run the suite on another set."""
+    import torch
+
+    return f"torch {torch.__version__}, CPU kernels {torch.backends.cpu.get_cpu_capability()}"
