@@ -101,8 +101,11 @@ class TrainingDynamics(Callback):
     Note:
         **DDP**: every rank accumulates the batches it trains on; one all-reduce (sum) per epoch makes
         the tables identical on all ranks, so any rank can plan from them; it is the epoch's only
-        collective (the logged scalars come from the same buffer). Ids travel as integers and are
-        never packed into float tensors. **Resume**: ``state_dict`` holds the tables as of the
+        collective (the logged scalars come from the same buffer), except at the first epoch end of a
+        fit, where one all-reduce of two counts first gives every rank the layout of the ranks that
+        trained: a rank whose every ``training_step`` returned ``None`` (or that had no batch) still
+        joins the reduction, and ranks that disagree on returning ``logits`` all raise. Ids travel as
+        integers and are never packed into float tensors. **Resume**: ``state_dict`` holds the tables as of the
         last finished epoch (tensors and numbers only, loadable with ``torch.load(weights_only=True)``),
         so a run resumed from an epoch-end checkpoint ends with exactly the tables of an uninterrupted
         run. A partly finished epoch is not saved: a mid-epoch checkpoint warns, and the visits made before
@@ -165,6 +168,7 @@ class TrainingDynamics(Callback):
         self._world_size, self._rank = 1, 0
         self._max_epochs: int | None = None  # sizes the count tables; from trainer.max_epochs
         self._checked_ids = False
+        self._layout_agreed = False  # DDP: whether every rank has this fit's accumulator layout (`_agree_on_layout`)
         #: The policy a `CurriculumSampler` bound to this tracker runs; its state is checkpointed here.
         self.policy_binding = PolicyBinding()
 
@@ -205,6 +209,7 @@ class TrainingDynamics(Callback):
             self._accumulator = self._layout = None  # reallocated by the first batch
         self._to(pl_module.device)
         self._checked_ids = False
+        self._layout_agreed = False
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -227,7 +232,9 @@ class TrainingDynamics(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
         metrics: dict[str, float] = {}
-        if self._accumulator is not None:
+        if self._world_size > 1 and not self._layout_agreed:
+            self._agree_on_layout(trainer, pl_module)
+        if self._accumulator is not None:  # on every rank alike, once the ranks agree on the layout
             if self.table_shard is not None:  # the records go to their ids' owners
                 sums, layout = self._shard_sums()
                 metrics = self._finish_epoch(sums, epoch, layout=layout)
@@ -345,6 +352,35 @@ class TrainingDynamics(Callback):
                 torch.empty(self._layout.rows, 0, device=device),
             )
         return T.shard_sums(ids, rows, self._accumulator, self._layout, self.table_shard)
+
+    def _agree_on_layout(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Give every rank the accumulator layout of the ranks that trained: one small all-reduce.
+
+        The accumulator is allocated by the first `update`, so a rank whose every ``training_step`` returned
+        ``None`` (or that had no batches) has none, and its size depends on whether ``logits`` were returned.
+        At the epoch ends of a fit until some rank has trained, every rank sums two counts (the ranks with a
+        layout, those of them with classification rows); a rank without one then allocates the agreed one,
+        so all ranks run the epoch's reduction with buffers of one size. The counts are the same on every
+        rank, so every rank takes the same branch: all skip the epoch end while none has trained, and all
+        raise when the ranks that trained disagree.
+
+        Raises:
+            ValueError: some ranks returned ``logits`` and others did not.
+        """
+        layout = self._layout
+        mine = [0, 0] if layout is None else [1, int(layout.classification)]
+        votes = torch.tensor(mine, dtype=torch.int64, device=pl_module.device)
+        trained, classification = (int(count) for count in trainer.strategy.reduce(votes, reduce_op="sum").tolist())
+        if trained == 0:
+            return
+        if classification not in (0, trained):
+            raise ValueError(
+                f"TrainingDynamics(name={self.name!r}): {classification} of the {trained} ranks that trained returned "
+                "'logits' and 'targets', the others did not; return them on every rank or on none."
+            )
+        if layout is None:
+            self._allocate_accumulator(classification > 0, pl_module.device)
+        self._layout_agreed = True
 
     def _finish_epoch(self, sums: Tensor, epoch: int, *, layout: T.Layout | None = None) -> dict[str, float]:
         """Fold the summed accumulator ``sums`` of ``epoch`` into the tables; the epoch's metrics.
