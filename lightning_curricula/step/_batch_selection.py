@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import lightning.pytorch as pl
 import torch
@@ -67,7 +68,10 @@ class OnlineBatchSelection(Callback):
     with ``None`` the first only) scores with a forward. In the epochs between, `select_remembered`
     selects each batch by the scores remembered for its ids, so the scoring forward is skipped; the
     module then reports the kept examples' training losses with `remember`, which keeps their scores
-    fresh for free::
+    fresh for free. Every selection of an epoch reads the scores remembered before it began: what its
+    steps remember counts from the next epoch (an id the plan visits twice is selected by the same score
+    both times), so a loader that selects ahead of the steps, however far its workers prefetch, selects
+    exactly what they would::
 
         kept = selection.select_remembered(batch["index"])
         if kept is None:  # a scoring epoch, or an id without a remembered score
@@ -83,8 +87,13 @@ class OnlineBatchSelection(Callback):
     share by the remembered scores, and loads only the kept examples, in batches of
     ``round(keep * batch_size)``. The step's `select_remembered` then returns the whole batch (with the
     selection weights the loader drew), so the module above runs unchanged, while the dropped examples
-    are neither fetched nor augmented. It selects exactly what the step would have,
-    in the same random stream. ``select_before_loading=False`` keeps the selection in the step.
+    are neither fetched nor augmented. It selects exactly what the step would have, in the same random
+    stream: the ``k``-th batch of the epoch draws from the stream position the step's ``k``-th selection
+    would have, however far ahead the loader's workers fetch, and the counters and the stream position
+    advance when the step takes the batch. The weights wait for the step by *visit*, not by id (a plan
+    drawn with replacement visits an id more than once, with other weights): `select_remembered` takes
+    the oldest batch the loader selected with exactly the step's ids, and fails naming them when there is
+    none. ``select_before_loading=False`` keeps the selection in the step.
 
     Methods (the selection functions of `lightning_curricula.step.selection`): ``"top_k"`` (deterministic,
     Selective Backprop's deterministic variant, RHO-LOSS, Rho-1), ``"percentile"`` (Selective Backprop:
@@ -123,12 +132,14 @@ class OnlineBatchSelection(Callback):
         ``"top_k"`` needs no random state. Selection runs on detached scores, so automatic and manual
         optimisation, gradient accumulation and mixed precision work unchanged.
         **Remembered scores** are one float32 per example id (a dense table up to the largest id
-        seen, on the CPU; ids above ``2**30 - 1`` are refused). Each epoch end merges what the ranks
+        seen, on the CPU, and a copy of it that an epoch between scoring epochs selects by; ids above
+        ``2**30 - 1`` are refused). Each epoch end merges what the ranks
         remembered in two more all-reduces (the table's size, then the scores changed this epoch with
         their counts; an id changed on two ranks, a padding repeat, gets the mean), so every rank, and
         the checkpoint, has them all.
-        Resume from epoch-end checkpoints: a mid-epoch one holds only rank 0's changes of that epoch (and,
-        selecting before loading, a stream position that counts the batches the loader fetched ahead).
+        Resume from epoch-end checkpoints: a mid-epoch one holds only rank 0's changes of that epoch.
+        Selecting before loading, the batches the loader fetched ahead are not checkpointed (the stream
+        position counts the batches the step took): a resumed loader selects its batches again.
     """
 
     def __init__(
@@ -174,7 +185,10 @@ class OnlineBatchSelection(Callback):
         self.calls = 0
         self.epoch = 0  # the Trainer's current epoch, set when it starts: it decides scoring epochs
         self._preselected_epoch: int | None = None  # the epoch whose batches the train loader selects
-        self._preselected_weights = torch.empty(0)  # by id, the weights it drew (unbiased percentile only)
+        # The batches the loader selected and the step has not taken yet, oldest first: (ids, weights, size
+        # before selection, stream position). By visit, not by id: a plan with repeats visits an id twice.
+        self._preselected: deque[_Preselected] = deque()
+        self._preselection_start = 0  # the stream position (calls) when the loader's pass over the shard began
         self.epoch_metrics: dict[str, float] = {}
         # Python ints, not tensors: ddp_spawn moves a callback's CPU tensors to memory shared by all ranks.
         self._epoch = [0] * _ROWS  # counts since the epoch began, this rank
@@ -183,6 +197,9 @@ class OnlineBatchSelection(Callback):
         # shares the CPU tensors it pickles between ranks, so nothing is written into these):
         self._memory = torch.empty(0)  # float32 score by example id, NaN where unknown
         self._changed = torch.empty(0, dtype=torch.bool)  # ids remembered on this rank since the last epoch end
+        # What an epoch between scoring epochs selects by: the scores remembered before it began (a copy of
+        # _memory taken at its first selection), so the scores its steps remember count from the next epoch.
+        self._selecting: tuple[int, Tensor] | None = None  # (epoch, scores by id)
 
     # ----------------------------------------------------------------------------------- selecting
 
@@ -241,13 +258,13 @@ class OnlineBatchSelection(Callback):
         if self.preselected:
             if keep is not None and keep != self.keep:
                 raise ValueError(f"The loader selected this epoch's batches with keep={self.keep}, not keep={keep}.")
-            size = index.shape[0]
-            weights = self._preselected_weights[_example_ids(index)] if self.unbiased else torch.ones(size)
-            return Selection(torch.arange(size, device=index.device), weights.to(index.device))
+            weights = self._take_preselected(_example_ids(index))
+            return Selection(torch.arange(index.shape[0], device=index.device), weights.to(index.device))
         ids = _example_ids(index)
-        if ids.numel() and int(ids.max()) >= self._memory.numel():
+        table = self._scores_to_select_by(self.epoch)
+        if ids.numel() and int(ids.max()) >= table.numel():
             return None
-        scores = self._memory[ids]
+        scores = table[ids]
         if bool(scores.isnan().any()):
             return None
         selection = self._recall(scores, keep)
@@ -258,14 +275,45 @@ class OnlineBatchSelection(Callback):
         self._count(_RECALLED, scores.numel(), _KEPT_RECALLED, selection.positions.numel())
         return selection
 
-    def _preselect(self, ids: Tensor) -> Tensor:
-        """The kept positions of the loader's batch of ``ids``; their weights wait for `select_remembered`."""
-        kept = self._recall(self._memory[ids], None)
-        if self.unbiased:
-            if self._preselected_weights.numel() < self._memory.numel():
-                self._preselected_weights = torch.ones(self._memory.numel())
-            self._preselected_weights[ids[kept.positions]] = kept.weights
+    def _start_preselection(self) -> None:
+        """A pass of the loader over the shard begins: batches selected by an earlier pass will not be loaded.
+
+        Lightning iterates a loader re-created for the epoch twice when it has workers (the first
+        iterator's prefetched batches are dropped), and a resumed run's loader starts over: each pass
+        selects from the stream position the step is at.
+        """
+        self._preselected.clear()
+        self._preselection_start = self.calls
+
+    def _preselect(self, ids: Tensor, number: int) -> Tensor:
+        """The kept positions of the pass's ``number``-th batch, of ``ids``; its weights wait for the step.
+
+        Drawn from the stream position the step's selection of that batch would have; nothing is
+        counted until `select_remembered` takes the batch.
+        """
+        call = self._preselection_start + number + 1
+        assert self._preselected_epoch is not None  # set by batch_preselection, which made the loader
+        kept = self._select(self._scores_to_select_by(self._preselected_epoch)[ids], None, call=call)
+        self._preselected.append(_Preselected(ids[kept.positions], kept.weights, ids.numel(), call))
         return kept.positions
+
+    def _take_preselected(self, ids: Tensor) -> Tensor:
+        """The weights the loader drew for its oldest batch of exactly ``ids``, counted now the step takes it."""
+        position = next((p for p, batch in enumerate(self._preselected) if torch.equal(batch.ids, ids)), None)
+        if position is None:
+            pending = [batch.ids.tolist() for batch in list(self._preselected)[:3]]
+            raise ValueError(
+                f"select_remembered got the ids {ids.tolist()}, which are none of the batches the loader selected "
+                f"before loading and the step has not taken yet ({len(self._preselected)}, the oldest {pending}). "
+                "In an epoch selected before loading call it once per batch, with the batch's own "
+                "batch['index'], or set select_before_loading=False."
+            )
+        found = self._preselected[position]
+        del self._preselected[position]  # in order, the oldest: position 0 (a loader with in_order=False may differ)
+        self.calls += 1
+        self._epoch[_CALLS] += 1
+        self._count(_RECALLED, found.size, _KEPT_RECALLED, found.ids.numel())
+        return found.weights
 
     def batch_preselection(
         self, epoch: int, num_examples: int, batch_size: int, *, drop_last: bool = False
@@ -276,7 +324,7 @@ class OnlineBatchSelection(Callback):
         one of the ``num_examples`` examples has a remembered score; the epoch is then `preselected`.
         `curriculum_dataloader` calls it each time it builds the loader.
         """
-        known = self._memory[:num_examples]
+        known = self._scores_to_select_by(epoch)[:num_examples]
         ready = (
             self.select_before_loading
             and not self._is_scoring(epoch)
@@ -284,7 +332,18 @@ class OnlineBatchSelection(Callback):
             and not bool(known.isnan().any())
         )
         self._preselected_epoch = epoch if ready else None
+        self._preselected.clear()  # a new loader: what the last one fetched ahead is never trained on
         return BatchPreselection(self, batch_size, drop_last) if ready else None
+
+    def _scores_to_select_by(self, epoch: int) -> Tensor:
+        """The remembered scores as of ``epoch``'s first selection by them: what every selection of the epoch reads.
+
+        Scores remembered during the epoch count from the next one, so a loader that selects ahead of the
+        steps (its workers' prefetch) selects exactly what the steps would, even when ids repeat.
+        """
+        if self._selecting is None or self._selecting[0] != epoch:
+            self._selecting = (epoch, self._memory.clone())
+        return self._selecting[1]
 
     def remember(self, index: Tensor, scores: Tensor) -> None:
         """Remember ``scores`` ``(n,)`` as the latest of the examples ``index`` ``(n,)`` (if ``rescore_every != 1``).
@@ -305,13 +364,14 @@ class OnlineBatchSelection(Callback):
         self._memory[ids] = scores.detach().float().cpu()
         self._changed[ids] = True
 
-    def _select(self, scores: Tensor, keep: float | None) -> Selection:
+    def _select(self, scores: Tensor, keep: float | None, *, call: int | None = None) -> Selection:
+        """Select by ``scores`` at the next stream position (counting it), or at ``call`` (counting nothing)."""
         share = self.keep if keep is None else check_keep(keep)
         return select_examples(
             scores.detach(),
             share,
             method=self.method,
-            generator=self._next_generator(),
+            generator=self._next_generator() if call is None else self._generator(call),
             beta=self.beta,
             unbiased=self.unbiased,
         )
@@ -340,9 +400,13 @@ class OnlineBatchSelection(Callback):
     def _next_generator(self) -> torch.Generator | None:
         self.calls += 1
         self._epoch[_CALLS] += 1
+        return self._generator(self.calls)
+
+    def _generator(self, call: int) -> torch.Generator | None:
+        """The generator of the ``call``-th selection on this rank (``None`` for top-k, which draws nothing)."""
         if self.method == "top_k":
             return None
-        return torch.Generator().manual_seed(derived_seed(self.seed, self.rank, self.calls))
+        return torch.Generator().manual_seed(derived_seed(self.seed, self.rank, call))
 
     def _count(self, scored_row: int, scored: int, kept_row: int, kept: int) -> None:
         self._epoch[scored_row] += scored
@@ -424,6 +488,17 @@ class OnlineBatchSelection(Callback):
         self._epoch = [int(value) for value in state_dict["epoch"]] + padding
         self._memory = state_dict.get("remembered_scores", torch.empty(0)).clone().float()
         self._changed = torch.zeros(self._memory.numel(), dtype=torch.bool)
+        self._preselected.clear()  # fetched ahead before the checkpoint: the resumed loader selects them again
+        self._selecting = None
+
+
+class _Preselected(NamedTuple):
+    """A batch the loader selected before loading, waiting for the step: kept ids, their weights, and so on."""
+
+    ids: Tensor  # the kept ids, in batch order: what the step's batch["index"] must be
+    weights: Tensor  # the selection weights drawn for them
+    size: int  # the visits of the batch before selection (counted as recalled)
+    call: int  # the stream position it was drawn at
 
 
 @dataclass(frozen=True)
@@ -461,10 +536,11 @@ class BatchPreselection:
 
     def kept_visits(self, indices: Tensor, weights: Tensor) -> Iterator[tuple[int, float]]:
         """``(index, plan weight)`` of the kept visits of the shard ``indices``, selected batch by batch."""
+        self.selection._start_preselection()  # a generator: runs when the loader starts this pass
         end = indices.numel() - indices.numel() % self.batch_size if self.drop_last else indices.numel()
-        for start in range(0, end, self.batch_size):
+        for number, start in enumerate(range(0, end, self.batch_size)):
             batch = slice(start, start + self.batch_size)
-            kept = self.selection._preselect(indices[batch])
+            kept = self.selection._preselect(indices[batch], number)
             yield from zip(indices[batch][kept].tolist(), weights[batch][kept].tolist(), strict=True)
 
 

@@ -5,7 +5,7 @@ exactly one all-reduce per epoch (``trainer.strategy.reduce``, which Lightning p
 no collective runs per step (counted by wrapping ``torch.distributed``'s collectives while the callback's
 code runs); both ranks end with the same metrics. Stale-SB's remembered scores are merged over the ranks, and
 through `curriculum_dataloader` each rank's loader selects the stale epoch's batches before loading exactly as
-its step would have.
+its step would have, also when the plan visits ids twice and the loader's workers fetch ahead.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ import torch.distributed as dist
 from helpers import ClassificationDataset, make_trainer
 from lightning.pytorch.callbacks import Callback
 from online_helpers import CurriculumData, SelectiveClassifier
+from repeats_helpers import DrawsWithReplacement, PrefetchedRepeats
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
-from lightning_curricula import OnlineBatchSelection, WithIndex
+from lightning_curricula import CurriculumSampler, OnlineBatchSelection, WithIndex
 from lightning_curricula.step.selection import Selection, kept_count
 
 SIZE = 37  # 19 per rank after DistributedSampler's padding: batches of 8, 8, 3
@@ -118,6 +119,7 @@ class Dump(Callback):
             "loaded_sizes": pl_module.loaded_sizes,
             "remembered": selection.remembered,
             "memory": selection.state_dict()["remembered_scores"],
+            "parameters": [parameter.detach().clone() for parameter in pl_module.parameters()],
         }
         torch.save(state, self.directory / f"rank{trainer.global_rank}.pt")
 
@@ -157,6 +159,24 @@ def curriculum_stale_ranks(tmp_path_factory: pytest.TempPathFactory) -> dict[boo
             3,
             CurriculumData(SIZE),
             method="percentile",
+            rescore_every=2,
+            select_before_loading=before,
+        )
+        for before in (True, False)
+    }
+
+
+@pytest.fixture(scope="module")
+def repeats_stale_ranks(tmp_path_factory: pytest.TempPathFactory) -> dict[bool, list[dict[str, Any]]]:
+    """Stale-SB with unbiased weights over a plan with repeats, a loader worker per rank fetching ahead."""
+    return {
+        before: fit_on_two_ranks(
+            tmp_path_factory.mktemp(f"repeats_{before}"),
+            3,
+            PrefetchedRepeats(SIZE, workers=1),
+            method="percentile",
+            beta=2.0,
+            unbiased=True,
             rescore_every=2,
             select_before_loading=before,
         )
@@ -236,3 +256,21 @@ def test_each_rank_selects_before_loading_what_its_step_would_select(
     assert torch.equal(curriculum_stale_ranks[True][0]["memory"], curriculum_stale_ranks[True][1]["memory"])
     epoch_1 = [set(sum(state["kept_ids"][3:6], [])) for state in curriculum_stale_ranks[True]]
     assert len(epoch_1[0] & epoch_1[1]) <= 1  # each rank kept from its own shard (one padding repeat is on both)
+
+
+@pytest.mark.slow
+def test_each_rank_selects_a_plan_with_repeats_before_loading_as_its_step_would(
+    repeats_stale_ranks: dict[bool, list[dict[str, Any]]],
+) -> None:
+    pairs = zip(repeats_stale_ranks[True], repeats_stale_ranks[False], strict=True)
+    for rank, (loaded, in_step) in enumerate(pairs):
+        shard = CurriculumSampler(range(SIZE), DrawsWithReplacement(), num_epochs=3, num_replicas=2, rank=rank)
+        shard.set_epoch(1)
+        visits = [index for index, _ in shard]
+        assert len(set(visits)) < len(visits), f"rank {rank}"  # the stale epoch visits an id twice on this rank
+        assert loaded["loaded_sizes"][3:6] == [4, 4, 2], f"rank {rank}"  # epoch 1 loaded the kept examples only
+        assert loaded["kept_ids"] == in_step["kept_ids"]
+        assert loaded["totals"] == in_step["totals"]  # the worker's look-ahead is not counted
+        assert torch.equal(loaded["memory"], in_step["memory"])
+        for got, want in zip(loaded["parameters"], in_step["parameters"], strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)  # each visit trained with its own weights

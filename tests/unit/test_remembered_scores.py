@@ -40,12 +40,17 @@ def test_a_stale_epoch_selects_the_top_remembered_scores_without_scoring() -> No
     kept = selection.select_remembered(torch.tensor([2, 1, 0, 4]))
     assert kept is not None
     assert kept.positions.tolist() == [0, 2]  # ids 2 (0.5) and 0 (0.9)
-    # The kept examples' training losses replace their remembered scores.
+    # The kept examples' training losses replace their remembered scores, from the next epoch on: every
+    # selection of an epoch reads the scores it began with (a loader selecting ahead reads the same).
     selection.remember(torch.tensor([2, 0]), torch.tensor([0.0, 0.05]))
+    again = selection.select_remembered(torch.tensor([2, 1, 0, 4]))
+    assert again is not None
+    assert again.positions.tolist() == [0, 2]
+    selection.epoch = 3
     kept = selection.select_remembered(torch.tensor([2, 1, 0, 4]))
     assert kept is not None
     assert kept.positions.tolist() == [1, 3]  # ids 1 (0.3) and 4 (0.1)
-    assert selection.state_dict()["epoch"] == [4, 2, 0, 0, 3, 8, 4]
+    assert selection.state_dict()["epoch"] == [4, 2, 0, 0, 4, 12, 6]
 
 
 @pytest.mark.parametrize(
