@@ -127,3 +127,40 @@ def test_weighted_token_mean_with_a_fixed_token_count_is_unbiased_under_infobatc
     full_data = sum(epoch_loss(token_losses, mask, plan, batch_size, None) for plan in shuffled) / len(shuffled)
     biased = sum(epoch_loss(token_losses, mask, plan, batch_size, None) for plan in plans) / len(plans)
     assert biased / full_data > 1.1, (biased, full_data)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("bad", [NAN, INF, -INF])
+def test_weighted_token_mean_ignores_a_non_finite_loss_outside_the_mask(bad: float) -> None:
+    # Rho-1 drops the token whose loss is not finite; the loss over the kept tokens must not bring it back.
+    token_losses = torch.tensor([[2.0, 1.0, bad, 3.0]], requires_grad=True)
+    kept = torch.tensor([[1, 0, 0, 1]])
+    result = weighted_token_mean(token_losses, kept)
+    torch.testing.assert_close(result, torch.tensor(2.5))
+    result.backward()
+    assert token_losses.grad is not None
+    torch.testing.assert_close(token_losses.grad, torch.tensor([[0.5, 0.0, 0.0, 0.5]]))
+    torch.testing.assert_close(weighted_token_mean(token_losses, kept.bool(), token_count=4.0), torch.tensor(1.25))
+
+
+def test_weighted_token_mean_ignores_the_tokens_of_a_sequence_with_weight_zero() -> None:
+    token_losses = torch.tensor([[2.0, 4.0], [NAN, INF]], requires_grad=True)
+    result = weighted_token_mean(token_losses, torch.ones(2, 2), torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(result, torch.tensor(6.0 / 4))  # the weight-0 sequence's tokens still count
+    result.backward()
+    assert token_losses.grad is not None
+    torch.testing.assert_close(token_losses.grad, torch.tensor([[0.25, 0.25], [0.0, 0.0]]))
+
+
+@pytest.mark.parametrize("bad", [NAN, INF])
+def test_weighted_mean_ignores_the_loss_of_an_example_with_weight_zero(bad: float) -> None:
+    losses = torch.tensor([1.0, bad, 3.0], requires_grad=True)
+    result = weighted_mean(losses, torch.tensor([1.0, 0.0, 2.0]))
+    torch.testing.assert_close(result, torch.tensor(7.0 / 3))
+    result.backward()
+    assert losses.grad is not None
+    torch.testing.assert_close(losses.grad, torch.tensor([1 / 3, 0.0, 2 / 3]))
+    # A non-finite loss with a weight is kept: it is the caller's to drop (selection never keeps one).
+    assert weighted_mean(losses.detach(), torch.ones(3)).isfinite().item() is False
