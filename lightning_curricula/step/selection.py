@@ -9,13 +9,15 @@ Conventions shared by every selection:
 
 - ``k = round(keep * n)`` of the ``n`` scores (of the ``n`` loss tokens for token selection), at least 1,
   in ``(0, 1]`` only: a step always trains on something.
-- NaN scores are never kept, not even to fill ``k``: a NaN loss would poison the gradient. A batch with
-  fewer than ``k`` non-NaN scores keeps all of them; one with none keeps nothing.
+- Non-finite scores (NaN, +inf, -inf) are never kept, not even to fill ``k``: a NaN or infinite loss
+  would poison the gradient (+inf is an overflowed loss, not the hardest example), and -inf (an infinite
+  reference loss) says nothing about the example either. A batch with fewer than ``k`` finite scores
+  keeps all of them; one with none keeps nothing. "The batch" below means its finite scores.
 - Kept positions come back in batch order (ascending), on the scores' device; selection runs on a CPU
   copy of the scores (one small device-to-host copy per step), so the generator is a CPU generator.
 - Weights are 1 except where a selection asks to stay unbiased (`percentile_selection` with
   ``unbiased=True``): then ``weighted_mean(kept_losses, weights)`` is an unbiased estimate of the mean
-  loss over the batch's non-NaN examples, as the epoch policies' weights are for the epoch.
+  loss over the batch's examples with a finite score, as the epoch policies' weights are for the epoch.
 """
 
 from __future__ import annotations
@@ -155,17 +157,19 @@ def excess_loss(token_losses: Tensor, reference_token_losses: Tensor) -> Tensor:
 def top_k_selection(scores: Tensor, keep: float) -> Selection:
     """The ``k`` highest scores (Selective Backprop's deterministic variant; RHO-LOSS's top share).
 
-    Ties go to the lower position; NaN is never kept. Weights are 1: a top-k selection is biased on
-    purpose, there is no inclusion probability to correct by.
+    Ties go to the lower position; NaN and infinite scores are never kept. Weights are 1: a top-k
+    selection is biased on purpose, there is no inclusion probability to correct by.
 
     Examples:
         >>> top_k_selection(torch.tensor([0.5, float("nan"), 0.9, 0.5, 0.1]), 0.6).positions
         tensor([0, 2, 3])
+        >>> top_k_selection(torch.tensor([0.5, float("inf"), 0.9]), 0.6).positions
+        tensor([0, 2])
         >>> top_k_selection(torch.tensor([1.0, 1.0, 1.0]), 0.5).positions
         tensor([0, 1])
     """
     values = _check_scores(scores)
-    known = (~values.isnan()).nonzero().squeeze(1)
+    known = values.isfinite().nonzero().squeeze(1)
     count = min(kept_count(values.numel(), keep), known.numel())
     order = torch.sort(values[known], descending=True, stable=True).indices[:count]
     positions = torch.sort(known[order]).values
@@ -173,10 +177,10 @@ def top_k_selection(scores: Tensor, keep: float) -> Selection:
 
 
 def random_selection(scores: Tensor, keep: float, generator: torch.Generator | None) -> Selection:
-    """The random twin: ``k`` positions uniformly at random among the non-NaN scores, weights 1.
+    """The random twin: ``k`` positions uniformly at random among the finite scores, weights 1.
 
     A uniform fixed-size subset's plain mean is already an unbiased estimate of the batch mean, so the
-    weights stay 1. Only NaN is looked at: the scores' values do not matter.
+    weights stay 1. Only whether a score is finite is looked at: the scores' values do not matter.
 
     Examples:
         >>> random_selection(torch.zeros(6), 0.5, torch.Generator().manual_seed(0)).positions.numel()
@@ -184,7 +188,7 @@ def random_selection(scores: Tensor, keep: float, generator: torch.Generator | N
     """
     values = _check_scores(scores)
     generator = _check_generator(generator, "random")
-    known = (~values.isnan()).nonzero().squeeze(1)
+    known = values.isfinite().nonzero().squeeze(1)
     count = min(kept_count(values.numel(), keep), known.numel())
     positions = torch.sort(known[torch.randperm(known.numel(), generator=generator)[:count]]).values
     return Selection(positions.to(scores.device), torch.ones(count, device=scores.device))
@@ -231,7 +235,7 @@ def percentile_selection(
 ) -> Selection:
     """Selective Backprop's probabilistic selection: kept with probability rising with the loss percentile.
 
-    Each non-NaN score's percentile in the batch is its empirical CDF value ``F`` (the share of the
+    Each finite score's percentile in the batch (of finite scores) is its empirical CDF value ``F`` (the share of the
     batch's scores at or below it; ties share it). Example ``i`` is kept with probability
     ``pi_i = min(1, c * F_i ** beta)``, with ``c`` such that exactly ``k`` are kept: systematic sampling
     over a random order draws a fixed-size sample with exactly these inclusion probabilities. ``beta = 0``
@@ -245,7 +249,7 @@ def percentile_selection(
         generator: a CPU ``torch.Generator`` (one order and one uniform per call).
         beta: the sharpness, ``>= 0`` (the paper uses 1 to 3; with ``unbiased=True`` a large ``beta``
             gives rarely kept examples huge weights, as any inverse-probability weighting does).
-        unbiased: weight each kept example by ``k / (m * pi_i)`` (``m`` non-NaN scores), so that
+        unbiased: weight each kept example by ``k / (m * pi_i)`` (``m`` finite scores), so that
             ``weighted_mean(kept_losses, weights)`` is an unbiased (Horvitz-Thompson) estimate of the
             batch's mean loss; otherwise weights are 1, as in the paper.
 
@@ -258,7 +262,7 @@ def percentile_selection(
         raise ValueError(f"beta must be a finite number >= 0, got {beta!r}.")
     values = _check_scores(scores)
     generator = _check_generator(generator, "percentile")
-    known = (~values.isnan()).nonzero().squeeze(1)
+    known = values.isfinite().nonzero().squeeze(1)
     count = min(kept_count(values.numel(), keep), known.numel())
     if count == 0:
         return Selection(torch.empty(0, dtype=torch.int64, device=scores.device), torch.empty(0, device=scores.device))
@@ -322,8 +326,8 @@ def _check_tokens(scores: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 def top_k_token_mask(scores: Tensor, mask: Tensor, keep: float) -> Tensor:
     """Rho-1's token selection: the ``k`` highest-scoring loss tokens of the whole batch, as a mask.
 
-    ``k = round(keep * mask.sum())``; ties go to the lower flat position (row-major), NaN and tokens
-    outside ``mask`` are never kept. Train with ``weighted_token_mean(token_losses, kept_mask)``.
+    ``k = round(keep * mask.sum())``; ties go to the lower flat position (row-major), non-finite scores
+    and tokens outside ``mask`` are never kept. Train with ``weighted_token_mean(token_losses, kept_mask)``.
 
     Args:
         scores: ``(B, T)`` per-token scores, e.g. `excess_loss`.
@@ -339,7 +343,7 @@ def top_k_token_mask(scores: Tensor, mask: Tensor, keep: float) -> Tensor:
                 [ True, False]])
     """
     values, loss_tokens = _check_tokens(scores, mask)
-    candidates = (loss_tokens & ~values.isnan()).nonzero().squeeze(1)
+    candidates = (loss_tokens & values.isfinite()).nonzero().squeeze(1)
     count = min(kept_count(int(loss_tokens.sum()), keep), candidates.numel())
     order = torch.sort(values[candidates], descending=True, stable=True).indices[:count]
     kept = torch.zeros(values.numel(), dtype=torch.bool)
@@ -348,7 +352,7 @@ def top_k_token_mask(scores: Tensor, mask: Tensor, keep: float) -> Tensor:
 
 
 def random_token_mask(scores: Tensor, mask: Tensor, keep: float, generator: torch.Generator | None) -> Tensor:
-    """The random twin of `top_k_token_mask`: as many loss tokens, uniformly at random (NaN never kept).
+    """The random twin of `top_k_token_mask`: as many loss tokens, uniformly at random (non-finite never kept).
 
     Examples:
         >>> kept = random_token_mask(torch.zeros(2, 4), torch.ones(2, 4), 0.5, torch.Generator().manual_seed(0))
@@ -357,7 +361,7 @@ def random_token_mask(scores: Tensor, mask: Tensor, keep: float, generator: torc
     """
     values, loss_tokens = _check_tokens(scores, mask)
     generator = _check_generator(generator, "random")
-    candidates = (loss_tokens & ~values.isnan()).nonzero().squeeze(1)
+    candidates = (loss_tokens & values.isfinite()).nonzero().squeeze(1)
     count = min(kept_count(int(loss_tokens.sum()), keep), candidates.numel())
     kept = torch.zeros(values.numel(), dtype=torch.bool)
     kept[candidates[torch.randperm(candidates.numel(), generator=generator)[:count]]] = True

@@ -51,10 +51,53 @@ def test_top_k_keeps_fewer_than_k_rather_than_a_nan() -> None:
     assert top_k_selection(torch.full((3,), NAN), 1.0).positions.numel() == 0
 
 
-def test_top_k_ranks_infinities_as_numbers() -> None:
-    scores = torch.tensor([-math.inf, 0.0, math.inf, NAN])
-    assert top_k_selection(scores, 0.5).positions.tolist() == [1, 2]
-    assert top_k_selection(scores, 0.75).positions.tolist() == [0, 1, 2]
+INF = math.inf
+# A +inf score is an infinite loss (a gradient as poisoned as NaN's); -inf, an infinite reference loss.
+NON_FINITE = [[INF, 0.5, -INF, 0.25, NAN, 0.75], [INF, INF, 1.0, NAN], [-INF, 2.0, 3.0]]
+
+
+@pytest.mark.parametrize("values", NON_FINITE)
+@pytest.mark.parametrize("method", ["top_k", "percentile", "random"])
+def test_no_selection_keeps_a_non_finite_score_not_even_to_fill_k(values: list[float], method: str) -> None:
+    scores = torch.tensor(values)
+    finite = scores.isfinite()
+    for keep in (0.3, 0.5, 1.0):
+        for seed in range(10):
+            selection = select_examples(scores, keep, method=method, generator=gen(seed), unbiased=True)  # type: ignore[arg-type]
+            assert bool(finite[selection.positions].all()), (keep, selection.positions)
+            assert selection.positions.numel() == min(kept_count(len(values), keep), int(finite.sum()))
+            assert bool(selection.weights.isfinite().all())
+
+
+@pytest.mark.parametrize("method", ["top_k", "percentile", "random"])
+def test_a_batch_of_only_non_finite_scores_keeps_nothing(method: str) -> None:
+    selection = select_examples(torch.tensor([INF, -INF, NAN]), 1.0, method=method, generator=gen(), unbiased=True)  # type: ignore[arg-type]
+    assert selection.positions.numel() == selection.weights.numel() == 0
+
+
+def test_top_k_ranks_the_finite_scores_only() -> None:
+    scores = torch.tensor([-INF, 0.0, INF, NAN, 2.0])
+    assert top_k_selection(scores, 0.4).positions.tolist() == [1, 4]
+    assert top_k_selection(scores, 1.0).positions.tolist() == [1, 4]
+
+
+def test_percentile_weights_are_unbiased_over_the_finite_scores() -> None:
+    # The Horvitz-Thompson weights estimate the mean over the m finite scores, as over the non-NaN ones before.
+    scores = torch.tensor([0.1, INF, 0.7, 0.3, -INF, 0.9, 0.5, 0.2])
+    finite = scores[scores.isfinite()]
+    estimates = []
+    for seed in range(4000):
+        selection = percentile_selection(scores, 0.5, gen(seed), beta=1.0, unbiased=True)
+        estimates.append(float((scores[selection.positions] * selection.weights).sum() / selection.positions.numel()))
+    torch.testing.assert_close(torch.tensor(estimates).mean(), finite.mean(), atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["top_k", "random"])
+def test_token_masks_never_keep_a_non_finite_score(method: str) -> None:
+    scores = torch.tensor([[INF, 1.0, -INF, 2.0], [NAN, 3.0, INF, 0.5]])
+    kept = select_tokens(scores, torch.ones(2, 4), 1.0, method=method, generator=gen())  # type: ignore[arg-type]
+    assert kept.tolist() == [[False, True, False, True], [False, True, False, True]]
+    assert not bool(select_tokens(torch.full((1, 3), INF), torch.ones(1, 3), 1.0, method=method, generator=gen()).any())  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("size", "keep", "expected"), [(10, 1.0, 10), (10, 1e-9, 1), (1, 0.01, 1), (9, 0.5, 5)])
