@@ -62,9 +62,27 @@ class ReferenceLosses:
         return self.losses.numel()
 
     def lookup(self, index: Tensor) -> Tensor:
-        """The losses of the example ids ``index``, on ``index``'s device (copied there once)."""
+        """The losses of the example ids ``index``, on ``index``'s device (copied there once).
+
+        Raises:
+            TypeError: ``index`` does not hold integers.
+            ValueError: an id is outside ``0 .. len(self) - 1`` (a negative id would wrap around to the end
+                of the table); the message names the ids. The check reads the ids' minimum and maximum,
+                one two-number copy to the host per lookup (a synchronisation when ``index`` is on a GPU,
+                next to the selection's own copy of the scores). A reference made for a larger dataset
+                passes it: pair a reference with its training set by `check_size`, at setup.
+        """
         if index.is_floating_point() or index.dtype == torch.bool:
             raise TypeError(f"index must hold integer example ids, got dtype {index.dtype}.")
+        if index.numel():
+            low, high = (int(value) for value in torch.aminmax(index.detach()))
+            if low < 0 or high >= len(self):
+                bad = " and ".join(str(v) for v in dict.fromkeys(v for v in (low, high) if not 0 <= v < len(self)))
+                valid = f"0 .. {len(self) - 1}" if len(self) else "none: the reference has no losses"
+                raise ValueError(
+                    f"Example ids {bad} have no reference loss: valid ids are {valid} ({len(self)} losses, one per "
+                    "example of the training set the reference was computed for)."
+                )
         table = self._on_device.get(index.device)
         if table is None:
             table = self._on_device[index.device] = self.losses.to(index.device)

@@ -173,12 +173,14 @@ class VisionClassifier(pl.LightningModule):
     def on_train_start(self) -> None:
         # In on_train_start, after the callbacks' (Lightning calls them first): EpochHistory's clock is
         # running, so the holdout models' time is charged to the run's training time.
-        if self.selection_score != "reducible_loss" or self.irreducible is not None:
-            return  # not RHO-LOSS, or restored from the checkpoint
-        if self.irreducible_path is not None:
-            self.irreducible = ReferenceLosses.load(self.irreducible_path)
-        else:
-            self.irreducible = self._train_holdout_models()
+        if self.selection_score != "reducible_loss":
+            return
+        if self.irreducible is None:  # not restored from the checkpoint
+            if self.irreducible_path is not None:
+                self.irreducible = ReferenceLosses.load(self.irreducible_path)
+            else:
+                self.irreducible = self._train_holdout_models()
+        # Restored ones too: a run resumed on another training set must not score by this one's losses.
         self.irreducible.check_size(len(self.trainer.datamodule.train_set))  # type: ignore[attr-defined]
 
     def _train_holdout_models(self) -> ReferenceLosses:
