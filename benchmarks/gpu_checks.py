@@ -10,10 +10,18 @@
 Both reuse the classes of those scripts rather than copying them. ``--device cpu`` with a tiny model runs
 the same code on a CPU (to check the script, not to measure).
 
+Where the data and model packages are not installed (a lent GPU machine, see ``gpu_device.sh``):
+``--data-dir`` names a folder with the Fashion-MNIST IDX files; ``llm --random-weights --model DIR``
+builds the model from the config in ``DIR`` (with its tokenizer) with random weights, which changes
+neither the step time nor the memory (the JSON says ``"weights": "random ..."``); ``--dataset`` takes
+any `InstructionDataModule` source, such as a ``.jsonl`` of pre-generated problems.
+
 Examples:
     python benchmarks/gpu_checks.py vision --out vision_gpu.json
     python benchmarks/gpu_checks.py llm --out llm_gpu.json
     python benchmarks/gpu_checks.py llm --device cpu --model tiny-random-llama --steps 2 --repeats 1 --out /tmp/x.json
+    python benchmarks/gpu_checks.py llm --model .gpu/smollm2-config --random-weights \
+        --dataset .gpu/llm-data/basic_arithmetic.jsonl --out llm_gpu.json
 """
 
 from __future__ import annotations
@@ -36,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the recipes pack
 import llm_throughput  # noqa: E402
 import tracking_overhead  # noqa: E402
 from lightning_curricula.recipes.llm.datamodule import InstructionDataModule  # noqa: E402
-from lightning_curricula.recipes.llm.model import SMOLLM2, load_causal_lm, load_tokenizer  # noqa: E402
+from lightning_curricula.recipes.llm.model import SMOLLM2, load_tokenizer  # noqa: E402
+from lightning_curricula.recipes.vision.data import FASHION_MNIST_DIR  # noqa: E402
 
 from lightning_curricula import TrainingDynamics, WithIndex  # noqa: E402
 
@@ -54,7 +63,7 @@ class ChannelsLastClassifier(tracking_overhead.Classifier):
 
 def vision(args: argparse.Namespace) -> dict[str, Any]:
     """Images per second with and without tracking, bf16-mixed and channels_last, interleaved pairs."""
-    dataset = tracking_overhead.load_data(tracking_overhead.FASHION_MNIST_DIR, args.train_size)
+    dataset = tracking_overhead.load_data(args.data_dir, args.train_size)
     runs = []
     for repeat in range(args.repeats + 1):  # the first pair warms up (cuDNN autotuning, allocator)
         for tracked in (False, True) if repeat % 2 == 0 else (True, False):
@@ -90,8 +99,9 @@ def vision(args: argparse.Namespace) -> dict[str, Any]:
 def llm(args: argparse.Namespace) -> dict[str, Any]:
     """Tokens per second and peak memory with and without tracking, bf16-mixed, interleaved pairs."""
     tokenizer = load_tokenizer(args.model)
-    model = load_causal_lm(args.model)
+    model = llm_throughput.load_model(args.model, random_weights=args.random_weights)
     data = InstructionDataModule(
+        args.dataset,
         tokenizer=tokenizer,
         train_size=args.batch_size * (args.warmup + args.steps),
         eval_size=0,
@@ -106,7 +116,7 @@ def llm(args: argparse.Namespace) -> dict[str, Any]:
                 model, tokenizer, data, args, tracked=tracked, device=args.device, precision="bf16-mixed"
             )
             runs.append({"repeat": repeat, **run})
-    result = summarize(runs, None, "tokens")
+    result = summarize(runs, None, "tokens") | llm_throughput.model_facts(model, random_weights=args.random_weights)
     for tracked, name in ((False, "baseline"), (True, "tracked")):
         result[f"{name}_peak_memory_bytes"] = max(r["peak_memory_bytes"] for r in runs if r["tracked"] == tracked)
     return result
@@ -138,7 +148,12 @@ def main() -> None:  # noqa: D103
     parser.add_argument("--train-size", type=int, default=60_000, help="vision: training images per run")
     parser.add_argument("--batch-size", type=int, default=None, help="default: 512 (vision), 8 (llm)")
     parser.add_argument("--workers", type=int, default=4, help="vision: DataLoader workers")
-    parser.add_argument("--model", default=SMOLLM2, help="llm: model for load_causal_lm")
+    parser.add_argument("--data-dir", default=FASHION_MNIST_DIR, help="vision: folder with the Fashion-MNIST IDX files")
+    parser.add_argument("--model", default=SMOLLM2, help="llm: model for load_causal_lm, or a config folder")
+    parser.add_argument(
+        "--random-weights", action="store_true", help="llm: build --model from its config with random weights"
+    )
+    parser.add_argument("--dataset", default=llm_throughput.DATASET, help="llm: InstructionDataModule's source")
     parser.add_argument("--max-length", type=int, default=256, help="llm: tokens per sequence at most")
     parser.add_argument("--steps", type=int, default=20, help="llm: timed steps per run")
     parser.add_argument("--warmup", type=int, default=3, help="llm: untimed steps per run")

@@ -17,9 +17,16 @@ The tracked side adds ``TrainingDynamics()``: the
 per-step ``update`` (a few tensor ops and one ``index_add_``) and the epoch-end derivation; both
 sides run with ``logger=False``.
 
+``--random-weights`` builds the model from ``--model``'s config with random (seeded) weights instead of
+loading its checkpoint: the same architecture, so the same step time and memory (nothing here depends on
+the weights' values), where only the config and tokenizer are at hand (a few MB, not the checkpoint).
+``--dataset`` takes any source of `InstructionDataModule`, such as a ``.jsonl`` of generated problems
+where reasoning-gym is not installed.
+
 Examples:
     python benchmarks/llm_throughput.py                          # SmolLM2-135M, CPU, defaults
     python benchmarks/llm_throughput.py --model tiny-random-llama --steps 20   # a quick check of the script
+    python benchmarks/llm_throughput.py --model CONFIG_AND_TOKENIZER_DIR --random-weights --dataset rows.jsonl
 """
 
 from __future__ import annotations
@@ -39,11 +46,41 @@ from harness import environment, interleaved_pairs, markdown_table, quiet_lightn
 from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the recipes package, when run as a script
-from lightning_curricula.recipes.llm.datamodule import InstructionDataModule  # noqa: E402
-from lightning_curricula.recipes.llm.model import SMOLLM2, load_causal_lm, load_tokenizer  # noqa: E402
+from lightning_curricula.recipes.llm.datamodule import REASONING_GYM_PREFIX, InstructionDataModule  # noqa: E402
+from lightning_curricula.recipes.llm.model import SMOLLM2, TINY, cached_smollm2, load_causal_lm, load_tokenizer  # noqa: E402
 from lightning_curricula.recipes.llm.module import CausalLMFineTuner  # noqa: E402
 
 from lightning_curricula import TrainingDynamics, read_step_outputs  # noqa: E402
+
+#: The recipe's default data: generated arithmetic problems (needs reasoning-gym).
+DATASET = f"{REASONING_GYM_PREFIX}basic_arithmetic"
+
+
+def load_model(name: str, *, random_weights: bool = False, seed: int = 0) -> Any:
+    """`load_causal_lm` ``(name)``; with ``random_weights``, its architecture from its config with random weights.
+
+    The random initialisation is the model class's own (``from_config``), seeded inside
+    ``torch.random.fork_rng`` so that the caller's global RNG is untouched; `TINY` is random either way.
+    """
+    if not random_weights or name == TINY:
+        return load_causal_lm(name)
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(cached_smollm2() / "model" if name == SMOLLM2 else name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def model_facts(model: Any, *, random_weights: bool) -> dict[str, Any]:
+    """What the JSON says about the model: its weights' origin, parameter count and attention kernel."""
+    return {
+        "weights": "random (architecture from the config; step time and memory do not depend on the values)"
+        if random_weights
+        else "pretrained",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+    }
 
 
 class StepTimer(Callback):
@@ -135,6 +172,10 @@ def tracker_step_seconds(num_examples: int, batch_size: int, calls: int = 2000) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=SMOLLM2, help="model name for load_causal_lm")
+    parser.add_argument(
+        "--random-weights", action="store_true", help="build --model from its config with random weights"
+    )
+    parser.add_argument("--dataset", default=DATASET, help="InstructionDataModule's source (a .jsonl file, ...)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--steps", type=int, default=4, help="timed steps per run")
@@ -149,9 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("lightning_curricula.recipes.llm").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     tokenizer = load_tokenizer(args.model)
-    model = load_causal_lm(args.model)
+    model = load_model(args.model, random_weights=args.random_weights)
     examples = args.batch_size * (args.warmup + args.steps)
     data = InstructionDataModule(
+        args.dataset,
         tokenizer=tokenizer,
         train_size=examples,
         eval_size=0,
@@ -198,7 +240,12 @@ def main(argv: list[str] | None = None) -> int:
         f"tracker alone: {1e6 * summary['tracker_seconds_per_step']:.1f} us per step; fastest step "
         f"{summary['fastest_step_seconds']:.2f} s; bound on the time ratio: {summary['tracker_bound_ratio']:.6f}"
     )
-    env = environment("cpu", model=args.model, wall_seconds=time.perf_counter() - started)
+    env = environment(
+        "cpu",
+        model=args.model,
+        **model_facts(model, random_weights=args.random_weights),
+        wall_seconds=time.perf_counter() - started,
+    )
     write_json(
         args.out, config=vars(args), environment=env, summary=summary, runs={"baseline": baseline, "tracked": tracked}
     )
