@@ -116,7 +116,9 @@ def llm(args: argparse.Namespace) -> dict[str, Any]:
                 model, tokenizer, data, args, tracked=tracked, device=args.device, precision="bf16-mixed"
             )
             runs.append({"repeat": repeat, **run})
-    result = summarize(runs, None, "tokens") | llm_throughput.model_facts(model, random_weights=args.random_weights)
+    result = summarize(runs, None, "tokens") | llm_throughput.model_facts(
+        model, args.model, random_weights=args.random_weights
+    )
     for tracked, name in ((False, "baseline"), (True, "tracked")):
         result[f"{name}_peak_memory_bytes"] = max(r["peak_memory_bytes"] for r in runs if r["tracked"] == tracked)
     return result

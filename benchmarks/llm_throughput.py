@@ -72,11 +72,11 @@ def load_model(name: str, *, random_weights: bool = False, seed: int = 0) -> Any
         return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
-def model_facts(model: Any, *, random_weights: bool) -> dict[str, Any]:
-    """What the JSON says about the model: its weights' origin, parameter count and attention kernel."""
+def model_facts(model: Any, name: str, *, random_weights: bool) -> dict[str, Any]:
+    """What the JSON says about the model `load_model` built: its weights' origin, parameter count and attention."""
     return {
         "weights": "random (architecture from the config; step time and memory do not depend on the values)"
-        if random_weights
+        if random_weights or name == TINY
         else "pretrained",
         "parameters": sum(p.numel() for p in model.parameters()),
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(
         "cpu",
         model=args.model,
-        **model_facts(model, random_weights=args.random_weights),
+        **model_facts(model, args.model, random_weights=args.random_weights),
         wall_seconds=time.perf_counter() - started,
     )
     write_json(
