@@ -88,3 +88,11 @@ def test_the_checker_sees_type_only_and_nested_imports(tmp_path):
         "def f():\n    import lightning_curricula.tracking.signals\n"
     )
     assert _imports(source) == {"lightning_curricula.step", "lightning_curricula.tracking.signals"}
+
+
+def test_every_subpackage_is_in_the_distribution():
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {name for name, path in MODULES.items() if path.name == "__init__.py"}
+    assert packages <= listed, f"missing from pyproject.toml's packages: {sorted(packages - listed)}"
