@@ -47,7 +47,9 @@ def _build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         metavar="NAME",
         help=f"configs to compare (default for vision: {' '.join(DEFAULT_POLICIES)}); valid: {valid}",
     )
-    compare.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED", help="seeds (default: 0)")
+    compare.add_argument(
+        "--seeds", nargs="+", type=int, metavar="SEED", help="seeds (default: 0 1 for vision, 0 for llm)"
+    )
     compare.add_argument(
         "--dataset",
         help=(
@@ -55,7 +57,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
             "llm: reasoning_gym:<task> (default reasoning_gym:basic_arithmetic), a local file or a Hub id"
         ),
     )
-    compare.add_argument("--max-epochs", type=int, help="epochs per run (default: 6 for vision, 4 for llm)")
+    compare.add_argument("--max-epochs", type=int, help="epochs per run (default: 12 for vision, 4 for llm)")
     compare.add_argument(
         "--output", type=Path, default=Path("runs/compare"), help="output folder (default: runs/compare)"
     )
@@ -108,7 +110,7 @@ def parse_args(argv: Sequence[str] | None = None) -> CompareOptions:
         compare.error(f"--threads must be >= 0, got {namespace.threads}")
     return CompareOptions(
         policies=tuple(dict.fromkeys(policies)),
-        seeds=tuple(dict.fromkeys(namespace.seeds)),
+        seeds=tuple(dict.fromkeys(namespace.seeds or recipe.default_seeds)),
         dataset=dataset,
         max_epochs=max_epochs,
         output=namespace.output,
