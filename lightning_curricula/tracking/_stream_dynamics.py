@@ -25,9 +25,11 @@ class StreamDynamics(Callback):
     """Per-example loss statistics for streams, keyed by a stable id column instead of a dense index.
 
     Reads ``losses`` (one unreduced loss per example) from what ``training_step`` returns, and the ids
-    from ``batch[id_column]`` (integers; map string ids with `stable_id`). Per step it only appends the
-    batch's detached ids and losses to this epoch's buffer; at the epoch end the ranks' buffers are
-    gathered (one max-reduce of the buffer length, one all-gather) and merged into tables keyed by id:
+    from ``outputs[id_column]`` when the step returns them, else from ``batch[id_column]`` (integers; map
+    string ids with `stable_id`), as `TrainingDynamics` reads ``index``: a step that trains on part of
+    its batch (selection inside the step) returns the kept examples' ids beside their losses. Per step
+    it only appends the detached ids and losses to this epoch's buffer; at the epoch end the ranks'
+    buffers are gathered (one max-reduce of the buffer length, one all-gather) and merged into tables keyed by id:
     ``visits``, ``epochs_seen``, ``last_epoch``, ``loss`` (its last epoch's mean), ``loss_mean`` (mean of
     its per-epoch losses) and ``loss_ema``. A visit with a non-finite loss is skipped. Memory grows with
     the number of distinct ids seen. Follows the loss signals of `TrainingDynamics` (see its docs).
@@ -39,7 +41,8 @@ class StreamDynamics(Callback):
 
     Raises:
         ValueError: at ``fit`` start, when the stream declares its columns and ``id_column`` is not one
-            of them; at the first batch, when the batch has no ``id_column``. Both name the column.
+            of them; at the first batch, when neither the step's outputs nor the batch have ``id_column``.
+            Both name the column.
 
     Examples:
         >>> tracker = StreamDynamics(id_column="id")
@@ -94,10 +97,14 @@ class StreamDynamics(Callback):
             return
         if not isinstance(outputs, Mapping) or "losses" not in outputs:
             raise ValueError("StreamDynamics needs training_step to return a dict with per-example 'losses'.")
+        if self.id_column in outputs:  # the step trained on part of the batch: these are its examples' ids
+            self.update(outputs[self.id_column], outputs["losses"])
+            return
         if not isinstance(batch, Mapping) or self.id_column not in batch:
             keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
             raise ValueError(
-                f"StreamDynamics was told to key by the column {self.id_column!r}, but the batch has {keys}."
+                f"StreamDynamics was told to key by the column {self.id_column!r}, but the batch has {keys} "
+                "(and the step's outputs have no such key)."
             )
         self.update(batch[self.id_column], outputs["losses"])
 

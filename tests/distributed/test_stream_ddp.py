@@ -2,7 +2,8 @@
 
 `ShardedStream` gives both ranks the same number of batches and every example exactly once per epoch
 across ranks and workers; `StreamDynamics` keys its tables by the stream's id column and ends identical on
-both ranks; `OnlineBatchSelection` selects within each rank's batches.
+both ranks; `OnlineBatchSelection` selects within each rank's batches, and the tracker reads the kept examples'
+ids from the step's outputs.
 """
 
 from __future__ import annotations
@@ -77,21 +78,12 @@ class Dump(Callback):
         torch.save(state, self.directory / f"rank{trainer.global_rank}.pt")
 
 
-class KeptIds(StreamDynamics):
-    """Tracks the kept examples: the ids come from the step's outputs, the batch's would include the dropped."""
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, {"id": outputs["id"]}, batch_idx)
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     directory = tmp_path_factory.mktemp("stream_ddp")
     trainer = make_trainer(
         max_epochs=EPOCHS,
-        callbacks=[OnlineBatchSelection(keep=0.5), KeptIds(id_column="id"), Dump(str(directory))],
+        callbacks=[OnlineBatchSelection(keep=0.5), StreamDynamics(id_column="id"), Dump(str(directory))],
         strategy="ddp_spawn",
         devices=2,
     )

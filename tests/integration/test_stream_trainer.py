@@ -49,11 +49,6 @@ class StreamClassifier(Classifier):
         return {"loss": losses.mean(), "losses": losses.detach(), "doc": batch["doc"][kept]}
 
 
-class KeptDocs(StreamDynamics):
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, {"doc": outputs["doc"]}, batch_idx)
-
-
 def test_a_stream_without_the_id_column_fails_at_fit_start() -> None:
     trainer = make_trainer(max_epochs=1, callbacks=[StreamDynamics(id_column="id")])
     with pytest.raises(ValueError, match=r"key by the column 'id', but the stream has the columns \['doc', 'x', 'y'\]"):
@@ -61,7 +56,7 @@ def test_a_stream_without_the_id_column_fails_at_fit_start() -> None:
 
 
 def test_tracks_the_kept_examples_by_id_and_resumes(tmp_path: Path) -> None:
-    tracker = KeptDocs(id_column="doc")
+    tracker = StreamDynamics(id_column="doc")  # the kept ids come from the step's outputs, not from the batch
     checkpoints = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_top_k=-1, save_on_train_epoch_end=True)
     make_trainer(tmp_path, max_epochs=2, callbacks=[tracker, checkpoints], enable_checkpointing=True).fit(
         StreamClassifier()
@@ -71,7 +66,7 @@ def test_tracks_the_kept_examples_by_id_and_resumes(tmp_path: Path) -> None:
     assert int(signals["visits"].sum()) == 2 * 15
     assert set(signals["doc"].tolist()) <= set(range(100, 100 + SIZE))
 
-    resumed = KeptDocs(id_column="doc")
+    resumed = StreamDynamics(id_column="doc")
     make_trainer(tmp_path / "resumed", max_epochs=2, callbacks=[resumed], enable_checkpointing=True).fit(
         StreamClassifier(), ckpt_path=tmp_path / "epoch=0.ckpt"
     )

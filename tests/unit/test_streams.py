@@ -122,6 +122,24 @@ def test_stream_dynamics_merges_epochs_by_id() -> None:
     assert tracker.to_dataset().column_names == list(signals)
 
 
+def test_stream_dynamics_reads_the_ids_of_the_step_outputs_before_the_batch() -> None:
+    # Selection inside the step: the losses are the kept examples', the batch holds every id.
+    tracker = StreamDynamics(id_column="doc")
+    batch = {"doc": torch.tensor([10, 11, 12, 13]), "x": torch.zeros(4, 2)}
+    kept = {"losses": torch.tensor([0.5, 2.0]), "doc": torch.tensor([11, 13])}
+    tracker.on_train_batch_end(None, None, kept, batch, 0)  # type: ignore[arg-type]
+    tracker.on_train_batch_end(None, None, {"losses": torch.ones(4)}, batch, 1)  # type: ignore[arg-type]
+    no_column = {"x": 0}  # the batch need not have the column when the outputs do
+    tracker.on_train_batch_end(None, None, {"losses": torch.ones(1), "doc": torch.tensor([12])}, no_column, 2)  # type: ignore[arg-type]
+    tracker.merge_epoch(0)
+    signals = tracker.signals()
+    assert signals["doc"].tolist() == [10, 11, 12, 13]
+    assert signals["visits"].tolist() == [1, 2, 2, 2]
+    assert signals["loss"].tolist() == [1.0, 0.75, 1.0, 1.5]
+    with pytest.raises(ValueError, match=r"ids have shape \(4,\) but losses have shape \(2,\)"):
+        tracker.on_train_batch_end(None, None, {"losses": torch.ones(2)}, batch, 3)  # type: ignore[arg-type]
+
+
 def test_stream_dynamics_fails_clearly_on_ids() -> None:
     tracker = StreamDynamics(id_column="doc_id")
     with pytest.raises(ValueError, match=r"key by the column 'doc_id', but the batch has \['id', 'x'\]"):
