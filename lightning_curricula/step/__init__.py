@@ -10,7 +10,13 @@ weighted losses that keep the plan's and the selection's weights unbiased
 
 from lightning_curricula.step._batch_selection import BatchPreselection, OnlineBatchSelection, find_online_selection
 from lightning_curricula.step.losses import weighted_mean, weighted_token_mean
-from lightning_curricula.step.reference import FrozenReference, ReferenceLosses, irreducible_losses, vocabulary_size
+from lightning_curricula.step.reference import (
+    FrozenReference,
+    ReferenceLosses,
+    irreducible_losses,
+    vocabulary_fingerprint,
+    vocabulary_size,
+)
 from lightning_curricula.step.selection import Selection, excess_loss, reducible_loss
 
 __all__ = [
@@ -23,6 +29,7 @@ __all__ = [
     "find_online_selection",
     "irreducible_losses",
     "reducible_loss",
+    "vocabulary_fingerprint",
     "vocabulary_size",
     "weighted_mean",
     "weighted_token_mean",

@@ -6,12 +6,14 @@ Two ways to have a reference loss in the ``training_step``:
   for a map-style dataset; `ReferenceLosses` keeps it by example id (the id `WithIndex` puts in the
   batch), saves and loads it, and exports it like the tracker's tables (``datasets.Dataset`` / parquet).
 - `FrozenReference` wraps a model for streams, scored on the fly: always in eval mode, no gradients,
-  never trained, and checked against the trained model's vocabulary for per-token references.
+  never trained, and checked against the trained model's vocabulary for per-token references (its
+  size, and given both tokenizers, `vocabulary_fingerprint`: which token each id is).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +26,7 @@ from typing_extensions import Self, override
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["FrozenReference", "ReferenceLosses", "irreducible_losses", "vocabulary_size"]
+__all__ = ["FrozenReference", "ReferenceLosses", "irreducible_losses", "vocabulary_fingerprint", "vocabulary_size"]
 
 STATE_VERSION = 1
 LOSS_COLUMN = "irreducible_loss"
@@ -228,6 +230,52 @@ def vocabulary_size(model: nn.Module) -> int | None:
     return int(weight.shape[0]) if isinstance(weight, Tensor) else None
 
 
+def _vocabulary(tokenizer: Any) -> Mapping[str, int]:
+    if isinstance(tokenizer, Mapping):
+        return tokenizer
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    if not callable(get_vocab):
+        raise TypeError(
+            f"Expected a tokenizer with get_vocab() or a mapping of token to id, got {type(tokenizer).__name__}."
+        )
+    vocabulary: Mapping[str, int] = get_vocab()
+    return vocabulary
+
+
+def vocabulary_fingerprint(tokenizer: Any) -> str:
+    """A hash of a tokenizer's token-to-id mapping: equal exactly when two tokenizers number every token alike.
+
+    Per-token reference losses compare the token with the same id in two models, so two tokenizers of
+    the same size that number their tokens differently (Llama 2's and Mistral's both have 32,000) make
+    them compare different tokens; their fingerprints differ. BLAKE2b over every ``(id, token)`` pair in
+    id order, each length-prefixed (no separator can clash with a token); added tokens count.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer (anything with ``get_vocab()``), or a mapping of token to id.
+
+    Examples:
+        >>> vocabulary_fingerprint({"a": 0, "b": 1}) == vocabulary_fingerprint({"b": 1, "a": 0})
+        True
+        >>> vocabulary_fingerprint({"a": 0, "b": 1}) == vocabulary_fingerprint({"a": 1, "b": 0})
+        False
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for token, token_id in sorted(_vocabulary(tokenizer).items(), key=lambda item: (item[1], item[0])):
+        text = token.encode("utf-8", "surrogatepass")
+        digest.update(int(token_id).to_bytes(8, "little", signed=True) + len(text).to_bytes(8, "little") + text)
+    return digest.hexdigest()
+
+
+def _first_difference(trained: Mapping[str, int], reference: Mapping[str, int]) -> str:
+    """Where two vocabularies part, in words: the lowest id with different tokens."""
+    by_id = [{token_id: token for token, token_id in vocabulary.items()} for vocabulary in (trained, reference)]
+    for token_id in sorted(set(by_id[0]) | set(by_id[1])):
+        mine, theirs = (ids.get(token_id) for ids in by_id)
+        if mine != theirs:
+            return f"id {token_id} is {mine!r} for the trained model and {theirs!r} for the reference"
+    return "the same ids and tokens, but another order of equal-id tokens"
+
+
 class FrozenReference(nn.Module):
     """A reference model that is always in eval mode, computes no gradients and is never trained.
 
@@ -238,16 +286,26 @@ class FrozenReference(nn.Module):
     ``torch.no_grad()`` (Lightning's warning that modules are in eval mode at the start of training
     counts these, on purpose). Given ``vocab_size`` (the trained model's, see `vocabulary_size`), it fails at
     construction when the reference's vocabulary differs, or at its first forward when that is the
-    first time the vocabulary shows (the logits' last dimension).
+    first time the vocabulary shows (the logits' last dimension). A size says nothing about which token
+    each id is: given the trained model's ``tokenizer`` and the ``reference_tokenizer`` too, it fails at
+    construction unless both number every token alike (`vocabulary_fingerprint`), naming the first id
+    where they part.
 
     Args:
         model: the reference model.
         vocab_size: the trained model's vocabulary size, for a per-token reference; ``None`` skips the check.
+        tokenizer: the trained model's tokenizer (or its token-to-id mapping), with ``reference_tokenizer``.
+        reference_tokenizer: the reference model's tokenizer; both or neither.
 
     Examples:
         >>> reference = FrozenReference(nn.Linear(2, 3)).train()
         >>> reference.training, reference(torch.ones(1, 2)).requires_grad
         (False, False)
+        >>> words, renumbered = {"a": 0, "b": 1}, {"b": 0, "a": 1}
+        >>> FrozenReference(nn.Linear(2, 3), tokenizer=words, reference_tokenizer=renumbered)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: The reference's tokenizer (dict, 2 tokens) numbers its tokens differently ...: id 0 is 'a' ...
 
     Note:
         **DDP**: as a submodule of the LightningModule it is replicated like the model; DDP ignores its
@@ -256,12 +314,26 @@ class FrozenReference(nn.Module):
         **Resume**: its weights are in the module's checkpoint and do not change.
     """
 
-    def __init__(self, model: nn.Module, *, vocab_size: int | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        vocab_size: int | None = None,
+        tokenizer: Any = None,
+        reference_tokenizer: Any = None,
+    ) -> None:
         super().__init__()
         if vocab_size is not None and (
             isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1
         ):
             raise ValueError(f"vocab_size must be a positive integer or None, got {vocab_size!r}.")
+        if (tokenizer is None) != (reference_tokenizer is None):
+            given = "tokenizer" if reference_tokenizer is None else "reference_tokenizer"
+            raise ValueError(f"tokenizer and reference_tokenizer go together: got only {given}.")
+        #: `vocabulary_fingerprint` of both tokenizers when they were given and agree, else ``None``.
+        self.vocabulary_fingerprint: str | None = None
+        if tokenizer is not None:
+            self.vocabulary_fingerprint = _check_tokenizers(tokenizer, reference_tokenizer)
         self.model = model.requires_grad_(False).eval()
         self.vocab_size = vocab_size
         if vocab_size is not None:
@@ -288,3 +360,24 @@ class FrozenReference(nn.Module):
                 f"{self.vocab_size}: per-token losses would compare different tokens. Use a reference with the "
                 "trained model's tokenizer."
             )
+
+
+def _check_tokenizers(tokenizer: Any, reference_tokenizer: Any) -> str:
+    """The shared `vocabulary_fingerprint`; a ``ValueError`` naming the first differing id when there is none."""
+    trained, reference = _vocabulary(tokenizer), _vocabulary(reference_tokenizer)
+    fingerprint = vocabulary_fingerprint(trained)
+    if vocabulary_fingerprint(reference) != fingerprint:
+        raise ValueError(
+            f"The reference's tokenizer ({_describe(reference_tokenizer, reference)}) numbers its tokens "
+            f"differently from the trained model's ({_describe(tokenizer, trained)}): "
+            f"{_first_difference(trained, reference)}. Per-token losses would compare different tokens; use a "
+            "reference with the trained model's tokenizer."
+        )
+    return fingerprint
+
+
+def _describe(tokenizer: Any, vocabulary: Mapping[str, int]) -> str:
+    """A tokenizer in words: its name or folder when it has one, and its number of tokens."""
+    name = getattr(tokenizer, "name_or_path", None)
+    kind = repr(name) if isinstance(name, str) and name else type(tokenizer).__name__
+    return f"{kind}, {len(vocabulary)} tokens"

@@ -14,6 +14,7 @@ import copy
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
@@ -21,7 +22,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning_curricula.recipes.llm.data import IGNORE_INDEX, CausalLMCollator, Scorer, make_scorer, response_only
-from lightning_curricula.recipes.llm.model import SMOLLM2, load_causal_lm, load_tokenizer
+from lightning_curricula.recipes.llm.model import SMOLLM2, TINY, load_causal_lm, load_tokenizer
 from torch import Tensor
 from torch.nn import functional as F
 from typing_extensions import override
@@ -159,7 +160,8 @@ class CausalLMFineTuner(pl.LightningModule):
             each batch's response tokens with the highest excess loss, the trained model's token loss
             minus the reference's): ``"initial"``, the model before fine-tuning (with LoRA the base
             model with its adapters off, at no extra memory; otherwise a frozen copy), or a model name,
-            folder or ``.gguf`` file with the same vocabulary. ``None``: no token selection.
+            folder or ``.gguf`` file with the same vocabulary (checked at construction against its
+            tokenizer when it has one: the same tokens with the same ids). ``None``: no token selection.
 
     Note:
         **DDP**: each rank scores its share of the ids and one all-reduce joins them, so every rank
@@ -229,7 +231,8 @@ class CausalLMFineTuner(pl.LightningModule):
         if token_reference is not None and not (token_reference == "initial" and lora_rank > 0):
             initial = token_reference == "initial"
             source = copy.deepcopy(self.model) if initial else load_causal_lm(token_reference, dtype=dtype)
-            self.reference = FrozenReference(source, vocab_size=vocabulary_size(self.model))
+            tokenizers = {} if initial else _reference_tokenizers(self.tokenizer, token_reference)
+            self.reference = FrozenReference(source, vocab_size=vocabulary_size(self.model), **tokenizers)
         self.selection: OnlineBatchSelection | None = None
         # from_pretrained returns the model in eval mode, and Lightning keeps each submodule's mode when fitting
         # starts: train mode, or dropout (LoRA's too) would be silently off during training.
@@ -522,3 +525,28 @@ class CausalLMFineTuner(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.example_scores = {name: values.clone() for name, values in checkpoint.get("example_scores", {}).items()}
         self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
+
+
+def _reference_tokenizers(tokenizer: Any, token_reference: str) -> dict[str, Any]:
+    """`FrozenReference`'s tokenizer check for a reference loaded by name: both tokenizers, or none when it has none.
+
+    The reference's tokenizer is read as it is (`load_tokenizer` without its pad token: the check needs only the
+    token-to-id mapping, and a reference without a pad or EOS token is still checked).
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(token_reference).expanduser()
+    try:
+        if token_reference in (SMOLLM2, TINY):
+            reference_tokenizer = load_tokenizer(token_reference)
+        elif path.suffix == ".gguf":
+            reference_tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        else:  # transformers raises OSError for a missing folder, ValueError for one without tokenizer files
+            reference_tokenizer = AutoTokenizer.from_pretrained(token_reference)
+    except (OSError, ValueError) as error:
+        rank_zero_warn(
+            f"token_reference={token_reference!r} has no tokenizer to check against the trained model's ({error}); "
+            "only its vocabulary size is checked."
+        )
+        return {}
+    return {"tokenizer": tokenizer, "reference_tokenizer": reference_tokenizer}
