@@ -1,14 +1,17 @@
 """Instruction data for causal-LM fine-tuning: formatting, response-only labels, reasoning-gym tasks, scoring.
 
-The pipeline is ``rows -> (prompt messages, response) -> (prompt text, response text) -> token ids``:
+The pipeline is ``rows -> messages with loss flags -> text pieces with loss flags -> token ids``:
 
-1. `to_conversation` reads a row in one of the `SHAPES` (Alpaca, question/answer, chat ``messages``,
-   prompt/completion) as the prompt's messages and the response to learn.
-2. `render` turns them into text with the tokenizer's chat template, or with `PLAIN_TEMPLATE` when the
-   tokenizer has none.
-3. `prepare_dataset` tokenises prompt and response separately, so that ``labels`` are
-   ``IGNORE_INDEX`` (-100) on every prompt token and the loss is on the response only, and applies
-   the `truncate` rule to over-long examples (logged with counts, never a silent NaN).
+1. `to_messages` reads a row in one of the `SHAPES` (Alpaca, question/answer, chat ``messages``,
+   prompt/completion with text or with TRL's lists of messages) as a conversation and which of its
+   messages carry loss (the assistant's); `to_conversation` is its last turn alone, the prompt and
+   the response that generation answers and scoring grades.
+2. `render_turns` turns the conversation into text turn by turn with the tokenizer's chat template (or
+   `PLAIN_TEMPLATE` when it has none), each piece marked as trained or not.
+3. `prepare_dataset` tokenises the pieces separately, so that ``labels`` are ``IGNORE_INDEX`` (-100)
+   on every token that is not an assistant's answer, and applies the `truncate` rule to over-long
+   examples (logged with counts, never a silent NaN). Rows of the ``text`` shape (continued
+   pretraining) are tokenised as they are, with loss on every token.
 
 `load_reasoning_gym` generates problems with a known difficulty; `make_scorer` grades generated
 answers with reasoning-gym's own checker, or `normalized_match` for other data.
@@ -50,9 +53,11 @@ __all__ = [
     "normalized_match",
     "prepare_dataset",
     "render",
+    "render_turns",
     "response_only",
     "split_by_difficulty",
     "to_conversation",
+    "to_messages",
     "truncate",
 ]
 
@@ -61,13 +66,17 @@ log = logging.getLogger(__name__)
 #: Label of tokens that carry no loss (the prompt, the padding): PyTorch's ``cross_entropy`` default.
 IGNORE_INDEX = -100
 
-#: Dataset shapes: name -> the columns that identify it (optional columns in the docstring of `to_conversation`).
+#: Dataset shapes: name -> the columns that identify it (optional columns in the docstring of `to_messages`),
+#: detected in this order. ``text`` is plain text for continued pretraining: loss on every token.
 SHAPES: dict[str, tuple[str, ...]] = {
     "messages": ("messages",),
     "alpaca": ("instruction", "output"),
     "question_answer": ("question", "answer"),
     "prompt_completion": ("prompt", "completion"),
+    "text": ("text",),
 }
+#: The number of characters of a ``text`` row kept in the ``prompt`` column (what the hardest-examples view shows).
+_TEXT_PREVIEW = 256
 
 #: Prompt format for a tokenizer without a chat template: one block per message, then the assistant's header.
 PLAIN_TEMPLATE = "### {role}:\n{content}\n\n"
@@ -110,53 +119,117 @@ def detect_shape(columns: Sequence[str]) -> str:
         f"Cannot read a dataset with columns {sorted(present)} as instruction data. Accepted shapes: "
         "alpaca (instruction, optional input, output), question_answer (question, answer), "
         "messages (a list of {role, content} dicts ending with an assistant turn), "
-        "prompt_completion (prompt, completion). Rename the columns (datasets' rename_column) or pass shape=."
+        "prompt_completion (prompt, completion: text, or lists of {role, content} dicts as in TRL), "
+        "text (text: continued pretraining, loss on every token). Rename the columns (datasets' rename_column) "
+        "or pass shape=."
     )
+
+
+def to_messages(
+    row: Mapping[str, Any], shape: str, *, system_prompt: str | None = None
+) -> tuple[list[Message], list[bool]]:
+    r"""A row as a whole conversation, and which of its messages carry loss.
+
+    - ``alpaca``: the user message is ``instruction``, followed by ``input`` after a blank line when
+      ``input`` is present and not empty; the assistant's answer is ``output``.
+    - ``question_answer``: ``question`` and ``answer`` (numbers are turned into text).
+    - ``messages``: every assistant message carries loss (as TRL's ``assistant_only_loss``), every
+      other message is context; the last message must be the assistant's.
+    - ``prompt_completion``: ``prompt`` and ``completion``, each either text (a user message, an
+      assistant answer) or a list of ``{role, content}`` messages (TRL's conversational format); loss on
+      the completion's assistant messages only, the prompt's messages are context.
+
+    A message that opens the conversation never carries loss (it answers nothing). The last message
+    is the final response: what generation answers and scoring grades (`to_conversation`).
+
+    Args:
+        row: one example.
+        shape: a key of `SHAPES` other than ``text`` (plain text has no messages).
+        system_prompt: a system message put first, unless the conversation already has one.
+
+    Raises:
+        ValueError: an unknown shape, the ``text`` shape, or a conversation that does not end with an
+            assistant turn after another message.
+
+    Example:
+        >>> row = {"prompt": [{"role": "user", "content": "2 + 3?"}],
+        ...        "completion": [{"role": "assistant", "content": "5"}]}
+        >>> to_messages(row, "prompt_completion")
+        ([{'role': 'user', 'content': '2 + 3?'}, {'role': 'assistant', 'content': '5'}], [False, True])
+    """
+    if shape == "messages":
+        if not isinstance(row["messages"], list | tuple):
+            raise ValueError(
+                f"A 'messages' example must hold a list of {{role, content}} dicts, got {row['messages']!r}."
+            )
+        messages = _messages(row["messages"], "user")
+        trained = [m["role"] == "assistant" for m in messages]
+    elif shape == "prompt_completion":
+        prompt, completion = _messages(row["prompt"], "user"), _messages(row["completion"], "assistant")
+        messages = [*prompt, *completion]
+        trained = [False] * len(prompt) + [m["role"] == "assistant" for m in completion]
+    elif shape == "alpaca":
+        extra = row.get("input")
+        content = str(row["instruction"]) + (f"\n\n{extra}" if extra else "")
+        messages = [{"role": "user", "content": content}, {"role": "assistant", "content": str(row["output"])}]
+        trained = [False, True]
+    elif shape == "question_answer":
+        messages = [
+            {"role": "user", "content": str(row["question"])},
+            {"role": "assistant", "content": str(row["answer"])},
+        ]
+        trained = [False, True]
+    elif shape == "text":
+        raise ValueError(
+            "The text shape has no prompt and response: it is read as it is, with loss on every token "
+            "(prepare_dataset tokenises it; it has no messages)."
+        )
+    else:
+        raise ValueError(f"Unknown shape {shape!r}; shapes are {sorted(SHAPES)}.")
+    if system_prompt is not None and (not messages or messages[0]["role"] != "system"):
+        messages, trained = [{"role": "system", "content": system_prompt}, *messages], [False, *trained]
+    trained = [flag and i > 0 for i, flag in enumerate(trained)]
+    if not trained or not trained[-1]:
+        roles = [m["role"] for m in messages]
+        raise ValueError(
+            f"A {shape!r} example must end with an assistant turn to learn, after at least one other message; "
+            f"its roles are {roles}."
+        )
+    return messages, trained
+
+
+def _messages(value: Any, role: str) -> list[Message]:
+    """A column's value as messages: a list of ``{role, content}`` dicts as it is, text as one ``role`` message."""
+    if isinstance(value, list | tuple):
+        return [
+            {"role": str(m["role"]), "content": "" if m.get("content") is None else str(m["content"])} for m in value
+        ]
+    return [{"role": role, "content": str(value)}]
 
 
 def to_conversation(
     row: Mapping[str, Any], shape: str, *, system_prompt: str | None = None
 ) -> tuple[list[Message], str]:
-    r"""A row as ``(prompt messages, response)``: what the model reads, and what it learns to answer.
+    r"""A row's last turn as ``(prompt messages, response)``: what generation answers, and its reference answer.
 
-    - ``alpaca``: the user message is ``instruction``, followed by ``input`` after a blank line when
-      ``input`` is present and not empty; the response is ``output``.
-    - ``question_answer``: ``question`` and ``answer`` (numbers are turned into text).
-    - ``messages``: every message but the last is the prompt; the last must be the assistant's, and
-      is the response (a multi-turn chat learns its final turn only).
-    - ``prompt_completion``: ``prompt`` and ``completion``.
+    The prompt is every message of `to_messages` but the last (earlier assistant turns included), the
+    response the last one's content. For a multi-turn chat, `prepare_dataset` also trains on the
+    earlier assistant turns.
 
     Args:
         row: one example.
-        shape: a key of `SHAPES`.
+        shape: a key of `SHAPES` other than ``text``.
         system_prompt: a system message put first, unless the conversation already has one.
 
     Raises:
-        ValueError: an unknown shape, or a ``messages`` list that does not end with an assistant turn.
+        ValueError: see `to_messages`.
 
     Example:
         >>> to_conversation({"instruction": "Add.", "input": "2 + 3", "output": "5"}, "alpaca")
         ([{'role': 'user', 'content': 'Add.\n\n2 + 3'}], '5')
     """
-    if shape == "messages":
-        messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in row["messages"]]
-        if not messages or messages[-1]["role"] != "assistant":
-            roles = [m["role"] for m in messages]
-            raise ValueError(f"A 'messages' example must end with an assistant turn to learn; its roles are {roles}.")
-        prompt, response = messages[:-1], messages[-1]["content"]
-    elif shape == "alpaca":
-        extra = row.get("input")
-        content = str(row["instruction"]) + (f"\n\n{extra}" if extra else "")
-        prompt, response = [{"role": "user", "content": content}], str(row["output"])
-    elif shape == "question_answer":
-        prompt, response = [{"role": "user", "content": str(row["question"])}], str(row["answer"])
-    elif shape == "prompt_completion":
-        prompt, response = [{"role": "user", "content": str(row["prompt"])}], str(row["completion"])
-    else:
-        raise ValueError(f"Unknown shape {shape!r}; shapes are {sorted(SHAPES)}.")
-    if system_prompt is not None and (not prompt or prompt[0]["role"] != "system"):
-        prompt = [{"role": "system", "content": system_prompt}, *prompt]
-    return prompt, response
+    messages, _ = to_messages(row, shape, system_prompt=system_prompt)
+    return messages[:-1], messages[-1]["content"]
 
 
 def render(prompt: list[Message], response: str, tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:
@@ -182,6 +255,85 @@ def render(prompt: list[Message], response: str, tokenizer: PreTrainedTokenizerB
         return prompt_text, response + str(tokenizer.eos_token or "")
     text = "".join(PLAIN_TEMPLATE.format(role=m["role"].capitalize(), content=m["content"]) for m in prompt)
     return text + _PLAIN_GENERATION_PROMPT, response + str(tokenizer.eos_token or "")
+
+
+class _NotTurnByTurn(ValueError):
+    """The chat template does not render the conversation turn by turn (an earlier turn changes later)."""
+
+
+def render_turns(
+    messages: list[Message], trained: list[bool], tokenizer: PreTrainedTokenizerBase
+) -> list[tuple[str, bool]]:
+    r"""A conversation as text pieces, each marked with whether it carries loss; together they are the whole text.
+
+    With a chat template the conversation is rendered turn by turn: for each message that carries
+    loss, the template's text of the messages before it with the generation prompt (the assistant's
+    header) and of the messages up to it. What the header adds is context, what the message adds
+    after its header (its content and the end of its turn) carries loss. This needs nothing but
+    ``apply_chat_template``, so it works for any template that renders a conversation as the
+    concatenation of its turns. Without a template, `PLAIN_TEMPLATE` renders each message, and a
+    trained message is its content followed by the EOS token. Adjacent pieces with the same mark are
+    joined; the last piece is the final response.
+
+    Raises:
+        ValueError: the chat template renders an earlier turn differently once later turns follow
+            (some strip earlier reasoning), or refuses a part of the conversation; `prepare_dataset`
+            then trains on the final turn only (`render`), and counts it.
+
+    Example:
+        >>> from lightning_curricula.recipes.llm.model import tiny_tokenizer
+        >>> chat = [{"role": "user", "content": "1 + 1"}, {"role": "assistant", "content": "2"},
+        ...         {"role": "user", "content": "2 + 2"}, {"role": "assistant", "content": "4"}]
+        >>> for piece in render_turns(chat, [False, True, False, True], tiny_tokenizer(chat_template=False)):
+        ...     print(piece)
+        ('### User:\n1 + 1\n\n### Assistant:\n', False)
+        ('2</s>', True)
+        ('\n\n### User:\n2 + 2\n\n### Assistant:\n', False)
+        ('4</s>', True)
+    """
+    if len(messages) != len(trained) or not trained or not trained[-1]:
+        raise ValueError(
+            f"render_turns needs one flag per message, the last one True; got {len(messages)} messages, {trained}."
+        )
+    pieces: list[tuple[str, bool]] = []
+    if not getattr(tokenizer, "chat_template", None):
+        eos = str(tokenizer.eos_token or "")
+        for i, (message, flag) in enumerate(zip(messages, trained, strict=True)):
+            role = message["role"].capitalize()
+            if not flag:
+                pieces.append((PLAIN_TEMPLATE.format(role=role, content=message["content"]), False))
+                continue
+            pieces += [(f"### {role}:\n", False), (message["content"] + eos, True)]
+            if i < len(messages) - 1:
+                pieces.append(("\n\n", False))
+        return _joined(pieces)
+
+    def template(part: list[Message], generation: bool) -> str:
+        try:
+            return str(tokenizer.apply_chat_template(part, tokenize=False, add_generation_prompt=generation))
+        except Exception as error:  # a template that refuses a partial conversation (roles must alternate, ...)
+            raise _NotTurnByTurn(f"the chat template refuses the first {len(part)} messages: {error}") from error
+
+    done = ""
+    for i in (i for i, flag in enumerate(trained) if flag):
+        header, text = template(messages[:i], True), template(messages[: i + 1], False)
+        if not (header.startswith(done) and text.startswith(header)):
+            raise _NotTurnByTurn(f"the chat template renders the turns before message {i} differently once it follows")
+        pieces += [(header[len(done) :], False), (text[len(header) :], True)]
+        done = text
+    return _joined(pieces)
+
+
+def _joined(pieces: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    joined: list[tuple[str, bool]] = []
+    for text, flag in pieces:
+        if not text:
+            continue
+        if joined and joined[-1][1] == flag:
+            joined[-1] = (joined[-1][0] + text, flag)
+        else:
+            joined.append((text, flag))
+    return joined
 
 
 # ------------------------------------------------------------------------------------------------ tokens
@@ -244,12 +396,17 @@ _PREPARED_COLUMNS = (
 
 @dataclass
 class PreparedData:
-    """Counts of what `prepare_dataset` did to fit ``max_length``; `summary` is what it logs."""
+    """Counts of what `prepare_dataset` did to fit ``max_length``; `summary` is what it logs.
+
+    ``final_turn_only`` counts the conversations whose chat template does not render turn by turn
+    (`render_turns`): they learn their final assistant turn only.
+    """
 
     total: int = 0
     prompt_truncated: int = 0
     response_truncated: int = 0
     dropped: list[int] = field(default_factory=list)
+    final_turn_only: int = 0
 
     def summary(self, max_length: int) -> str:
         """One line: how many examples were cut or dropped, and which ids were dropped."""
@@ -273,22 +430,30 @@ def prepare_dataset(
     min_prompt_tokens: int = 1,
     keep_columns: Sequence[str] | None = None,
 ) -> tuple[datasets.Dataset, PreparedData]:
-    """Tokenise instruction data for training: ``input_ids`` and ``labels`` with the prompt masked.
+    """Tokenise instruction data (or plain text) for training: ``input_ids`` and ``labels`` with the context masked.
 
     One batched ``Dataset.map`` (in memory, never from a cache file, so the counts are this call's).
 
-    Each kept row has ``input_ids`` (prompt then response tokens), ``labels`` (``IGNORE_INDEX`` on
-    the prompt, the token ids on the response), ``prompt_length``, ``response_length`` and ``length``
-    (token counts after truncation: signals a `ScoreCurriculum` can sort by), ``source_index`` (its row in
-    ``dataset``, so exports map back), ``prompt`` (the last prompt message, shown by the tracker's
-    hardest-examples view), ``reference`` (the response text, for scoring), and the columns
-    in ``keep_columns`` (by default every column whose name starts with ``difficulty``, and
-    ``metadata``).
+    **What carries loss.** A conversation (`to_messages`) is rendered turn by turn (`render_turns`)
+    and each piece tokenised on its own: ``labels`` are the token ids on every assistant answer that
+    `to_messages` marks (for a multi-turn chat, every assistant turn; for prompt/completion, the
+    completion), and ``IGNORE_INDEX`` on the rest. A ``text`` row is tokenised as it is (the
+    tokenizer's special tokens, then EOS) and every token carries loss.
+
+    Each kept row has ``input_ids``, ``labels``, ``prompt_length`` (the tokens before the final
+    response: the generation prompt; 0 for text), ``response_length`` (the final response's tokens;
+    all of them for text) and ``length`` (their sum; token counts after truncation: signals a
+    `ScoreCurriculum` can sort by), ``source_index`` (its row in ``dataset``, so exports map back),
+    ``prompt`` (the last message before the final response, or the text's first characters: shown by
+    the tracker's hardest-examples view), ``reference`` (the final response's text, for scoring; empty
+    for text), and the columns in ``keep_columns`` (by default every column whose name starts with
+    ``difficulty``, and ``metadata``).
 
     **Over-long examples** (more than ``max_length`` tokens) follow `truncate` with ``truncation``:
-    by default the prompt is cut from the left so that the response is kept. An example left with no
-    response token would have a loss of 0 / 0: it is dropped. The counts are logged (a warning when
-    anything was cut or dropped) and returned.
+    by default the tokens before the final response are cut from the left so that the response is
+    kept (text is cut from the right). An example left with no response token, or with no token that
+    carries loss after the first (whose label nothing predicts), would have a loss of 0 / 0: it is
+    dropped. The counts are logged (a warning when anything was cut or dropped) and returned.
 
     Args:
         dataset: rows in one of the `SHAPES`.
@@ -324,34 +489,40 @@ def prepare_dataset(
     ensure_pad_token(tokenizer)
     if keep_columns is None:
         keep_columns = [c for c in dataset.column_names if c.startswith("difficulty") or c == "metadata"]
-    # A chat template writes its own special tokens; a plain prompt gets the tokenizer's (a BOS, say).
-    add_special = not getattr(tokenizer, "chat_template", None)
     counts = PreparedData(total=len(dataset))
 
     def encode(batch: dict[str, list[Any]], ids: list[int]) -> dict[str, list[Any]]:
         rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
-        conversations = [to_conversation(row, shape, system_prompt=system_prompt) for row in rows]
-        texts = [render(prompt, response, tokenizer) for prompt, response in conversations]
-        prompt_ids = tokenizer([p for p, _ in texts], add_special_tokens=add_special)["input_ids"]
-        response_ids = tokenizer([r for _, r in texts], add_special_tokens=False)["input_ids"]
+        if shape == "text":
+            encoded = _encode_texts([str(row["text"]) for row in rows], tokenizer)
+            shown = [(str(row["text"])[:_TEXT_PREVIEW], "") for row in rows]
+        else:
+            encoded, shown = _encode_conversations(rows, shape, system_prompt, tokenizer, counts)
         columns: dict[str, list[Any]] = {name: [] for name in (*_PREPARED_COLUMNS, *keep_columns)}
-        for i, (prompt, response) in enumerate(zip(prompt_ids, response_ids, strict=True)):
+        for i, (tokens, labels, prompt_length) in enumerate(encoded):
+            # The rule of `truncate`, applied to positions so that the labels follow their tokens.
             cut_prompt, cut_response = truncate(
-                prompt, response, max_length, side=truncation, min_prompt_tokens=min_prompt_tokens
+                list(range(prompt_length)),
+                list(range(prompt_length, len(tokens))),
+                max_length,
+                side=truncation,
+                min_prompt_tokens=min_prompt_tokens,
             )
-            counts.prompt_truncated += len(cut_prompt) < len(prompt)
-            counts.response_truncated += 0 < len(cut_response) < len(response)
-            if not cut_response:
+            kept = cut_prompt + cut_response
+            counts.prompt_truncated += len(cut_prompt) < prompt_length
+            counts.response_truncated += 0 < len(cut_response) < len(tokens) - prompt_length
+            kept_labels = [labels[k] for k in kept]
+            if not cut_response or all(label == IGNORE_INDEX for label in kept_labels[1:]):
                 counts.dropped.append(ids[i])
                 continue
-            columns["input_ids"].append(cut_prompt + cut_response)
-            columns["labels"].append([IGNORE_INDEX] * len(cut_prompt) + cut_response)
+            columns["input_ids"].append([tokens[k] for k in kept])
+            columns["labels"].append(kept_labels)
             columns["prompt_length"].append(len(cut_prompt))
             columns["response_length"].append(len(cut_response))
-            columns["length"].append(len(cut_prompt) + len(cut_response))
+            columns["length"].append(len(kept))
             columns["source_index"].append(ids[i])
-            columns["prompt"].append(conversations[i][0][-1]["content"] if conversations[i][0] else "")
-            columns["reference"].append(conversations[i][1])
+            columns["prompt"].append(shown[i][0])
+            columns["reference"].append(shown[i][1])
             for c in keep_columns:
                 columns[c].append(batch[c][i])
         return columns
@@ -371,9 +542,66 @@ def prepare_dataset(
     )
     changed = counts.prompt_truncated or counts.response_truncated or counts.dropped
     (log.warning if changed else log.info)(counts.summary(max_length))
+    if counts.final_turn_only:
+        log.warning(
+            "The chat template does not render %d of %d conversations turn by turn (an earlier turn changes once a "
+            "later one follows): they learn their final assistant turn only.",
+            counts.final_turn_only,
+            counts.total,
+        )
     if not len(prepared):
         raise ValueError(f"No example is left to train on. {counts.summary(max_length)}")
     return prepared, counts
+
+
+Encoded = tuple[list[int], list[int], int]  # token ids, labels, tokens before the final response
+
+
+def _encode_texts(texts: list[str], tokenizer: PreTrainedTokenizerBase) -> list[Encoded]:
+    """Plain text: the tokenizer's special tokens (a BOS, say), the text, EOS; every token carries loss."""
+    eos = tokenizer.eos_token_id
+    encoded = []
+    for tokens in tokenizer(texts, add_special_tokens=True)["input_ids"]:
+        tokens = [*tokens, eos] if eos is not None and (not tokens or tokens[-1] != eos) else list(tokens)
+        encoded.append((tokens, list(tokens), 0))
+    return encoded
+
+
+def _encode_conversations(
+    rows: list[dict[str, Any]],
+    shape: str,
+    system_prompt: str | None,
+    tokenizer: PreTrainedTokenizerBase,
+    counts: PreparedData,
+) -> tuple[list[Encoded], list[tuple[str, str]]]:
+    """Conversations as tokens with their labels (`render_turns`), and each one's ``(prompt, reference)`` columns."""
+    # A chat template writes its own special tokens; a plain prompt gets the tokenizer's (a BOS, say).
+    add_special = not getattr(tokenizer, "chat_template", None)
+    rendered, shown = [], []
+    for row in rows:
+        messages, trained = to_messages(row, shape, system_prompt=system_prompt)
+        try:
+            pieces = render_turns(messages, trained, tokenizer)
+        except _NotTurnByTurn:
+            counts.final_turn_only += 1
+            prompt_text, response_text = render(messages[:-1], messages[-1]["content"], tokenizer)
+            pieces = [(prompt_text, False), (response_text, True)]
+        rendered.append(pieces)
+        shown.append((messages[-2]["content"], messages[-1]["content"]))
+    firsts = tokenizer([pieces[0][0] for pieces in rendered], add_special_tokens=add_special)["input_ids"]
+    rest = [text for pieces in rendered for text, _ in pieces[1:]]
+    later = iter(tokenizer(rest, add_special_tokens=False)["input_ids"] if rest else [])
+    encoded = []
+    for pieces, first in zip(rendered, firsts, strict=True):
+        tokens: list[int] = []
+        labels: list[int] = []
+        for index, (_, flag) in enumerate(pieces):
+            part = list(first) if index == 0 else list(next(later))
+            tokens += part
+            labels += part if flag else [IGNORE_INDEX] * len(part)
+        final = len(part) if pieces[-1][1] else 0  # the final response: the last piece, trained
+        encoded.append((tokens, labels, len(tokens) - final))
+    return encoded, shown
 
 
 class CausalLMCollator:
@@ -433,8 +661,12 @@ class CausalLMCollator:
 def response_only(batch: Mapping[str, Tensor], start_token_id: int, pad_token_id: int) -> dict[str, Tensor]:
     """The batch's responses alone, after one ``start_token_id``: the unconditioned input of IFD.
 
-    Every response token keeps its label (the start token has none), so the unconditioned loss is
-    over exactly the tokens of the conditioned one. Right-padded like the training batch.
+    Every token that carries loss keeps its label (the start token has none), so the unconditioned
+    loss is over exactly the tokens of the conditioned one (for a multi-turn chat, every assistant
+    turn's). Right-padded like the training batch.
+
+    Raises:
+        ValueError: a row has no prompt (``prompt_length`` 0: the ``text`` shape), so IFD means nothing.
 
     Example:
         >>> from lightning_curricula.recipes.llm.model import tiny_tokenizer
@@ -443,6 +675,13 @@ def response_only(batch: Mapping[str, Tensor], start_token_id: int, pad_token_id
         >>> response_only(batch, 1, 0)["input_ids"].tolist()
         [[1, 6, 7]]
     """
+    if "prompt_length" in batch and bool((batch["prompt_length"] == 0).any()):
+        raise ValueError(
+            "IFD needs a prompt: it compares each response's loss with and without its prompt, and rows of the text "
+            "shape (continued pretraining, loss on every token) have none. Their per-example difficulty is the "
+            "learned loss (TrainingDynamics' loss, loss_mean, loss_ema): leave fit_start_scores off and rank by "
+            "a tracked signal."
+        )
     mask = batch["labels"] != IGNORE_INDEX
     lengths = mask.sum(1)
     width = int(lengths.max()) + 1

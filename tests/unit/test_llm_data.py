@@ -63,10 +63,10 @@ def test_detect_shape(columns, shape):
 
 
 def test_missing_columns_error_names_columns_and_shapes(tokenizer):
-    rows = datasets.Dataset.from_dict({"text": ["a"], "label": [1]})
-    with pytest.raises(ValueError, match=r"columns \['label', 'text'\]") as error:
+    rows = datasets.Dataset.from_dict({"sentence": ["a"], "label": [1]})
+    with pytest.raises(ValueError, match=r"columns \['label', 'sentence'\]") as error:
         prepare_dataset(rows, tokenizer)
-    for shape in ("alpaca", "question_answer", "messages", "prompt_completion"):
+    for shape in ("alpaca", "question_answer", "messages", "prompt_completion", "text"):
         assert shape in str(error.value)
     with pytest.raises(ValueError, match="needs columns"):
         prepare_dataset(datasets.Dataset.from_dict(QA), tokenizer, shape="alpaca")
@@ -84,7 +84,7 @@ def test_conversations_of_each_shape():
     ]
     prompt, response = to_conversation({"messages": chat}, "messages", system_prompt="ignored")
     assert response == "8"
-    assert prompt == chat[:-1]  # multi-turn: the last assistant turn is learned, the system prompt kept
+    assert prompt == chat[:-1]  # multi-turn: the last assistant turn is the one generated and graded
     prompt, _ = to_conversation({"question": "q", "answer": 3}, "question_answer", system_prompt="S")
     assert prompt[0] == {"role": "system", "content": "S"}
     with pytest.raises(ValueError, match="must end with an assistant turn"):
@@ -225,6 +225,92 @@ def test_response_only_keeps_exactly_the_response_tokens(tokenizer):
         assert alone["input_ids"][i, : n + 1].tolist() == [tokenizer.bos_token_id, *response]
         assert alone["labels"][i, : n + 1].tolist() == [IGNORE_INDEX, *response]
         assert int((alone["labels"][i] != IGNORE_INDEX).sum()) == int((batch["labels"][i] != IGNORE_INDEX).sum())
+
+
+# ------------------------------------------------------------------------------------------ users' shapes
+
+CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "2 + 3?"},
+    {"role": "assistant", "content": "5"},
+    {"role": "user", "content": "and 4 + 4?"},
+    {"role": "assistant", "content": "8"},
+]
+#: TRL's conversational prompt/completion rows: lists of messages in both columns.
+TRL_ROWS = {
+    "prompt": [CHAT[:2], [{"role": "user", "content": "Calculate 12 * 7 - 4."}]],
+    "completion": [[{"role": "assistant", "content": "5"}], [{"role": "assistant", "content": "80"}]],
+}
+
+
+def loss_runs(row):
+    """The token ids of each run of consecutive positions that carry loss."""
+    runs, current = [], []
+    for token, label in zip(row["input_ids"], row["labels"], strict=True):
+        if label != IGNORE_INDEX:
+            assert label == token
+            current.append(token)
+        elif current:
+            runs, current = [*runs, current], []
+    return [*runs, current] if current else runs
+
+
+def test_conversational_prompt_completion_rows_are_read_as_messages(tokenizer):
+    row = {name: column[0] for name, column in TRL_ROWS.items()}
+    prompt, response = to_conversation(row, "prompt_completion")
+    assert prompt == CHAT[:2]
+    assert response == "5"
+    prepared, _ = prepare_dataset(datasets.Dataset.from_dict(TRL_ROWS), tokenizer)
+    for i, row in enumerate(prepared):
+        n = row["prompt_length"]
+        prompt = tokenizer.apply_chat_template(TRL_ROWS["prompt"][i], tokenize=False, add_generation_prompt=True)
+        assert tokenizer.decode(row["input_ids"][:n]) == prompt
+        assert row["labels"][:n] == [IGNORE_INDEX] * n  # loss on the completion only
+        answer = TRL_ROWS["completion"][i][0]["content"]
+        assert [tokenizer.decode(run) for run in loss_runs(row)] == [answer + "<|im_end|>\n"]
+        assert row["reference"] == answer
+
+
+@pytest.mark.parametrize(("fixture", "end"), [("tokenizer", "<|im_end|>\n"), ("plain_tokenizer", "</s>")])
+def test_every_assistant_turn_of_a_chat_carries_loss(fixture, end, request):
+    tok = request.getfixturevalue(fixture)
+    prepared, _ = prepare_dataset(datasets.Dataset.from_dict({"messages": [CHAT]}), tok)
+    (row,) = prepared
+    assert [tok.decode(run) for run in loss_runs(row)] == ["5" + end, "8" + end]
+    assert row["reference"] == "8"  # generation answers the last turn
+    assert tok.decode(row["input_ids"][row["prompt_length"] :]) == "8" + end
+    if fixture == "tokenizer":
+        assert tok.decode(row["input_ids"]) == tok.apply_chat_template(CHAT, tokenize=False)
+    else:
+        assert tok.decode(row["input_ids"], skip_special_tokens=True) == (
+            "### System:\nBe brief.\n\n### User:\n2 + 3?\n\n### Assistant:\n5\n\n"
+            "### User:\nand 4 + 4?\n\n### Assistant:\n8"
+        )
+
+
+def test_text_rows_carry_loss_on_every_token(tokenizer):
+    texts = ["The sum of 2 and 3 is 5.", "Seven is an odd number; " * 8]
+    rows = datasets.Dataset.from_dict({"text": texts})
+    assert detect_shape(rows.column_names) == "text"
+    prepared, counts = prepare_dataset(rows, tokenizer, max_length=24)
+    assert counts.response_truncated == 1  # the long text loses its tail
+    for row, text in zip(prepared, texts, strict=True):
+        assert row["prompt_length"] == 0
+        assert row["labels"] == row["input_ids"]
+        assert row["response_length"] == row["length"] == len(row["input_ids"]) <= 24
+        assert row["reference"] == ""
+        assert row["prompt"] == text  # shown by the hardest-examples view
+    assert tokenizer.decode(prepared[0]["input_ids"]) == texts[0] + tokenizer.eos_token
+    assert tokenizer.decode(prepared[1]["input_ids"]).startswith("Seven is an odd number;")
+    with pytest.raises(ValueError, match="text shape has no prompt"):
+        to_conversation({"text": texts[0]}, "text")
+
+
+def test_ifd_on_text_rows_is_refused_with_the_reason(tokenizer):
+    prepared, _ = prepare_dataset(datasets.Dataset.from_dict({"text": ["Two and two make four."]}), tokenizer)
+    batch = CausalLMCollator(tokenizer)(list(prepared))
+    with pytest.raises(ValueError, match="IFD needs a prompt"):
+        response_only(batch, tokenizer.bos_token_id, tokenizer.pad_token_id)
 
 
 # ------------------------------------------------------------------------------------------ sources
