@@ -280,8 +280,16 @@ def test_visuals_gather_the_predictions_of_the_shown_examples_in_one_small_colle
     text = events.Tensors("dynamics/hardest_by_loss/text_summary")[-1].tensor_proto.string_val[0].decode()
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()[2:]]
     dataset = ClassificationDataset(SIZE)
-    expected = model(dataset.x).argmax(dim=1)
+    # The arg-max at each visit of the plotted epoch, on the rows of the batch the rank trained on: a batch of
+    # another shape may differ in the last bits and flip a nearly tied arg-max. The padding repeat has two visits.
+    batches = ShardBatchSampler(WithIndex(dataset), world_size=WORLD_SIZE, batch_size=BATCH_SIZE)
+    batches.sampler.set_epoch(EPOCHS - 1)
+    expected: dict[int, set[int]] = {}
+    with torch.no_grad():
+        for ids in batches:
+            for index, prediction in zip(ids, model(dataset.x[ids]).argmax(dim=1).tolist(), strict=True):
+                expected.setdefault(index, set()).add(prediction)
     assert sorted(int(row[0]) for row in rows) == list(range(SIZE))  # both ranks' examples
     for row in rows:
         assert int(row[2]) == int(dataset.y[int(row[0])])
-        assert int(row[3]) == int(expected[int(row[0])]), row
+        assert int(row[3]) in expected[int(row[0])], row
