@@ -1,4 +1,8 @@
-"""The ``lightning-curricula`` command line: ``compare``'s arguments, checked before anything runs."""
+"""The ``lightning-curricula`` command line: ``compare``'s arguments, checked before anything runs, and ``export``.
+
+``lightning-curricula export CHECKPOINT DIR`` writes an LLM recipe checkpoint as Hugging Face folders
+(`lightning_curricula.recipes.llm.export.export_checkpoint`).
+"""
 
 from __future__ import annotations
 
@@ -22,10 +26,12 @@ __all__ = ["main", "parse_args"]
 
 
 def _build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    """The ``lightning-curricula`` parser and its ``compare`` subparser."""
+    """The ``lightning-curricula`` parser and its ``compare`` subparser (the parser also has ``export``)."""
     parser = argparse.ArgumentParser(
         prog="lightning-curricula",
-        description="Curriculum learning and data pruning for PyTorch Lightning: compare curricula.",
+        description=(
+            "Curriculum learning and data pruning for PyTorch Lightning: compare curricula, export fine-tuned LLMs."
+        ),
     )
     commands = parser.add_subparsers(dest="command", required=True)
     compare = commands.add_parser(
@@ -72,7 +78,38 @@ def _build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         default=1,
         help="torch CPU threads per run (default: 1, best for the small CNN on a shared CPU; 0: torch's default)",
     )
+    export = commands.add_parser(
+        "export",
+        help="write an LLM recipe checkpoint as Hugging Face folders (hf_model/, hf_adapter/)",
+        description=(
+            "Rebuild the LLM recipe's CausalLMFineTuner from a Lightning checkpoint and write DIR/hf_model "
+            "(full fine-tuning, or LoRA merged) and DIR/hf_adapter (LoRA adapters), each with the tokenizer: "
+            "the folders a run writes when fitting ends."
+        ),
+    )
+    export.add_argument("checkpoint", type=Path, help="a .ckpt file of the LLM recipe")
+    export.add_argument("directory", type=Path, metavar="DIR", help="where hf_model/ and hf_adapter/ go")
+    export.add_argument(
+        "--merge-lora",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="LoRA: also write the merged model to DIR/hf_model (default: the checkpoint's model.merge_lora)",
+    )
+    export.add_argument(
+        "--model",
+        help="the base model's name or folder, instead of the checkpoint's (needed when it was a model object)",
+    )
+    export.add_argument("--tokenizer", help="the tokenizer's name or folder, instead of the checkpoint's")
     return parser, compare
+
+
+def _split_extra(argv: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """The arguments before ``--`` and those after it (passed to every run of the recipe)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in args:
+        return args, []
+    cut = args.index("--")
+    return args[:cut], args[cut + 1 :]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> CompareOptions:
@@ -85,13 +122,17 @@ def parse_args(argv: Sequence[str] | None = None) -> CompareOptions:
         >>> parse_args(["compare", "--policies", "full", "random", "--seeds", "0", "1"]).seeds
         (0, 1)
     """
-    args = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in args:
-        cut = args.index("--")
-        args, extra = args[:cut], args[cut + 1 :]
+    args, extra = _split_extra(argv)
     parser, compare = _build_parser()
     namespace = parser.parse_args(args)
+    if namespace.command != "compare":
+        parser.error(f"parse_args reads the compare command's arguments, got the {namespace.command!r} command")
+    return _compare_options(namespace, extra, compare)
+
+
+def _compare_options(
+    namespace: argparse.Namespace, extra: list[str], compare: argparse.ArgumentParser
+) -> CompareOptions:
     recipe = RECIPES[namespace.recipe]
     policies = namespace.policies or list(recipe.default_policies)
     dataset = namespace.dataset or recipe.default_dataset
@@ -125,10 +166,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lightning-curricula`` console script.
 
     Returns:
-        The exit status: 0 on success, 2 when the output folder holds another comparison or a policy
-        cannot run with these settings.
+        The exit status: 0 on success, 2 when the output folder holds another comparison, a policy
+        cannot run with these settings, or ``export`` cannot read its checkpoint.
     """
-    options = parse_args(argv)
+    args, extra = _split_extra(argv)
+    parser, compare = _build_parser()
+    namespace = parser.parse_args(args)
+    if namespace.command == "export":
+        if extra:
+            parser.error(f"export takes no arguments after `--`, got {extra}")
+        return _export(namespace)
+    options = _compare_options(namespace, extra, compare)
     try:
         rows = runner.run_comparison(options)
     except (ComparisonMismatchError, PolicySettingsError) as error:
@@ -137,4 +185,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown_table(rows, RECIPES[options.recipe], footnote(options, load_results(options))))
     print(f"\nWrote {options.output / 'summary.md'}, summary.csv, accuracy_vs_passes.png and tensorboard/.")
     print(f"See the curves with: tensorboard --logdir {options.output / 'tensorboard'}")
+    return 0
+
+
+def _export(namespace: argparse.Namespace) -> int:
+    from lightning_curricula.recipes.llm.export import export_checkpoint
+
+    try:
+        written = export_checkpoint(
+            namespace.checkpoint,
+            namespace.directory,
+            merge_lora=namespace.merge_lora,
+            model=namespace.model,
+            tokenizer=namespace.tokenizer,
+        )
+    except (FileNotFoundError, ValueError) as error:
+        print(f"lightning-curricula export: error: {error}", file=sys.stderr)
+        return 2
+    for name, folder in written.items():
+        print(f"Wrote {folder} ({name})")
     return 0

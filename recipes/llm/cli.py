@@ -9,7 +9,9 @@ callback), always reports the rank correlation of the learned difficulty with th
 epochs have different lengths), logs to TensorBoard under ``runs/llm`` by default, and records the
 held-out accuracies against sample passes (`EpochHistory`). The model's name is also the data
 module's tokenizer. Every argument can be set in the YAML file or on the command line
-(``--data.train_size 128``).
+(``--data.train_size 128``). When ``fit`` ends, the model is written as Hugging Face folders under the
+run's log directory (``hf_model/``, or with LoRA ``hf_adapter/`` and, with ``--model.merge_lora true``, the
+merged ``hf_model/``; ``--model.export_dir`` elsewhere, ``--model.hf_export false`` not at all).
 """
 
 from __future__ import annotations

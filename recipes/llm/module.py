@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning_curricula.recipes.llm.data import IGNORE_INDEX, CausalLMCollator, Scorer, make_scorer, response_only
+from lightning_curricula.recipes.llm.export import export_hugging_face
 from lightning_curricula.recipes.llm.model import SMOLLM2, TINY, load_causal_lm, load_tokenizer
 from torch import Tensor
 from torch.nn import functional as F
@@ -54,6 +55,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Values per frozen tensor in a LoRA checkpoint's fingerprint of the base it leaves out (a strided sample).
+FINGERPRINT_VALUES = 64
 
 
 def token_losses(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -118,7 +122,13 @@ class CausalLMFineTuner(pl.LightningModule):
     `TrainingDynamics`; the optimised loss is ``weighted_token_mean(token_losses, mask, weight)``, over
     the fixed ``token_count`` of `reweighting_token_count` when the policy `reweights`.
 
-    - **LoRA**: ``lora_rank > 0`` trains low-rank adapters (``peft``) instead of all weights.
+    - **LoRA**: ``lora_rank > 0`` trains low-rank adapters (``peft``) instead of all weights. Its
+      checkpoints hold the trainable parameters only (see the Note).
+    - **Hugging Face out**: when fitting ends, rank 0 writes the model as Hugging Face folders
+      (`export_hugging_face`: ``hf_model/`` for full fine-tuning; with LoRA ``hf_adapter/``, and the merged
+      model in ``hf_model/`` with ``merge_lora``) under ``export_dir``, else the run's log directory
+      (``trainer.log_dir``, where the logger writes); a run without a logger and without ``export_dir``
+      exports nothing. ``lightning-curricula export CHECKPOINT DIR`` writes the same from a checkpoint.
     - **Schedule**: AdamW with linear warm-up and cosine decay to ``min_lr_ratio``
       (``transformers.get_cosine_with_min_lr_schedule_with_warmup``) over the run's optimizer steps,
       `planned_optimizer_steps` (exact for a pruning or paced plan), else (a policy that sizes its
@@ -162,12 +172,19 @@ class CausalLMFineTuner(pl.LightningModule):
             model with its adapters off, at no extra memory; otherwise a frozen copy), or a model name,
             folder or ``.gguf`` file with the same vocabulary (checked at construction against its
             tokenizer when it has one: the same tokens with the same ids). ``None``: no token selection.
+        merge_lora: with LoRA, also export the model with the adapters merged into its weights (``hf_model/``).
+        hf_export: export the Hugging Face folders when fitting ends.
+        export_dir: where they go; by default the run's log directory (and nowhere without a logger).
 
     Note:
         **DDP**: each rank scores its share of the ids and one all-reduce joins them, so every rank
         holds the same scores; validation metrics are reduced across ranks. **Resume**: the example
         scores and the token count are saved in the checkpoint; the schedule's step count is
-        recomputed from the same plan, and its position is in the scheduler's state.
+        recomputed from the same plan, and its position is in the scheduler's state. With LoRA, the
+        checkpoint leaves out every frozen parameter (the base model, and a reference loaded by name): the
+        module builds them again in ``__init__`` from ``model``, and loading checks them against the
+        fingerprint the checkpoint keeps (each tensor's shape and a strided sample of
+        `FINGERPRINT_VALUES` values), so a checkpoint resumes or loads only on the base it was trained on.
     """
 
     def __init__(
@@ -190,6 +207,9 @@ class CausalLMFineTuner(pl.LightningModule):
         score_batch_size: int = 16,
         dtype: str = "float32",
         token_reference: str | None = None,
+        merge_lora: bool = False,
+        hf_export: bool = True,
+        export_dir: str | None = None,
     ) -> None:
         super().__init__()
         if lr <= 0 or not 0.0 <= warmup_ratio < 1.0 or not 0.0 <= min_lr_ratio <= 1.0:
@@ -202,6 +222,8 @@ class CausalLMFineTuner(pl.LightningModule):
                 f"lora_rank and max_new_tokens must be >= 0 and score_batch_size >= 1, got "
                 f"{lora_rank}, {max_new_tokens} and {score_batch_size}."
             )
+        if merge_lora and lora_rank == 0:
+            raise ValueError(f"merge_lora=True needs lora_rank > 0 (adapters to merge), got lora_rank={lora_rank}.")
         if not isinstance(model, str) and tokenizer is None:
             raise ValueError("A model object needs its tokenizer: pass tokenizer=.")
         objects = [
@@ -237,6 +259,10 @@ class CausalLMFineTuner(pl.LightningModule):
         # from_pretrained returns the model in eval mode, and Lightning keeps each submodule's mode when fitting
         # starts: train mode, or dropout (LoRA's too) would be silently off during training.
         self.model.train()
+        self.lora_rank = lora_rank
+        self.merge_lora = merge_lora
+        self.hf_export = hf_export
+        self.export_dir = export_dir
         self.lr = lr
         self.weight_decay = weight_decay
         self.warmup_ratio = warmup_ratio
@@ -514,17 +540,94 @@ class CausalLMFineTuner(pl.LightningModule):
             rank_zero_warn(f"{error} The LR schedule uses Lightning's estimate instead.")
         return max(int(self.trainer.estimated_stepping_batches), 1)
 
+    # ------------------------------------------------------------------------------------ Hugging Face out
+
+    @override
+    def on_fit_end(self) -> None:
+        if not self.hf_export:
+            return
+        directory = self.export_dir
+        if directory is None and self.trainer.loggers:
+            directory = self.trainer.log_dir  # on every rank: it broadcasts rank 0's
+        if directory is None:
+            rank_zero_info("No Hugging Face export: the run has no log directory; set model.export_dir for one.")
+            return
+        if self.trainer.is_global_zero:
+            written = export_hugging_face(self, directory)
+            rank_zero_info(f"Wrote the Hugging Face folders {', '.join(str(path) for path in written.values())}.")
+        self.trainer.strategy.barrier("hf_export")  # every rank returns from fit with the folders written
+
     # ------------------------------------------------------------------------------------ checkpoint
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["example_scores"] = {name: values.clone() for name, values in self.example_scores.items()}
         checkpoint["tokens_seen"] = self.tokens_seen
+        if self.lora_rank > 0:  # the adapters only: __init__ builds the frozen rest again
+            frozen = self._frozen_parameters()
+            for key in frozen:
+                checkpoint["state_dict"].pop(key, None)
+            checkpoint["lora_base"] = {
+                "version": 1,
+                "model": self._base_name(),
+                "fingerprint": {
+                    key: {"shape": list(tensor.shape), "values": _fingerprint(tensor)} for key, tensor in frozen.items()
+                },
+            }
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.example_scores = {name: values.clone() for name, values in checkpoint.get("example_scores", {}).items()}
         self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
+        if "lora_base" in checkpoint:
+            self._restore_frozen(checkpoint["state_dict"], checkpoint["lora_base"])
+
+    def _frozen_parameters(self) -> dict[str, Tensor]:
+        """The state-dict keys and values of every frozen parameter (tied ones under each of their names)."""
+        return {name: p.detach() for name, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+    def _base_name(self) -> str | None:
+        name = self.hparams.get("model")
+        return name if isinstance(name, str) else getattr(getattr(self.model, "config", None), "_name_or_path", None)
+
+    def _restore_frozen(self, state: dict[str, Any], base: Mapping[str, Any]) -> None:
+        """Put this module's frozen parameters into a LoRA checkpoint's ``state``, after checking its fingerprint."""
+        trained_on = f"the checkpoint was trained on model={base.get('model')!r}, this module has {self._base_name()!r}"
+        if self.lora_rank == 0:
+            raise ValueError(
+                "The checkpoint holds LoRA adapters without their base, and this module has lora_rank=0: build it "
+                f"with the checkpoint's LoRA options ({trained_on})."
+            )
+        frozen, saved = self._frozen_parameters(), base["fingerprint"]
+        if set(frozen) != set(saved):
+            only_saved, only_here = sorted(set(saved) - set(frozen)), sorted(set(frozen) - set(saved))
+            raise ValueError(
+                f"The checkpoint's frozen parameters do not match this module's: {len(only_saved)} only in the "
+                f"checkpoint {only_saved[:3]}, {len(only_here)} only in the module {only_here[:3]} ({trained_on})."
+            )
+        for key, tensor in frozen.items():
+            if list(tensor.shape) != list(saved[key]["shape"]) or not _same_values(
+                saved[key]["values"], _fingerprint(tensor)
+            ):
+                raise ValueError(
+                    f"This module's base does not match the checkpoint's: {key} differs (shape "
+                    f"{list(tensor.shape)}, the checkpoint's {list(saved[key]['shape'])}); {trained_on}. A LoRA "
+                    "checkpoint loads on the base model it was trained on."
+                )
+            state[key] = tensor
+
+
+def _fingerprint(tensor: Tensor) -> Tensor:
+    """A strided sample of `FINGERPRINT_VALUES` values of ``tensor`` (all of them when it has fewer), on the CPU."""
+    flat = tensor.detach().reshape(-1)
+    return flat[:: max(1, flat.numel() // FINGERPRINT_VALUES)][:FINGERPRINT_VALUES].cpu().clone()
+
+
+def _same_values(saved: Tensor, current: Tensor) -> bool:
+    """Whether two fingerprints agree, one cast to the other's dtype (a ``bf16-true`` run saves a bfloat16 base)."""
+    if saved.shape != current.shape:
+        return False
+    return torch.equal(current.to(saved.dtype), saved) or torch.equal(saved.to(current.dtype), current)
 
 
 def _reference_tokenizers(tokenizer: Any, token_reference: str) -> dict[str, Any]:
