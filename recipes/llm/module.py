@@ -349,7 +349,7 @@ class CausalLMFineTuner(pl.LightningModule):
         self.log(
             f"{prefix}/{split}/loss", per_sequence.mean(), batch_size=size, add_dataloader_idx=False, sync_dist=True
         )
-        if self.max_new_tokens == 0:
+        if self.max_new_tokens == 0 or "prompt_input_ids" not in batch:  # no prompts: text rows have no answers
             return
         predictions = self.generate(batch["prompt_input_ids"], batch["prompt_attention_mask"])
         scorer = self._scorer()
