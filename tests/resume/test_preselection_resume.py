@@ -79,5 +79,6 @@ def test_resume_from_inside_an_epoch_selected_before_loading(tmp_path: Path) -> 
 
     resumed, selection = fit(root, ckpt_path=root / "checkpoints" / "step=7.ckpt", every_n_train_steps=7)
     stale = resumed.loaded_sizes[: len(resumed.loaded_sizes) - 2 * STEPS_PER_EPOCH]  # epoch 1's rest, then 2 and 3
-    assert stale and all(size in (2, 3) for size in stale)  # the resumed loader selected before loading again
+    assert stale
+    assert all(size in (2, 3) for size in stale)  # the resumed loader selected before loading again
     assert selection.calls == state["calls"] + len(resumed.loaded_sizes)  # one selection per step, none ahead
