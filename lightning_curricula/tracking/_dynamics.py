@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["TrainingDynamics", "find_dynamics"]
 
 STATE_VERSION = 2  # 2: counts in narrow integer dtypes, `last_seen` (= last epoch + 1), no `last_epoch`
-SHARD_STATE_VERSION = 1
+SHARD_STATE_VERSION = 2  # 2: the shard files of a fit live under its run id, recorded in the file and the checkpoint
 
 
 class TrainingDynamics(Callback):
@@ -86,8 +88,11 @@ class TrainingDynamics(Callback):
             read them.
         sharded: shard the tables over the ranks: rank ``r`` of ``W`` keeps only the ids
             ``[r N / W, (r + 1) N / W)`` (see "Sharded tables" below).
-        shard_dir: with ``sharded``, where each rank writes its shard of a checkpoint; by default
-            ``<Trainer.default_root_dir>/dynamics_shards/<name>``.
+        shard_dir: with ``sharded``, where each rank writes its shard of a checkpoint, under the run's
+            `run_id`; by default ``<Trainer.default_root_dir>/dynamics_shards/<name>``.
+        delete_stale_shards: with ``sharded``, delete this run's shards once no checkpoint file of the
+            Trainer's ``ModelCheckpoint`` callbacks holds them any more (see "Sharded tables" below);
+            ``False`` keeps every shard file.
 
     It logs scalars (to every logger) once per epoch: what the epoch trained, measured from its
     batches (``kept_fraction``, ``unique_fraction``, ``weight_mean``, ``weight_max``), the passes so far
@@ -119,9 +124,23 @@ class TrainingDynamics(Callback):
         `to_dataset` and the loss history then cover this rank's ids (the ``index`` column says which);
         `select` and `CurriculumSampler`'s plans use collectives, so every rank calls them; `to_parquet`
         writes one file per rank into a directory. Lightning writes a checkpoint from rank 0 only, so
-        each rank writes its shard next to it (``shard_dir/epoch=<e>/shard-<r>-of-<W>.pt``, when the
-        checkpoint is saved) and the checkpoint records where; resuming reads it back, on the same
-        number of ranks only. The shard files are not deleted with old checkpoints.
+        each rank writes its shard next to it, when the checkpoint is saved, to
+        ``shard_dir/<run_id>/epoch=<e>/shard-<r>-of-<W>.pt``. A fit that starts afresh draws a new
+        `run_id` (rank 0, from the OS, broadcast to the other ranks); a fit resumed from a checkpoint
+        takes the checkpoint's and writes on under it. So two runs in one root directory never write to
+        the same files, and a resumed run continues its own (it rewrites the epochs it trains again, when
+        resumed from an earlier checkpoint). The checkpoint and the shard file both record the run id;
+        resuming reads the checkpoint's own shards back (a file of another run id is refused, naming both
+        ids and the path), on the same number of ranks only. With ``delete_stale_shards`` (the default),
+        each save, once the new shards are written, and the end of the fit delete this run's shards
+        that a checkpoint file of the Trainer's ``ModelCheckpoint`` callbacks (in its ``dirpath``, or
+        among its ``best_k_models``, ``last_model_path``, ``best_model_path``) was seen to hold and none
+        holds any more, a file once seen counting until it is deleted (rank 0 reads the files and tells
+        the ranks which; each deletes its own file).
+        Never deleted: the shards just written, another run's, those only checkpoints saved elsewhere
+        hold, nor anything while a checkpoint file cannot be read with ``torch.load(weights_only=True)``.
+        A checkpoint saved elsewhere after an epoch a ``ModelCheckpoint`` also saved shares that epoch's
+        shards: keep it in a ``ModelCheckpoint``'s folder, or pass ``delete_stale_shards=False``.
     """
 
     def __init__(
@@ -136,6 +155,7 @@ class TrainingDynamics(Callback):
         weight_key: str = "weight",
         sharded: bool = False,
         shard_dir: str | Path | None = None,
+        delete_stale_shards: bool = True,
     ) -> None:
         if not name:
             raise ValueError("name must be a non-empty string.")
@@ -156,8 +176,16 @@ class TrainingDynamics(Callback):
         self.weight_key = weight_key
         self.sharded = sharded
         self.shard_dir = None if shard_dir is None else Path(shard_dir)
+        self.delete_stale_shards = delete_stale_shards
         #: This rank's slice of the ids and the ranks' collectives, when ``sharded`` (from training start).
         self.table_shard: TableShard | None = None
+        #: With ``sharded``: the id of this run's shard files, ``shard_dir/<run_id>/...``; drawn at random (from the
+        #: OS, never the global RNG) by rank 0 when a fit is set up and broadcast, or the resumed checkpoint's.
+        self.run_id: str | None = None
+        self._newest_shards: int | None = None  # the epochs tracked of the shards this fit wrote last
+        self._referenced_shards: set[int] = set()  # epochs of this run's shards a checkpoint file was seen to hold
+        self._seen_checkpoints: set[Path] = set()  # the files that held them: each counts until it is gone
+        self._checkpoint_shards: dict[tuple[str, int, int, int], tuple[str | None, int]] = {}  # file stat -> ref
         self._records: list[tuple[Tensor, Tensor]] = []  # sharded: this epoch's (ids, visit rows) per batch
         self.epochs_tracked = 0
         self._tables: dict[str, Tensor] = {}
@@ -594,22 +622,117 @@ class TrainingDynamics(Callback):
         # The ranks exist now, before Lightning builds the first train dataloader: its sampler plans from the shard.
         if self.sharded and self.num_examples is not None and self.table_shard is None:
             self.table_shard = TableShard.of_process_group(self.num_examples)
+        if self.sharded and stage == "fit":  # before a checkpoint is loaded, which gives a resumed fit its run's id
+            self.run_id = str(trainer.strategy.broadcast(uuid.uuid4().hex, src=0))
+            self._newest_shards = None
+            self._referenced_shards = set()
+            self._seen_checkpoints = set()
+            self._checkpoint_shards = {}
+
+    @override
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Every rank (Lightning dumps the checkpoint on each) has written its shard of this one in `state_dict`.
+        if self.delete_stale_shards and self.state_key in checkpoint.get("callbacks", {}):
+            self._delete_stale_shards(trainer)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The last save's ModelCheckpoint has removed the checkpoints it replaced (after the save): their shards go.
+        if self.delete_stale_shards:
+            self._delete_stale_shards(trainer)
+
+    def _delete_stale_shards(self, trainer: pl.Trainer) -> None:
+        """Delete this run's shards whose checkpoints are gone: rank 0 finds them, every rank deletes its own files.
+
+        Called on every rank alike (one broadcast), after this fit wrote shards; a no-op before.
+        """
+        if self.table_shard is None or self._newest_shards is None:
+            return
+        assert self.shard_dir is not None
+        assert self.run_id is not None
+        stale = self._stale_shards(trainer, newest=self._newest_shards) if trainer.is_global_zero else []
+        stale = trainer.strategy.broadcast(stale, src=0)
+        comm = self.table_shard.comm
+        name = shard_file_name(comm.rank, comm.world_size, suffix="pt")
+        for epochs in stale:
+            directory = _shard_epoch_directory(self.shard_dir, self.run_id, epochs)
+            (directory / name).unlink(missing_ok=True)
+            (directory / name).with_suffix(".partial").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # not empty until the last rank's file is gone
+                directory.rmdir()
+        self._referenced_shards -= set(stale)
+
+    def _stale_shards(self, trainer: pl.Trainer, *, newest: int) -> list[int]:
+        """The epochs tracked of this run's shards whose checkpoints are gone; ``newest`` was just written.
+
+        A shard set ``shard_dir/<run_id>/epoch=<e>`` is stale once a checkpoint file of a ``ModelCheckpoint`` of this
+        ``Trainer`` was seen to hold it (in its ``dirpath``, or among its ``best_k_models``, ``last_model_path``,
+        ``best_model_path``) and no such file holds it now: neither one the callbacks list now nor one seen before
+        that still exists (``best_model_path`` may leave a file it no longer names). Never stale: the newest shards,
+        shards of another run (another run id), shards only checkpoints elsewhere hold (never seen), and none while a
+        checkpoint file cannot be read with ``torch.load(weights_only=True)`` (it might hold any of them).
+        """
+        referenced: set[int] = set()
+        holders: set[Path] = set()
+        for path in sorted(set(_checkpoint_files(trainer)) | self._seen_checkpoints):
+            try:
+                run_id, epochs = self._shard_reference(path)
+            except FileNotFoundError:  # removed since it was listed
+                continue
+            except Exception as error:  # noqa: BLE001 - an unreadable file might hold any shard: keep them all
+                rank_zero_warn(
+                    f"TrainingDynamics(name={self.name!r}) keeps every shard of this run: it cannot read "
+                    f"the checkpoint {path} with torch.load(weights_only=True) ({type(error).__name__}: {error})."
+                )
+                return []
+            if run_id == self.run_id:
+                referenced.add(epochs)
+                holders.add(path)
+        self._referenced_shards |= referenced
+        self._seen_checkpoints = holders
+        return sorted(self._referenced_shards - referenced - {newest})
+
+    def _shard_reference(self, path: Path) -> tuple[str | None, int]:
+        """``(run id, epochs tracked)`` of the shards the checkpoint file ``path`` holds; ``(None, -1)`` for none.
+
+        Read with ``mmap=True``: the tensors' bytes are mapped, not read. Cached by path, inode, modification time and
+        size.
+        """
+        stat = path.stat()
+        key = (str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if key not in self._checkpoint_shards:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            state = checkpoint.get("callbacks", {}).get(self.state_key, {}) if isinstance(checkpoint, dict) else {}
+            info = state.get("shard") if isinstance(state, dict) else None
+            reference = (None, -1) if not info else (info.get("run_id"), int(info["epochs_tracked"]))
+            self._checkpoint_shards[key] = reference
+        return self._checkpoint_shards[key]
 
     def _save_shard(self, state: dict[str, Any]) -> dict[str, Any]:
         """Write this rank's ``state`` to its shard file; what the checkpoint (rank 0's copy) keeps: where it is."""
         assert self.table_shard is not None
         assert self.shard_dir is not None
+        if self.run_id is None:
+            raise RuntimeError(
+                f"TrainingDynamics(name={self.name!r}, sharded=True) saves its shards from a Trainer's fit, under the "
+                "run's id: checkpoint it through the Trainer."
+            )
         comm = self.table_shard.comm
-        directory = self.shard_dir / f"epoch={self.epochs_tracked}"  # the tables change only at epoch ends
+        # The tables change only at epoch ends; the run id keeps other runs in the same shard_dir out.
+        directory = _shard_epoch_directory(self.shard_dir, self.run_id, self.epochs_tracked)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / shard_file_name(comm.rank, comm.world_size, suffix="pt")
         partial = path.with_suffix(".partial")
-        torch.save(state | {"rank": comm.rank, "world_size": comm.world_size}, partial)
+        torch.save(state | {"rank": comm.rank, "world_size": comm.world_size, "run_id": self.run_id}, partial)
         os.replace(partial, path)  # a crash while writing leaves the previous file whole
+        self._newest_shards = self.epochs_tracked
         return {
             "version": STATE_VERSION,
             "shard": {
                 "version": SHARD_STATE_VERSION,
+                "run_id": self.run_id,
                 "directory": str(directory),
                 "world_size": comm.world_size,
                 "num_examples": self.num_examples,
@@ -625,6 +748,12 @@ class TrainingDynamics(Callback):
                 f"The checkpoint's TrainingDynamics(name={self.name!r}) tables are sharded over {info['world_size']} "
                 "ranks: resume with TrainingDynamics(sharded=True)."
             )
+        version = info.get("version")
+        if version not in (1, SHARD_STATE_VERSION):
+            raise ValueError(
+                f"The checkpoint's TrainingDynamics(name={self.name!r}) shard record has version {version!r}; this "
+                f"release reads versions 1 and {SHARD_STATE_VERSION}."
+            )
         world, rank = world_and_rank(None, None)
         check_world_size(int(info["world_size"]), world)
         path = Path(info["directory"]) / shard_file_name(rank, world, suffix="pt")
@@ -636,11 +765,24 @@ class TrainingDynamics(Callback):
         state: dict[str, Any] = torch.load(path, weights_only=True)
         # Known before training starts, so that the first plan of the resumed run reads the shard as a shard.
         self.table_shard = TableShard.of_process_group(int(info["num_examples"]))
+        if version == 1:  # written before shard files carried their fit's id: nothing to check them against
+            rank_zero_warn(
+                f"TrainingDynamics(name={self.name!r}): the checkpoint's shards ({info['directory']}) were written "
+                "without a run id, so nothing shows that another fit in the same shard_dir did not overwrite them."
+            )
+        elif state.get("run_id") != info["run_id"]:
+            raise ValueError(
+                f"TrainingDynamics(name={self.name!r}): the checkpoint belongs to the run with run id "
+                f"{info['run_id']!r} and expects its shards in {info['directory']}, but {path} holds the shard of run "
+                f"id {state.get('run_id')!r}. Resume from the shard files written with this checkpoint."
+            )
         if state.get("epochs_tracked") != info["epochs_tracked"] or state.get("rank") != rank:
             raise ValueError(
                 f"{path} holds rank {state.get('rank')}'s shard after {state.get('epochs_tracked')} "
                 f"epochs; the checkpoint expects rank {rank}'s after {info['epochs_tracked']}."
             )
+        if version != 1:  # the resumed run writes on under its own id (a version 1 run: under this fit's new one)
+            self.run_id = str(info["run_id"])
         return state
 
     def _count_dtype(self) -> torch.dtype:
@@ -681,6 +823,24 @@ def _dataset_size(trainer: pl.Trainer) -> int | None:
         return len(dataset)
     except TypeError:
         return None
+
+
+def _shard_epoch_directory(shard_dir: Path, run_id: str, epochs_tracked: int) -> Path:
+    """Where each rank writes its shard of a checkpoint taken after ``epochs_tracked`` epochs of the fit ``run_id``."""
+    return shard_dir / run_id / f"epoch={epochs_tracked}"
+
+
+def _checkpoint_files(trainer: pl.Trainer) -> list[Path]:
+    """The local checkpoint files of the Trainer's ``ModelCheckpoint`` callbacks: their folders' and those they hold."""
+    files: set[Path] = set()
+    for callback in trainer.checkpoint_callbacks:
+        if not isinstance(callback, ModelCheckpoint):
+            continue
+        if callback.dirpath is not None and Path(callback.dirpath).is_dir():
+            files.update(Path(callback.dirpath).glob(f"*{callback.FILE_EXTENSION}"))
+        held = [*callback.best_k_models, callback.last_model_path, callback.best_model_path]
+        files.update(Path(path) for path in held if path and Path(path).is_file())
+    return sorted(path for path in files if path.is_file())
 
 
 def find_dynamics(trainer: pl.Trainer, name: str | None = None) -> TrainingDynamics | None:

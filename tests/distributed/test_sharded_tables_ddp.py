@@ -23,7 +23,15 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from lightning_curricula import Bandit, InfoBatch, Policy, StaticPruning, TrainingDynamics, curriculum_dataloader
+from lightning_curricula import (
+    Bandit,
+    FullData,
+    InfoBatch,
+    Policy,
+    StaticPruning,
+    TrainingDynamics,
+    curriculum_dataloader,
+)
 from lightning_curricula.step.losses import weighted_mean
 
 SIZE = 53  # prime: unequal shards, and padded plans
@@ -82,13 +90,26 @@ class Recorder(pl.LightningModule):
 
 
 def fit(
-    directory: Path, policy: Policy, world: int, *, sharded: bool, ckpt_path: Path | None = None, **options: Any
+    directory: Path,
+    policy: Policy,
+    world: int,
+    *,
+    sharded: bool,
+    ckpt_path: Path | None = None,
+    root: Path | None = None,
+    epochs: int = EPOCHS,
+    dynamics: Mapping[str, Any] | None = None,
+    **options: Any,
 ) -> None:
+    """Train and record into ``directory``; ``root`` (by default ``directory``) is the ``default_root_dir``.
+
+    ``dynamics`` holds more options of the `TrainingDynamics`.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    callbacks = [TrainingDynamics(sharded=sharded), *options.pop("callbacks", [])]
+    callbacks = [TrainingDynamics(sharded=sharded, **(dynamics or {})), *options.pop("callbacks", [])]
     trainer = make_trainer(
-        directory,
-        max_epochs=EPOCHS,
+        directory if root is None else root,
+        max_epochs=epochs,
         callbacks=callbacks,
         reload_dataloaders_every_n_epochs=1,
         strategy="ddp_spawn",
@@ -161,7 +182,7 @@ def test_a_sharded_run_resumed_after_a_crash_ends_with_the_straight_runs_tables(
     with pytest.raises(Exception, match="crash at the start of epoch 2"):
         fit(crashed, policy, 2, sharded=True, enable_checkpointing=True, callbacks=[checkpoints(crashed), CrashAt(2)])
     checkpoint = crashed / "checkpoints" / "epoch=1.ckpt"
-    shard_files = sorted(path.name for path in crashed.glob("dynamics_shards/dynamics/epoch=2/*"))
+    shard_files = sorted(path.name for path in crashed.glob("dynamics_shards/dynamics/*/epoch=2/*"))  # one fit's
     assert shard_files == ["shard-00000-of-00002.pt", "shard-00001-of-00002.pt"]
     fit(
         crashed,
@@ -181,3 +202,134 @@ def test_a_sharded_run_resumed_after_a_crash_ends_with_the_straight_runs_tables(
             callbacks=[TrainingDynamics(sharded=True)],
             reload_dataloaders_every_n_epochs=1,
         ).fit(Recorder(str(tmp_path), policy), ckpt_path=checkpoint)
+
+
+class TablesAtStart(pl.Callback):
+    """Writes each rank's tables as a resumed run starts (after the checkpoint is loaded) to ``rank<r>_start.pt``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        dynamics = next(c for c in trainer.callbacks if isinstance(c, TrainingDynamics))  # type: ignore[attr-defined]
+        torch.save(dynamics.signals(), self.directory / f"rank{trainer.global_rank}_start.pt")
+
+
+def tables_at_start(directory: Path, world: int) -> dict[str, Tensor]:
+    """The whole table a resumed run started from: its ranks' shards concatenated in rank order."""
+    shards = [torch.load(directory / f"rank{rank}_start.pt", weights_only=True) for rank in range(world)]
+    return {key: torch.cat([shard[key] for shard in shards]) for key in shards[0]}
+
+
+def assert_tables_equal(actual: Mapping[str, Tensor], expected: Mapping[str, Tensor], what: str) -> None:
+    assert sorted(actual) == sorted(expected), what
+    for key, values in expected.items():
+        assert torch.equal(actual[key].isnan(), values.isnan()), (what, key)
+        assert torch.equal(actual[key].nan_to_num(-9.0), values.nan_to_num(-9.0)), (what, key)
+
+
+def every_checkpoint(directory: Path) -> Any:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return ModelCheckpoint(dirpath=directory, filename="{epoch}", save_top_k=-1)
+
+
+def latest_checkpoint(directory: Path) -> Any:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return ModelCheckpoint(dirpath=directory, filename="{epoch}", save_top_k=1)  # removes the one before
+
+
+def shard_bytes(directory: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*.pt"))}
+
+
+def shard_record(checkpoint: Path) -> dict[str, Any]:
+    """What ``checkpoint`` says of the tracker's shards: run id, directory, world size, epochs tracked."""
+    state = torch.load(checkpoint, weights_only=True)["callbacks"][TrainingDynamics().state_key]
+    return state["shard"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.slow
+def test_two_runs_in_one_root_directory_resume_each_their_own_tables(tmp_path: Path) -> None:
+    """Run B, started later in the same ``default_root_dir``, neither overwrites nor lends its shards to run A."""
+    root, a, b = tmp_path / "root", tmp_path / "a", tmp_path / "b"
+    options = {"sharded": True, "root": root, "enable_checkpointing": True}
+    fit(a, InfoBatch(0.6), 2, callbacks=[every_checkpoint(a / "checkpoints")], **options)
+    a_shards = shard_bytes(root / "dynamics_shards")
+    fit(b, InfoBatch(0.3), 2, callbacks=[every_checkpoint(b / "checkpoints")], **options)
+    assert not torch.equal(table(a, 2, 1)["visits"], table(b, 2, 1)["visits"])  # the runs' tables differ
+    b_shards = {name: data for name, data in shard_bytes(root / "dynamics_shards").items() if name not in a_shards}
+
+    # Resume A after epoch 1 (two epochs tracked): A's tables, then the rest of A's straight run.
+    resumed = tmp_path / "a_resumed"
+    fit(
+        resumed,
+        InfoBatch(0.6),
+        2,
+        callbacks=[every_checkpoint(resumed / "checkpoints"), TablesAtStart(resumed)],
+        ckpt_path=a / "checkpoints" / "epoch=1.ckpt",
+        **options,
+    )
+    assert_tables_equal(tables_at_start(resumed, 2), table(a, 2, 1), "resumed A")
+    assert_same_runs(resumed, a, 2, epochs=range(2, EPOCHS))
+
+    # One run id per run, the same on both ranks; the resumed run wrote on under A's, B's files are untouched.
+    run_a, run_b = (shard_record(run / "checkpoints" / "epoch=1.ckpt")["run_id"] for run in (a, b))
+    assert run_a != run_b
+    for epoch in range(2, EPOCHS):
+        record = shard_record(resumed / "checkpoints" / f"epoch={epoch}.ckpt")
+        assert record["run_id"] == run_a
+        assert Path(record["directory"]) == root / "dynamics_shards" / "dynamics" / run_a / f"epoch={epoch + 1}"
+    for name in a_shards:
+        assert name.startswith(f"dynamics/{run_a}/epoch="), name
+        shard = torch.load(root / "dynamics_shards" / name, weights_only=True)
+        assert shard["run_id"] == run_a, name
+    assert {name: data for name, data in shard_bytes(root / "dynamics_shards").items() if name in b_shards} == b_shards
+    assert all(name.startswith(f"dynamics/{run_b}/") for name in b_shards)
+
+
+@pytest.mark.slow
+def test_shards_whose_checkpoints_are_gone_are_deleted_and_no_other_runs(tmp_path: Path) -> None:
+    root, kept, collected = tmp_path / "root", tmp_path / "kept", tmp_path / "collected"
+    options = {"sharded": True, "root": root, "enable_checkpointing": True}
+    policy = FullData()  # plans that do not depend on max_epochs: the resumed run trains one epoch more
+    fit(
+        kept,
+        policy,
+        2,
+        callbacks=[latest_checkpoint(kept / "checkpoints")],
+        dynamics={"delete_stale_shards": False},
+        **options,
+    )
+    (kept_run,) = (root / "dynamics_shards" / "dynamics").iterdir()
+    kept_files = shard_bytes(kept_run)
+    assert sorted(path.name for path in kept_run.iterdir()) == [f"epoch={e}" for e in range(1, EPOCHS + 1)]
+
+    fit(collected, policy, 2, callbacks=[latest_checkpoint(collected / "checkpoints")], **options)
+    (run,) = [path for path in (root / "dynamics_shards" / "dynamics").iterdir() if path != kept_run]
+    assert shard_bytes(kept_run) == kept_files  # another run's shards: untouched
+    assert [path.name for path in (collected / "checkpoints").iterdir()] == [f"epoch={EPOCHS - 1}.ckpt"]
+    # Only the shards of the one checkpoint left, both ranks' files.
+    assert [path.name for path in run.iterdir()] == [f"epoch={EPOCHS}"]
+    assert sorted(path.name for path in (run / f"epoch={EPOCHS}").iterdir()) == [
+        "shard-00000-of-00002.pt",
+        "shard-00001-of-00002.pt",
+    ]
+
+    resumed = tmp_path / "resumed"
+    fit(
+        resumed,
+        policy,
+        2,
+        epochs=EPOCHS + 1,
+        callbacks=[latest_checkpoint(resumed / "checkpoints"), TablesAtStart(resumed)],
+        ckpt_path=collected / "checkpoints" / f"epoch={EPOCHS - 1}.ckpt",
+        **options,
+    )
+    assert_tables_equal(tables_at_start(resumed, 2), table(collected, 2, EPOCHS - 1), "resumed after the collection")
+    # The resumed run wrote on under its run's id; the shards it resumed from belong to a checkpoint it never
+    # held (another folder), so they stay.
+    assert sorted(path.name for path in run.iterdir()) == [f"epoch={EPOCHS}", f"epoch={EPOCHS + 1}"]
+    assert shard_record(resumed / "checkpoints" / f"epoch={EPOCHS}.ckpt")["run_id"] == run.name
+    assert shard_bytes(kept_run) == kept_files

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import pytest
@@ -157,3 +159,138 @@ def test_resume_with_another_num_examples_raises_when_loading(one_epoch_checkpoi
     dynamics = TrainingDynamics(num_examples=41, history_epochs=2)
     with pytest.raises(ValueError, match=r"the checkpoint tracks 37 examples, this run has 41"):
         _resume_with(41, dynamics, one_epoch_checkpoint, tmp_path)
+
+
+# ------------------------------------------------------------------------------ sharded tables, one process
+
+
+def sharded_fit(
+    root: Path, checkpoints: Path, *, seed: int, ckpt_path: Path | None = None, **options: Any
+) -> TrainingDynamics:
+    """A sharded tracker's fit (one rank: one shard of every id) whose shards go to ``root``'s shard directory."""
+    dynamics = TrainingDynamics(sharded=True, history_epochs=2, **options)
+    trainer = make_trainer(
+        root, max_epochs=EPOCHS, callbacks=[dynamics, every_epoch(checkpoints)], enable_checkpointing=True
+    )
+    model = Classifier(seed=seed)
+    trainer.fit(model, train_loader(ClassificationDataset(SIZE), batch_size=8, seed=seed), ckpt_path=ckpt_path)
+    return dynamics
+
+
+def restored(checkpoint: Path, key: str) -> TrainingDynamics:
+    dynamics = TrainingDynamics(sharded=True, history_epochs=2)
+    dynamics.load_state_dict(torch.load(checkpoint, weights_only=True)["callbacks"][key])
+    return dynamics
+
+
+def test_runs_sharing_a_root_directory_keep_their_own_shards_through_a_resume(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    first = sharded_fit(root, tmp_path / "first", seed=0)
+    second = sharded_fit(root, tmp_path / "second", seed=1)  # a later run, same default_root_dir
+    key = first.state_key
+    assert first.run_id is not None
+    assert second.run_id is not None
+    assert first.run_id != second.run_id
+    assert not torch.equal(first.signals()["loss"], second.signals()["loss"])
+    last = f"epoch={EPOCHS - 1}.ckpt"
+    assert_signals_equal(restored(tmp_path / "first" / last, key).signals(), first.signals())
+    assert_signals_equal(restored(tmp_path / "second" / last, key).signals(), second.signals())
+
+    # The first run resumed after its first epoch writes on under its own id: it rewrites the epochs it trains
+    # again (with the same tables), and touches neither the second run's files nor the shards it resumed from.
+    shards = root / "dynamics_shards" / "dynamics"
+    untouched = [
+        *sorted((shards / second.run_id).rglob("*.pt")),
+        *sorted((shards / first.run_id / "epoch=1").iterdir()),
+    ]
+    before = {path: path.read_bytes() for path in untouched}
+    resumed = sharded_fit(root, tmp_path / "resumed", seed=0, ckpt_path=tmp_path / "first" / "epoch=0.ckpt")
+    assert resumed.run_id == first.run_id
+    assert_signals_equal(resumed.signals(), first.signals())
+    assert {path: path.read_bytes() for path in untouched} == before
+    assert sorted(path.name for path in shards.iterdir()) == sorted([first.run_id, second.run_id])
+    state = torch.load(tmp_path / "resumed" / last, weights_only=True)["callbacks"][key]
+    assert state["shard"]["run_id"] == first.run_id
+    assert state["shard"]["directory"] == str(shards / first.run_id / f"epoch={EPOCHS}")
+    assert_signals_equal(restored(tmp_path / "resumed" / last, key).signals(), first.signals())
+    assert_signals_equal(restored(tmp_path / "first" / last, key).signals(), first.signals())
+
+
+def test_a_shard_file_of_another_run_is_refused_naming_both_ids(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    first = sharded_fit(root, tmp_path / "first", seed=0)
+    second = sharded_fit(root, tmp_path / "second", seed=1)
+    name = "shard-00000-of-00001.pt"
+    shards = root / "dynamics_shards" / "dynamics"
+    shutil.copy(shards / str(second.run_id) / f"epoch={EPOCHS}" / name, shards / str(first.run_id) / f"epoch={EPOCHS}")
+    with pytest.raises(ValueError, match=rf"run id '{first.run_id}'.*holds the shard of run id '{second.run_id}'"):
+        restored(tmp_path / "first" / f"epoch={EPOCHS - 1}.ckpt", first.state_key)
+
+
+def test_a_sharded_checkpoint_without_a_run_id_still_loads_with_a_warning(tmp_path: Path) -> None:
+    first = sharded_fit(tmp_path / "root", tmp_path / "first", seed=0)
+    checkpoint = torch.load(tmp_path / "first" / f"epoch={EPOCHS - 1}.ckpt", weights_only=True)
+    state = checkpoint["callbacks"][first.state_key]
+    directory = Path(state["shard"]["directory"])
+    shard = torch.load(directory / "shard-00000-of-00001.pt", weights_only=True)
+    old = tmp_path / "old" / f"epoch={EPOCHS}"  # the layout before run ids: shard_dir/epoch=<e>/
+    old.mkdir(parents=True)
+    torch.save({key: value for key, value in shard.items() if key != "run_id"}, old / "shard-00000-of-00001.pt")
+    info = {key: value for key, value in state["shard"].items() if key != "run_id"}
+    state["shard"] = info | {"version": 1, "directory": str(old)}
+    dynamics = TrainingDynamics(sharded=True, history_epochs=2)
+    with pytest.warns(UserWarning, match="written without a run id"):
+        dynamics.load_state_dict(state)
+    assert_signals_equal(dynamics.signals(), first.signals())
+
+
+def test_sharded_checkpoints_one_after_another_keep_only_the_shards_of_the_checkpoints_left(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    dynamics = TrainingDynamics(sharded=True, history_epochs=2)
+    latest = ModelCheckpoint(dirpath=tmp_path / "checkpoints", filename="{epoch}", save_top_k=1)
+    trainer = make_trainer(root, max_epochs=EPOCHS, callbacks=[dynamics, latest], enable_checkpointing=True)
+    trainer.fit(Classifier(), train_loader(ClassificationDataset(SIZE), batch_size=8))
+    assert [path.name for path in (tmp_path / "checkpoints").iterdir()] == [f"epoch={EPOCHS - 1}.ckpt"]
+    run = root / "dynamics_shards" / "dynamics" / str(dynamics.run_id)
+    # Each save deleted the shards of the checkpoints gone by then; the end of the fit, those of the checkpoint
+    # the last save replaced.
+    assert [path.name for path in run.iterdir()] == [f"epoch={EPOCHS}"]
+    assert_signals_equal(restored(Path(latest.best_model_path), dynamics.state_key).signals(), dynamics.signals())
+
+
+def test_an_unreadable_checkpoint_file_keeps_every_shard_with_a_warning(tmp_path: Path) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "foreign.ckpt").write_bytes(b"not a checkpoint")  # it might hold any shard
+    dynamics = TrainingDynamics(sharded=True, history_epochs=2)
+    latest = ModelCheckpoint(dirpath=checkpoints, filename="{epoch}", save_top_k=1)
+    trainer = make_trainer(
+        tmp_path / "root", max_epochs=EPOCHS, callbacks=[dynamics, latest], enable_checkpointing=True
+    )
+    with pytest.warns(UserWarning, match=r"keeps every shard of this run: it cannot read the checkpoint"):
+        trainer.fit(Classifier(), train_loader(ClassificationDataset(SIZE), batch_size=8))
+    run = tmp_path / "root" / "dynamics_shards" / "dynamics" / str(dynamics.run_id)
+    assert sorted(path.name for path in run.iterdir()) == [f"epoch={e}" for e in range(1, EPOCHS + 1)]
+
+
+def test_shards_stay_while_a_checkpoint_that_was_seen_to_hold_them_exists(tmp_path: Path) -> None:
+    """A file ``best_model_path`` stops naming (a better model elsewhere, or the run resumed from) still counts."""
+    dynamics = TrainingDynamics(sharded=True)
+    dynamics.run_id = "a"
+
+    def checkpoint(path: Path, run_id: str, epochs: int) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shard = {"run_id": run_id, "epochs_tracked": epochs}
+        torch.save({"callbacks": {dynamics.state_key: {"version": 2, "shard": shard}}}, path)
+        return path
+
+    best = ModelCheckpoint(dirpath=tmp_path / "checkpoints", filename="{epoch}")
+    trainer = type("TrainerStub", (), {"checkpoint_callbacks": [best]})()
+    best.best_model_path = str(checkpoint(tmp_path / "resumed_from" / "epoch=0.ckpt", "a", 1))
+    checkpoint(tmp_path / "checkpoints" / "other_run.ckpt", "b", 2)
+    assert dynamics._stale_shards(trainer, newest=2) == []
+    best.best_model_path = str(checkpoint(tmp_path / "checkpoints" / "epoch=1.ckpt", "a", 2))
+    assert dynamics._stale_shards(trainer, newest=3) == []  # resumed_from/epoch=0.ckpt still holds epoch=1
+    (tmp_path / "resumed_from" / "epoch=0.ckpt").unlink()
+    (tmp_path / "checkpoints" / "other_run.ckpt").unlink()
+    assert dynamics._stale_shards(trainer, newest=3) == [1]  # its file is gone; another run's never counted
