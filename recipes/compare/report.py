@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lightning_curricula.recipes.compare.settings import RECIPES, CompareOptions, Recipe
+from lightning_curricula.recipes.interface import MonitoredMetrics
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -24,6 +25,7 @@ __all__ = [
     "footnote",
     "load_results",
     "markdown_table",
+    "report_recipe",
     "result_path",
     "summarize",
     "write_csv",
@@ -35,10 +37,11 @@ __all__ = [
 class RunResult:
     """What one run of one policy with one seed produced (the content of its result file).
 
-    ``final_acc`` and ``best_acc`` are validation accuracies (the last epoch's and the best epoch's),
-    ``test_acc`` the test accuracy after training. ``trained_digest`` fingerprints the ids, weights and
-    losses of every step (`EpochHistory.trained_digest`); ``position`` is the run's place in the
-    comparison's order.
+    ``final_acc`` and ``best_acc`` are the validation metric (the last epoch's and the best epoch's),
+    ``test_acc`` the test metric after training: accuracies, unless ``monitored`` (what the run's data
+    module monitors, `MonitoredMetrics` as a dict; empty: the recipe's metrics) says they are a loss,
+    whose best epoch is the lowest. ``trained_digest`` fingerprints the ids, weights and losses of
+    every step (`EpochHistory.trained_digest`); ``position`` is the run's place in the comparison's order.
     """
 
     policy: str
@@ -59,6 +62,7 @@ class RunResult:
     test_seconds: float = math.nan
     trained_digest: str = ""
     position: int = -1
+    monitored: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class PolicySummary:
     ``test_acc`` is measured on the test split after training; ``final_acc`` and ``best_acc`` on the
     validation split. ``same_as_full``: every seed trained on exactly what full data's run of that seed
     did (the same ids, weights and losses at every step), so its times are only a measure of noise.
+    ``monitored``: what the runs were judged by (`RunResult.monitored`), which `markdown_table` follows.
     """
 
     policy: str
@@ -88,6 +93,7 @@ class PolicySummary:
     time_to_full_ratio: float = math.nan
     same_as_full: bool = False
     extras: dict[str, tuple[float, float]] = field(default_factory=dict)
+    monitored: dict[str, Any] = field(default_factory=dict)
 
 
 def result_path(output: Path, policy: str, seed: int) -> Path:
@@ -121,23 +127,45 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
-def train_seconds_to(run: RunResult, accuracy: float, metric: str) -> float:
-    """The training time (evaluation excluded) at the end of the run's first epoch reaching ``accuracy``, or NaN."""
+def report_recipe(recipe: Recipe, results: Sequence[RunResult]) -> Recipe:
+    """``recipe`` judged by what its runs monitored (`RunResult.monitored`), or itself when they say nothing.
+
+    Raises:
+        ValueError: the runs monitored different metrics (they come from different data).
+    """
+    stored = [r.monitored for r in results if r.monitored]
+    if not stored:
+        return recipe
+    if any(other != stored[0] for other in stored[1:]):
+        metrics = sorted({str(other.get("metric")) for other in stored})
+        raise ValueError(f"The runs of one comparison monitored different metrics ({metrics}); compare like with like.")
+    return recipe.monitoring(MonitoredMetrics.from_dict(stored[0]))
+
+
+def train_seconds_to(run: RunResult, target: float, metric: str, *, higher_is_better: bool = True) -> float:
+    """The training time (evaluation excluded) at the end of the run's first epoch reaching ``target``, or NaN.
+
+    Reaching is ``>= target`` for an accuracy, ``<= target`` for a loss (``higher_is_better=False``).
+    """
     for record in run.epochs:
-        if record.get(metric, -math.inf) >= accuracy:
+        value = record.get(metric, math.nan)
+        if value >= target if higher_is_better else value <= target:
             return record["train_seconds"]
     return math.nan
 
 
-def summarize(results: Sequence[RunResult], policies: Sequence[str], metric: str = "val/acc") -> list[PolicySummary]:
-    """One row per policy: accuracies as mean and sample standard deviation over seeds, ratios to ``full``.
+def summarize(
+    results: Sequence[RunResult], policies: Sequence[str], metric: str = "val/acc", *, higher_is_better: bool = True
+) -> list[PolicySummary]:
+    """One row per policy: the metric as mean and sample standard deviation over seeds, ratios to ``full``.
 
     Accuracies are fractions in ``[0, 1]``; a standard deviation over one seed is NaN, and so are the
     ratios when ``full`` is not among the results. ``scoring_ratio`` counts the scoring forwards (without
     a backward) of selection inside the step as a share of full data's passes;
     ``time_to_full_ratio`` is the mean over seeds of the training time at which a run first reaches full
-    data's final validation ``metric`` (the lowest over full data's seeds, so that every full-data seed
-    reaches it), over full data's training time (NaN when a seed never reaches it).
+    data's final validation ``metric`` (the worst over full data's seeds, so that every full-data seed
+    reaches it: the lowest accuracy, or with ``higher_is_better=False`` the highest loss, reached at
+    the first epoch at or below it), over full data's training time (NaN when a seed never reaches it).
     """
     by_policy = {policy: [r for r in results if r.policy == policy] for policy in policies}
     full = by_policy.get("full") or []
@@ -145,7 +173,8 @@ def summarize(results: Sequence[RunResult], policies: Sequence[str], metric: str
     full_passes = statistics.fmean(r.sample_passes for r in full) if full else math.nan
     full_wall = statistics.fmean(r.wall_seconds for r in full) if full else math.nan
     full_train = statistics.fmean(r.train_seconds for r in full) if full else math.nan
-    full_final = min(r.final_acc for r in full) if full else math.nan  # an accuracy every full-data seed reaches
+    worst = min if higher_is_better else max
+    full_final = worst(r.final_acc for r in full) if full else math.nan  # a value every full-data seed reaches
     rows = []
     for policy, runs in by_policy.items():
         if not runs:
@@ -157,7 +186,9 @@ def summarize(results: Sequence[RunResult], policies: Sequence[str], metric: str
         wall = statistics.fmean(r.wall_seconds for r in runs)
         train = statistics.fmean(r.train_seconds for r in runs)
         scoring = statistics.fmean(r.scoring_forwards for r in runs)
-        to_full = statistics.fmean(train_seconds_to(r, full_final, metric) for r in runs)
+        to_full = statistics.fmean(
+            train_seconds_to(r, full_final, metric, higher_is_better=higher_is_better) for r in runs
+        )
         extras = {name: _mean_std([r.extras[name] for r in runs if name in r.extras]) for name in runs[0].extras}
         rows.append(
             PolicySummary(
@@ -179,6 +210,7 @@ def summarize(results: Sequence[RunResult], policies: Sequence[str], metric: str
                 time_to_full_ratio=to_full / full_train,
                 same_as_full=policy != "full" and all(_same_as_full(r, full_digests) for r in runs),
                 extras=extras,
+                monitored=next((dict(r.monitored) for r in runs if r.monitored), {}),
             )
         )
     return rows
@@ -204,12 +236,22 @@ def _extra_cell(title: str, mean: float, std: float) -> str:
     return text if math.isnan(std) else f"{text} ± {std:,.3g}"
 
 
+def _metric_cell(mean: float, std: float, kind: str) -> str:
+    return _percent(mean, std) if kind == "accuracy" else _extra_cell("", mean, std)
+
+
 def markdown_table(rows: Sequence[PolicySummary], recipe: Recipe, note: str) -> str:
-    """The summary table in Markdown, the recipe's extra columns included, then ``note``."""
+    """The summary table in Markdown, the recipe's extra columns included, then ``note``.
+
+    The rows' metric (`PolicySummary.monitored`, when their runs say what they monitored) replaces the
+    recipe's: an accuracy is shown in percent, a loss as it is.
+    """
+    recipe = recipe.monitoring(MonitoredMetrics.from_dict(rows[0].monitored) if rows and rows[0].monitored else None)
     extras = [title for title, name in recipe.extras.items() if any(name in row.extras for row in rows)]
     scoring = any(row.scoring_ratio > 0 for row in rows)  # selection inside the step: its forwards are charged
+    column = f"{recipe.column} (%)" if recipe.kind == "accuracy" else recipe.column
     lines = [
-        f"| policy | seeds | test {recipe.column} (%) | final val {recipe.column} (%) | best val {recipe.column} (%) "
+        f"| policy | seeds | test {column} | final val {column} | best val {column} "
         f"| sample passes | passes / full {'| scoring forwards / full ' if scoring else ''}"
         f"| wall-clock (s) | wall-clock / full | train time / full | time to full's val {recipe.column} / full "
         f"|{''.join(f' {title} |' for title in extras)}",
@@ -219,9 +261,9 @@ def markdown_table(rows: Sequence[PolicySummary], recipe: Recipe, note: str) -> 
         cells = [row.extras.get(recipe.extras[title], (math.nan, math.nan)) for title in extras]
         name = f"{row.policy} (same as full)" if row.same_as_full else row.policy
         lines.append(
-            f"| {name} | {row.seeds} | {_percent(row.test_acc_mean, row.test_acc_std)} "
-            f"| {_percent(row.final_acc_mean, row.final_acc_std)} "
-            f"| {_percent(row.best_acc_mean, row.best_acc_std)} | {row.sample_passes:,.0f} "
+            f"| {name} | {row.seeds} | {_metric_cell(row.test_acc_mean, row.test_acc_std, recipe.kind)} "
+            f"| {_metric_cell(row.final_acc_mean, row.final_acc_std, recipe.kind)} "
+            f"| {_metric_cell(row.best_acc_mean, row.best_acc_std, recipe.kind)} | {row.sample_passes:,.0f} "
             f"| {_ratio(row.passes_ratio)} {f'| {_ratio(row.scoring_ratio)} ' if scoring else ''}"
             f"| {row.wall_seconds:.1f} | {_ratio(row.wall_ratio)} | {_ratio(row.train_ratio)} "
             f"| {_ratio(row.time_to_full_ratio)} |"
@@ -231,8 +273,17 @@ def markdown_table(rows: Sequence[PolicySummary], recipe: Recipe, note: str) -> 
 
 
 def footnote(options: CompareOptions, results: Sequence[RunResult]) -> str:
-    """What the table measured: recipe, data sizes, epochs, evaluation, devices."""
-    recipe = RECIPES[options.recipe]
+    """What the table measured: recipe, data sizes, epochs, the metric and its evaluation, devices."""
+    recipe = report_recipe(RECIPES[options.recipe], results)
+    better = "higher" if recipe.higher_is_better else "lower"
+    measure = "accuracy" if recipe.kind == "accuracy" else "loss"
+    reach = (
+        f"the train time at the end of the first epoch whose validation {measure} reaches full data's final "
+        f"validation {measure} (the lowest over its seeds)"
+        if recipe.higher_is_better
+        else f"the train time at the end of the first epoch whose validation {measure} is at or below full data's "
+        f"final validation {measure} (the highest over its seeds)"
+    )
     tests = sorted({r.test_examples for r in results})
     vals = sorted({r.val_examples for r in results})
     trains = sorted({r.train_examples for r in results})
@@ -240,7 +291,9 @@ def footnote(options: CompareOptions, results: Sequence[RunResult]) -> str:
     return (
         f"Recipe `{recipe.name}`, dataset `{options.dataset}`{' (--fast-dev)' if options.fast_dev else ''}: "
         f"{'/'.join(map(str, trains))} training, {'/'.join(map(str, vals))} validation and "
-        f"{'/'.join(map(str, tests))} test examples, {options.max_epochs} epochs. {recipe.note} Columns: *test* "
+        f"{'/'.join(map(str, tests))} test examples, {options.max_epochs} epochs. Runs are judged by "
+        f"`{recipe.metric}` after every epoch and `{recipe.test_metric}` after training ({better} is better; *best* "
+        f"is the {'highest' if recipe.higher_is_better else 'lowest'} epoch). {recipe.note} Columns: *test* "
         "is the test split after training; *final val* and *best val* are the validation split's last and best "
         "epoch. ± is the sample standard deviation over seeds. *Same as full*: every seed trained on exactly "
         "what full data's run of that seed trained on (the same examples, weights and losses at every step), so "
@@ -251,10 +304,8 @@ def footnote(options: CompareOptions, results: Sequence[RunResult]) -> str:
         "of a batch (in every epoch, or every few with remembered scores) and trains on some. Wall-clock: "
         "`Trainer.fit`, per-epoch evaluation included, on "
         f"{', '.join(devices)}; train time: the same without the evaluation, the part a policy can save "
-        "(a policy's own preparation, such as RHO-LOSS's holdout models, included). Time to full's accuracy: "
-        "the train time at the end of the first epoch whose validation accuracy reaches full data's final "
-        "validation accuracy (the lowest over its seeds), over full data's train time (n/a: some seed never "
-        "reaches it)."
+        f"(a policy's own preparation, such as RHO-LOSS's holdout models, included). Time to full's {measure}: "
+        f"{reach}, over full data's train time (n/a: some seed never reaches it)."
     )
 
 
@@ -262,7 +313,7 @@ def write_csv(path: Path, rows: Sequence[PolicySummary]) -> None:
     """``summary.csv``: one row per policy, the extras as ``<name>_mean`` and ``<name>_std`` columns."""
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
-        names = [name for name in PolicySummary.__dataclass_fields__ if name != "extras"]
+        names = [name for name in PolicySummary.__dataclass_fields__ if name not in ("extras", "monitored")]
         extras = list(dict.fromkeys(name for row in rows for name in row.extras))
         writer.writerow(names + [f"{name}_{part}" for name in extras for part in ("mean", "std")])
         for row in rows:
@@ -276,11 +327,12 @@ def accuracy_figure(
     *,
     metric: str = "val/acc",
     label: str = "validation accuracy",
+    percent: bool = True,
 ) -> Figure:
     """Accuracy (``metric``) against sample passes, one line per policy (the mean over seeds, ± std as bars).
 
     The x axis counts passes in units of the training set (one full-data epoch is 1), so policies
-    with shorter epochs end further left.
+    with shorter epochs end further left. ``percent=False`` plots the values as they are (a loss).
 
     Returns:
         A ``matplotlib.figure.Figure``; no pyplot state is touched.
@@ -301,7 +353,7 @@ def accuracy_figure(
             passes.append(
                 statistics.fmean(p["sample_passes"] / r.train_examples for p, r in zip(points, runs, strict=True))
             )
-            mean, std = _mean_std([100 * p[metric] for p in points])
+            mean, std = _mean_std([(100 if percent else 1) * p[metric] for p in points])
             means.append(mean)
             stds.append(0.0 if math.isnan(std) else std)
         axes.errorbar(
@@ -309,7 +361,7 @@ def accuracy_figure(
         )
     axes.set(
         xlabel="sample passes (multiples of the training set)",
-        ylabel=f"{label} (%)",
+        ylabel=f"{label} (%)" if percent else label,
         title=f"{label[0].upper()}{label[1:]} against compute",
     )
     axes.grid(alpha=0.3)
@@ -320,10 +372,12 @@ def accuracy_figure(
 
 def write_report(options: CompareOptions, results: Sequence[RunResult]) -> list[PolicySummary]:
     """Write ``summary.md``, ``summary.csv`` and ``accuracy_vs_passes.png`` under ``options.output``; the rows."""
-    recipe = RECIPES[options.recipe]
-    rows = summarize(results, options.policies, recipe.metric)
+    recipe = report_recipe(RECIPES[options.recipe], results)
+    rows = summarize(results, options.policies, recipe.metric, higher_is_better=recipe.higher_is_better)
     (options.output / "summary.md").write_text(markdown_table(rows, recipe, footnote(options, results)) + "\n")
     write_csv(options.output / "summary.csv", rows)
-    figure = accuracy_figure(results, options.policies, metric=recipe.metric, label=recipe.metric_label)
+    figure = accuracy_figure(
+        results, options.policies, metric=recipe.metric, label=recipe.metric_label, percent=recipe.kind == "accuracy"
+    )
     figure.savefig(options.output / "accuracy_vs_passes.png", dpi=120)
     return rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib
 import importlib.resources
@@ -32,7 +33,7 @@ from lightning_curricula.recipes.compare.settings import (
     config_text,
     configs_dir,
 )
-from lightning_curricula.recipes.interface import RecipeDataModule
+from lightning_curricula.recipes.interface import MissingScoresError, RecipeDataModule
 
 __all__ = ["run_comparison"]
 
@@ -179,6 +180,8 @@ def _preflight(options: CompareOptions, policies: list[str]) -> None:
         size = datamodule.split_sizes()[0]
         try:
             bound = datamodule.bound_policy()
+        except MissingScoresError as error:
+            raise PolicySettingsError(f"policy {policy!r} cannot run on --dataset {options.dataset}: {error}") from None
         except ValueError:  # ranks by scores the model computes when fitting starts (IFD): checked then
             continue
         try:
@@ -259,14 +262,18 @@ def _run_one(options: CompareOptions, policy: str, seed: int, progress: Any, *, 
         monitor=recipe.metric, tag=recipe.tag, metrics=recipe.recorded, on_record=lambda record: progress.update(1)
     )
     cli = _build_cli(options, policy, seed, history=history, logger=logger)
+    datamodule = _recipe_data(cli, policy)
     started = time.perf_counter()
+    datamodule.setup("fit")  # inside the wall-clock, as in fit; its splits say what the run is judged by
+    monitored = datamodule.monitored_metrics(model=cli.model)
+    recipe = recipe.monitoring(monitored)
+    history.monitor, history.tag, history.metrics = recipe.metric, recipe.tag, recipe.recorded
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     wall = time.perf_counter() - started
     progress.update(max(options.max_epochs - len(history.records), 0))
-    accuracies = [record[recipe.metric] for record in history.records if recipe.metric in record]
-    if not accuracies:
+    values = [record[recipe.metric] for record in history.records if recipe.metric in record]
+    if not values:
         raise RuntimeError(f"The run of {policy!r} (seed {seed}) recorded no {recipe.metric}.")
-    datamodule = _recipe_data(cli, policy)
     final = datamodule.final_metrics(cli.trainer)
     started = time.perf_counter()
     cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)  # resets callback_metrics: read first
@@ -278,8 +285,8 @@ def _run_one(options: CompareOptions, policy: str, seed: int, progress: Any, *, 
     result = RunResult(
         policy=policy,
         seed=seed,
-        final_acc=accuracies[-1],
-        best_acc=max(accuracies),
+        final_acc=values[-1],
+        best_acc=max(values) if recipe.higher_is_better else min(values),
         sample_passes=history.sample_passes,
         wall_seconds=wall,
         train_examples=train_examples,
@@ -294,6 +301,7 @@ def _run_one(options: CompareOptions, policy: str, seed: int, progress: Any, *, 
         test_seconds=test_seconds,
         trained_digest=history.trained_digest,
         position=position,
+        monitored=dataclasses.asdict(monitored) if monitored is not None else {},
     )
     cli.trainer.logger.log_hyperparams(
         _hyperparameters(cli, policy, seed, options),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightning_curricula.recipes.interface import MetricKind, MonitoredMetrics
 from lightning_curricula.recipes.vision.sources import check_dataset_name as check_vision_dataset
 
 __all__ = [
@@ -65,11 +67,12 @@ class Recipe:
         default_epochs: ``--trainer.max_epochs`` when ``--max-epochs`` is not given.
         default_seeds: ``--seeds`` when not given.
         metric: the validation accuracy, as the recipe logs it after every epoch: the curves, "best" and
-            the time to full data's accuracy use it.
+            the time to full data's accuracy use it. These fields up to ``tag`` (and ``kind``) are
+            defaults: a data module that says what it monitors (`RecipeDataModule.monitored_metrics`)
+            replaces them for its runs (`monitoring`).
         test_metric: the test accuracy, logged once by ``trainer.test`` after fitting: the report's figure.
         metric_label: how plots call ``metric``.
         column: how the summary table's columns call the accuracy (``val`` or ``test`` in front).
-        tag: the TensorBoard tag of ``metric`` against sample passes.
         recorded: the metrics the per-epoch records keep (``metric`` first).
         extras: metrics whose final logged values (or rank correlations) join the table, by column title.
         run_args: arguments of every run.
@@ -78,6 +81,8 @@ class Recipe:
         hparams: config keys logged as TensorBoard hyperparameters, by their short names.
         check_dataset: raises ``ValueError`` for a dataset name the recipe cannot load.
         note: what the footnote of the table says about the evaluation.
+        tag: the TensorBoard tag of ``metric`` against sample passes.
+        kind: ``"accuracy"`` (higher is better, shown in percent) or ``"loss"`` (lower is better).
     """
 
     name: str
@@ -100,6 +105,40 @@ class Recipe:
     check_dataset: Callable[[str], None]
     note: str
     tag: str
+    kind: MetricKind = "accuracy"
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Whether a higher ``metric`` is better (an accuracy) or a lower one (a loss)."""
+        return self.kind == "accuracy"
+
+    def monitoring(self, monitored: MonitoredMetrics | None) -> Recipe:
+        """This recipe judged by ``monitored`` (what a run's data module monitors); itself for ``None``.
+
+        ``metric`` and its records come first, the recipe's recorded metrics and extras follow (those a
+        run does not log are left out of its records and of the table), and the tag is the metric's.
+
+        Example:
+            >>> monitored = MonitoredMetrics("val/heldout/loss", "test/heldout/loss", "held-out loss", "loss", "loss")
+            >>> recipe = RECIPES["llm"].monitoring(monitored)
+            >>> recipe.metric, recipe.tag, recipe.higher_is_better
+            ('val/heldout/loss', 'val/heldout_loss_by_sample_passes', False)
+        """
+        if monitored is None:
+            return self
+        stage, _, name = monitored.metric.partition("/")
+        return dataclasses.replace(
+            self,
+            metric=monitored.metric,
+            test_metric=monitored.test_metric,
+            metric_label=monitored.label,
+            column=monitored.column,
+            kind=monitored.kind,
+            recorded=tuple(dict.fromkeys((monitored.metric, *monitored.recorded, *self.recorded))),
+            extras={**self.extras, **monitored.extras},
+            note=monitored.note or self.note,
+            tag=f"{stage}/{name.replace('/', '_')}_by_sample_passes",
+        )
 
 
 #: The recipes ``compare`` runs, by ``--recipe`` name.

@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
-from lightning_curricula.recipes.interface import RecipeDataModule
+from lightning_curricula.recipes.interface import MissingScoresError, MonitoredMetrics, RecipeDataModule
 from lightning_curricula.recipes.llm.data import (
     CausalLMCollator,
     Scorer,
     Truncation,
+    detect_shape,
     load_instruction_dataset,
     load_reasoning_gym,
     make_scorer,
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: ``dataset="reasoning_gym:<task>"`` generates that reasoning-gym task.
 REASONING_GYM_PREFIX = "reasoning_gym:"
+#: The scores `CausalLMFineTuner.compute_example_scores` computes when fitting starts.
+_FIT_START_SCORES = ("ifd", "initial_loss", "response_loss")
 
 
 class InstructionDataModule(RecipeDataModule):
@@ -46,6 +49,14 @@ class InstructionDataModule(RecipeDataModule):
     chosen from results) and the **test** pool (``test_dataloader``: evaluated once after training, by
     ``trainer.test``, for the report). Each pool with a ``difficulty`` column is split into its easiest
     and hardest ``eval_fraction``, ``easy`` and ``hard``; without one it is one ``heldout`` split.
+    `monitored_metrics` says what runs are judged by: ``val/hard/accuracy``, ``val/heldout/accuracy``, or
+    the split's loss (lower is better) when no answer can be graded (the ``text`` shape, or a model that
+    generates nothing).
+
+    **Shapes** (`prepare_dataset`): conversations (Alpaca, question/answer, chat ``messages``,
+    prompt/completion with text or TRL's lists of messages) train on the assistant's answers, every
+    assistant turn of a chat; ``text`` rows (continued pretraining) train on every token, have no
+    answer to grade, and no IFD (their per-example difficulty is the learned loss).
 
     **Sources** (``dataset``):
 
@@ -149,6 +160,8 @@ class InstructionDataModule(RecipeDataModule):
         self.streaming = streaming
         self.shuffle_buffer = shuffle_buffer
         self.scorer: Scorer | None = None
+        #: The shape of the rows (``shape``, or the one detected), set by `setup`.
+        self.data_shape: str | None = None
         self.train_dataset: datasets.Dataset | None = None
         self.val_datasets: dict[str, datasets.Dataset] = {}
         self.test_datasets: dict[str, datasets.Dataset] = {}
@@ -163,14 +176,73 @@ class InstructionDataModule(RecipeDataModule):
         """Names of the test splits, in the order of `test_dataloader`."""
         return list(self.test_datasets)
 
+    @property
+    def graded(self) -> bool:
+        """Whether held-out answers can be graded: every shape but ``text`` has a reference answer (after `setup`)."""
+        return self.data_shape != "text"
+
     @override
     def setup(self, stage: str) -> None:
-        if self.train_dataset is not None:
-            return
-        train_rows, validation, test = self._rows()
-        self.train_dataset = self._prepare(train_rows)
-        self.val_datasets = self._held_out_splits(validation)
-        self.test_datasets = self._held_out_splits(test)
+        if self.train_dataset is None:
+            train_rows, validation, test = self._rows()
+            self.data_shape = self.shape or detect_shape(train_rows.column_names)
+            if not self.graded:
+                self.scorer = None  # text has no answers
+            self.train_dataset = self._prepare(train_rows)
+            self.val_datasets = self._held_out_splits(validation)
+            self.test_datasets = self._held_out_splits(test)
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if not self.graded and getattr(module, "fit_start_scores", False):
+            raise ValueError(
+                "fit_start_scores=True computes IFD, which compares each answer's loss with and without its prompt; "
+                "text rows (continued pretraining, loss on every token) have no prompt. Their per-example difficulty "
+                "is the learned loss: set model.fit_start_scores false and rank by a tracked signal (loss, loss_ema)."
+            )
+
+    @override
+    def monitored_metrics(self, *, model: pl.LightningModule | None = None) -> MonitoredMetrics:
+        """What runs are judged by, from the validation splits and whether answers are graded (after ``setup``).
+
+        ``val/hard/accuracy`` with a ``difficulty`` column, ``val/heldout/accuracy`` without one, and the
+        split's ``loss`` (lower is better) when no answer can be graded: ``text`` rows, or a ``model``
+        whose ``max_new_tokens`` is 0. The test metric is the same on the test splits.
+
+        Raises:
+            ValueError: there is no validation split (``eval_size=0``).
+        """
+        assert self.train_dataset is not None, "setup() builds the data"
+        names = self.val_split_names
+        if not names:
+            raise ValueError(f"No validation split to judge runs by (eval_size={self.eval_size}); give eval_size > 0.")
+        split = "hard" if "hard" in names else names[0]
+        others = [name for name in names if name != split]
+        title = {"heldout": "held-out"}.get(split, split)
+        if self.graded and getattr(model, "max_new_tokens", 1) > 0:
+            note = "" if split == "hard" else _HELDOUT_ACCURACY_NOTE
+            return MonitoredMetrics(
+                metric=f"val/{split}/accuracy",
+                test_metric=f"test/{split}/accuracy",
+                label=f"validation {title} accuracy",
+                column=f"{split} acc",
+                kind="accuracy",
+                recorded=(*(f"val/{name}/accuracy" for name in others), *(f"val/{name}/loss" for name in names)),
+                extras={
+                    **{f"test {name} acc (%)": f"test/{name}/accuracy" for name in others},
+                    f"test {split} loss": f"test/{split}/loss",
+                },
+                note=note,
+            )
+        why = "text rows have no answers to grade" if not self.graded else "the model generates no answers"
+        return MonitoredMetrics(
+            metric=f"val/{split}/loss",
+            test_metric=f"test/{split}/loss",
+            label=f"validation {title} loss",
+            column=f"{split} loss",
+            kind="loss",
+            recorded=tuple(f"val/{name}/loss" for name in others),
+            extras={f"test {name} loss": f"test/{name}/loss" for name in others},
+            note=_LOSS_NOTE.format(split=split, why=why),
+        )
 
     def _held_out_splits(self, pool: datasets.Dataset) -> dict[str, datasets.Dataset]:
         if "difficulty" in pool.column_names and len(pool) >= 2:
@@ -246,6 +318,17 @@ class InstructionDataModule(RecipeDataModule):
         assert self.train_dataset is not None
         if policy.score in self.train_dataset.column_names:
             return policy.with_scores(torch.tensor(list(self.train_dataset[policy.score]), dtype=torch.float32))
+        if policy.score not in _FIT_START_SCORES or not self.graded:
+            reason = (
+                "text rows (continued pretraining) have no prompt, so no IFD or pre-training answer loss: their "
+                "per-example difficulty is the learned loss (use Curriculum with signal loss or loss_ema)"
+                if policy.score in _FIT_START_SCORES
+                else f"nor a score the model computes ({', '.join(_FIT_START_SCORES)}, with fit_start_scores: true)"
+            )
+            raise MissingScoresError(
+                f"ScoreCurriculum ranks by {policy.score!r}, which is not a column of the training data "
+                f"({self.train_dataset.column_names}); {reason}."
+            )
         module = self.trainer.lightning_module if self.trainer is not None else None
         computed = getattr(module, "example_scores", {}) or {}
         if policy.score not in computed:
@@ -297,11 +380,25 @@ class InstructionDataModule(RecipeDataModule):
         return self._held_out_loaders(self.test_datasets)
 
     def _held_out_loaders(self, splits: dict[str, datasets.Dataset]) -> list[DataLoader[Any]]:
-        collate = CausalLMCollator(self.tokenizer, generation=True)
+        collate = CausalLMCollator(self.tokenizer, generation=self.graded)  # text: nothing to generate
         return [
             DataLoader(split, batch_size=self.eval_batch_size, collate_fn=collate, num_workers=self.num_workers)  # type: ignore[arg-type]
             for split in splits.values()
         ]
+
+
+_HELDOUT_ACCURACY_NOTE = (
+    "Accuracy: the share of greedy answers that score 1 against the reference (normalised match unless the task "
+    "has its own scorer), on two disjoint pools of rows held out of the data, each one `heldout` split (the data "
+    "has no difficulty column to split them into easy and hard): validation after every epoch (*best* and the time "
+    "to full data's accuracy are read from it), test once after training. Tokens: tokens trained on (policies "
+    "plan examples, not tokens)."
+)
+_LOSS_NOTE = (
+    "Loss: the mean per-sequence loss over the tokens that carry loss (every token of a text row, the answers of a "
+    "conversation) on two disjoint pools held out of the data (`{split}`): validation after every epoch, test once "
+    "after training; no accuracy, because {why}. Tokens: tokens trained on (policies plan examples, not tokens)."
+)
 
 
 class _SizedStream(IterableDataset[Any]):

@@ -3,7 +3,8 @@
 `DifficultyReport` compares each learned per-example signal (the tracker's ``loss``, ``loss_mean``,
 ``loss_ema``; the module's ``initial_loss`` and ``ifd`` when it computed them) with a known
 difficulty column of the training data (reasoning-gym's ``difficulty``), logs one scalar per pair
-(``rank_correlation/<signal>``), and writes every score per example to ``example_scores.parquet``.
+(``rank_correlation/<signal>``), and writes every score per example to ``example_scores.parquet`` (also
+for data without a known difficulty, which has no correlations).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class DifficultyReport(Callback):
     ``(N,)`` tensor, such as ``ifd``). Logs ``rank_correlation/<signal>`` to every logger, a
     text table to TensorBoard, and writes ``example_scores.parquet`` (ids, the known columns, every
     signal) to the logger's folder (or ``export_dir``). The last correlations are kept in
-    `correlations`.
+    `correlations`. Training data without the ``column`` gets no correlations (said once at info
+    level), and its per-example scores are written all the same.
 
     Args:
         column: the known difficulty column.
@@ -87,22 +89,28 @@ class DifficultyReport(Callback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dataset = _source_dataset(trainer)
-        if dataset is None or self.column not in getattr(dataset, "column_names", ()):
-            rank_zero_warn(
-                f"DifficultyReport: the training data has no {self.column!r} column; no correlations to report."
-            )
+        if dataset is None:
+            rank_zero_warn("DifficultyReport: no training dataset to report on.")
             return
-        known = torch.tensor(list(dataset[self.column]), dtype=torch.float64)
         learned = self.learned_scores(trainer, pl_module)
-        self.correlations = {name: spearman(values, known) for name, values in learned.items()}
+        if self.column in getattr(dataset, "column_names", ()):
+            known = torch.tensor(list(dataset[self.column]), dtype=torch.float64)
+            self.correlations = {name: spearman(values, known) for name, values in learned.items()}
+        else:
+            self.correlations = {}
+            rank_zero_info(
+                f"DifficultyReport: the training data has no {self.column!r} column, so no correlations; the "
+                "per-example scores are still written."
+            )
         if not trainer.is_global_zero:
             return
-        metrics = {f"rank_correlation/{name}": value for name, value in self.correlations.items()}
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text("rank_correlation", self.table(), trainer.global_step)
-        rank_zero_info(f"Rank correlation of the learned signals with {self.column!r}:\n{self.table()}")
+        if self.correlations:
+            metrics = {f"rank_correlation/{name}": value for name, value in self.correlations.items()}
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+                if isinstance(logger, TensorBoardLogger):
+                    logger.experiment.add_text("rank_correlation", self.table(), trainer.global_step)
+            rank_zero_info(f"Rank correlation of the learned signals with {self.column!r}:\n{self.table()}")
         folder = self.export_dir or (trainer.loggers[0].log_dir if trainer.loggers else None)
         if self.export and folder is not None:
             self.write(Path(folder) / "example_scores.parquet", dataset, learned)

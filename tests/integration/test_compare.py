@@ -362,3 +362,111 @@ def test_every_recipe_data_module_is_a_recipe_data_module() -> None:
 
     with pytest.raises(TypeError, match="compare needs a RecipeDataModule"):
         runner._recipe_data(Bare(), "full")
+
+
+def _user_rows(shape: str, count: int = 72) -> list[dict[str, Any]]:
+    """Arithmetic rows in one of the LLM recipe's shapes, without a difficulty column."""
+    rows = []
+    for i in range(count):
+        a, b = i % 9 + 1, i // 9 + 2
+        question, answer = f"What is {a} + {b}?", str(a + b)
+        if shape == "messages":  # every third chat has two turns, both learned
+            turns = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+            if i % 3 == 0:
+                turns += [{"role": "user", "content": f"And {a} + 1?"}, {"role": "assistant", "content": str(a + 1)}]
+            rows.append({"messages": turns})
+        elif shape == "trl_prompt_completion":
+            rows.append(
+                {
+                    "prompt": [{"role": "user", "content": question}],
+                    "completion": [{"role": "assistant", "content": answer}],
+                }
+            )
+        else:
+            rows.append({"text": f"{a} plus {b} makes {answer}, and {b} plus {a} makes {answer} too."})
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("shape", "metric", "column"),
+    [
+        ("messages", "val/heldout/accuracy", "heldout acc (%)"),
+        ("trl_prompt_completion", "val/heldout/accuracy", "heldout acc (%)"),
+        ("text", "val/heldout/loss", "heldout loss"),
+    ],
+)
+def test_llm_comparison_on_a_users_file_of_each_shape(tmp_path: Path, shape: str, metric: str, column: str) -> None:
+    data = tmp_path / f"{shape}.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in _user_rows(shape)))
+    output = tmp_path / "out"
+    args = ["--recipe", "llm", "--dataset", str(data), "--policies", "full", "curriculum", "--max-epochs", "2"]
+    assert run(output, *args, "--fast-dev") == 0
+    titles = [cell.strip() for cell in (output / "summary.md").read_text().splitlines()[0].split("|")[1:-1]]
+    assert titles[2:5] == [f"test {column}", f"final val {column}", f"best val {column}"]
+    for policy in ("full", "curriculum"):
+        stored = json.loads((output / "results" / policy / "seed_0.json").read_text())
+        values = [epoch[metric] for epoch in stored["epochs"]]
+        assert len(values) == 2
+        assert stored["final_acc"] == values[-1]
+        assert stored["best_acc"] == (max(values) if metric.endswith("accuracy") else min(values))
+        assert stored["monitored"]["metric"] == metric
+        assert math.isfinite(stored["test_acc"])
+        scores = datasets_module().Dataset.from_parquet(
+            str(output / "tensorboard" / policy / "seed_0" / "example_scores.parquet")
+        )
+        assert scores["index"] == list(range(stored["train_examples"]))
+        assert {"source_index", "loss", "loss_ema"} <= set(scores.column_names)
+        assert all(math.isfinite(value) for value in scores["loss"])  # every example was trained in epoch 1
+
+
+def datasets_module() -> Any:
+    return pytest.importorskip("datasets")
+
+
+def test_a_loss_is_best_when_lowest_and_reached_at_or_below() -> None:
+    def loss_run(policy: str, seed: int, losses: list[float]) -> RunResult:
+        epochs = [
+            {"val/heldout/loss": loss, "train_seconds": 2.0 * (i + 1), "sample_passes": 100.0 * (i + 1)}
+            for i, loss in enumerate(losses)
+        ]
+        return RunResult(
+            policy, seed, losses[-1], min(losses), 300, 8.0, 100, 10, "CPU", epochs, train_seconds=6.0,
+            monitored={"metric": "val/heldout/loss", "test_metric": "test/heldout/loss",
+                       "label": "validation held-out loss", "column": "heldout loss", "kind": "loss"},
+        )  # fmt: skip
+
+    # Full data's seeds end at 1.5 and 1.6: the target is 1.6, the loss every full-data seed reaches.
+    runs = [
+        loss_run("full", 0, [3.0, 2.0, 1.5]),
+        loss_run("full", 1, [3.0, 1.7, 1.6]),
+        loss_run("fast", 0, [2.5, 1.6, 1.8]),
+    ]
+    full, fast = summarize(runs, ["full", "fast"], "val/heldout/loss", higher_is_better=False)
+    assert full.time_to_full_ratio == pytest.approx(1.0)
+    assert fast.time_to_full_ratio == pytest.approx(4.0 / 6.0)  # 1.6 <= 1.6 after its second epoch
+    assert fast.best_acc_mean == 1.6
+    recipe = report.report_recipe(compare.RECIPES["llm"], runs)
+    assert (recipe.metric, recipe.higher_is_better) == ("val/heldout/loss", False)
+    table = report.markdown_table([full, fast], recipe, "")
+    header, _, full_row, _ = [line for line in table.splitlines() if line.startswith("|")]
+    titles = [cell.strip() for cell in header.split("|")[1:-1]]
+    assert titles[2:5] == ["test heldout loss", "final val heldout loss", "best val heldout loss"]
+    assert [cell.strip() for cell in full_row.split("|")[1:-1]][3] == "1.550 ± 0.0707"  # a loss, not a percentage
+    figure = accuracy_figure(runs, ["full", "fast"], metric=recipe.metric, label=recipe.metric_label, percent=False)
+    x, y = figure.axes[0].containers[1].lines[0].get_data()
+    assert list(y) == [2.5, 1.6, 1.8]
+    assert figure.axes[0].get_ylabel() == "validation held-out loss"
+
+
+def test_a_policy_by_a_column_the_users_file_lacks_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "messages.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in _user_rows("messages")))
+    output = tmp_path / "refused"
+    args = ["--recipe", "llm", "--dataset", str(data), "--policies", "full", "curriculum_difficulty", "--fast-dev"]
+    assert run(output, *args) == 2
+    error = capsys.readouterr().err
+    assert "policy 'curriculum_difficulty' cannot run on --dataset" in error
+    assert "ranks by 'difficulty', which is not a column of the training data" in error
+    assert not (output / "results").exists()
