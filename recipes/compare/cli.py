@@ -60,7 +60,8 @@ def _build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         "--dataset",
         help=(
             "vision: embedded (default), fashion_mnist, digits, or a Hugging Face Hub id such as uoft-cs/cifar10; "
-            "llm: reasoning_gym:<task> (default reasoning_gym:basic_arithmetic), a local file or a Hub id"
+            "llm: reasoning_gym:<task> (default reasoning_gym:basic_arithmetic), testbed (or testbed:<family>,...), "
+            "a local file or a Hub id"
         ),
     )
     compare.add_argument("--max-epochs", type=int, help="epochs per run (default: 12 for vision, 4 for llm)")

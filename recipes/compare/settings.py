@@ -42,15 +42,22 @@ class PolicySettingsError(ValueError):
 
 
 def check_llm_dataset(name: str) -> None:
-    """Raise ``ValueError`` unless ``name`` is a reasoning-gym task, an existing path or a Hub id.
+    """Raise ``ValueError`` unless ``name`` is a reasoning-gym task, the testbed, an existing path or a Hub id.
 
     Example:
-        >>> check_llm_dataset("reasoning_gym:basic_arithmetic")
+        >>> check_llm_dataset("reasoning_gym:basic_arithmetic"), check_llm_dataset("testbed:chain_sum,gcd")
+        (None, None)
     """
+    if name.split(":")[0] == "testbed":
+        from lightning_curricula.recipes.llm.testbed import parse_testbed
+
+        parse_testbed(name)  # unknown families: a ValueError naming the valid ones
+        return
     if not (name.startswith("reasoning_gym:") or "/" in name or Path(name).exists()):
         raise ValueError(
-            f"Unknown dataset {name!r}; valid: reasoning_gym:<task> (such as reasoning_gym:basic_arithmetic), a "
-            "local JSON / JSONL / parquet / CSV file or save_to_disk folder, or a Hugging Face Hub id with a '/'."
+            f"Unknown dataset {name!r}; valid: reasoning_gym:<task> (such as reasoning_gym:basic_arithmetic), "
+            "testbed or testbed:<family>,..., a local JSON / JSONL / parquet / CSV file or save_to_disk folder, or "
+            "a Hugging Face Hub id with a '/'."
         )
 
 

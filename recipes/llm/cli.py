@@ -7,7 +7,8 @@ recipe's: it always tracks training dynamics (``--dynamics.*`` configures the `T
 callback), always reports the rank correlation of the learned difficulty with the known one
 (``--report.*``, `DifficultyReport`), always reloads the train loader every epoch (a curriculum's
 epochs have different lengths), logs to TensorBoard under ``runs/llm`` by default, and records the
-held-out accuracies against sample passes (`EpochHistory`). The model's name is also the data
+held-out accuracies against sample passes (`EpochHistory`; on the testbed, ``val/families/accuracy``, the
+mean over its families that the always-on `FamilyMeans` logs). The model's name is also the data
 module's tokenizer. Every argument can be set in the YAML file or on the command line
 (``--data.train_size 128``). When ``fit`` ends, the model is written as Hugging Face folders under the
 run's log directory (``hf_model/``, or with LoRA ``hf_adapter/`` and, with ``--model.merge_lora true``, the
@@ -23,6 +24,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning_curricula.recipes.llm.datamodule import InstructionDataModule
+from lightning_curricula.recipes.llm.metrics import FAMILIES_SPLIT, FamilyMeans
 from lightning_curricula.recipes.llm.module import CausalLMFineTuner
 from lightning_curricula.recipes.llm.report import DifficultyReport
 from lightning_curricula.recipes.vision.history import EpochHistory
@@ -39,6 +41,8 @@ HISTORY_METRICS = (
     "val/hard/accuracy",
     "val/easy/loss",
     "val/hard/loss",
+    f"val/{FAMILIES_SPLIT}/accuracy",
+    f"val/{FAMILIES_SPLIT}/loss",
     "train/loss",
     "train/tokens",
 )
@@ -54,7 +58,10 @@ class LLMRecipeCLI(LightningCLI):
     - ``--trainer.reload_dataloaders_every_n_epochs`` is forced to 1 (with a warning if set
       otherwise), so that each epoch's loader is sized from its plan;
     - the logger defaults to TensorBoard in ``runs/llm``, logging every 5 steps; `EpochHistory` (the
-      `history` attribute) logs ``val/hard/accuracy`` against sample passes;
+      `history` attribute) logs ``val/hard/accuracy`` against sample passes (on the testbed
+      ``val/families/accuracy``);
+    - `FamilyMeans` is always on: on the testbed it logs ``val/families/<metric>`` and
+      ``test/families/<metric>``, the mean of each per-family metric over the families;
     - ``data.tokenizer`` follows ``model.model``;
     - ``seed_everything`` defaults to 0, not to a random seed;
     - the optimiser and schedule are the module's (no ``--optimizer`` / ``--lr_scheduler``).
@@ -81,6 +88,7 @@ class LLMRecipeCLI(LightningCLI):
         trainer_defaults: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        self._own_history = history is None
         self.history = (
             history
             if history is not None
@@ -98,7 +106,11 @@ class LLMRecipeCLI(LightningCLI):
                 "init_args": {"save_dir": DEFAULT_LOG_DIR, "name": ""},
             },
             **extra,
-            "callbacks": [self.history, *(callbacks if isinstance(callbacks, Sequence) else [callbacks])],
+            "callbacks": [
+                self.history,
+                FamilyMeans(),
+                *(callbacks if isinstance(callbacks, Sequence) else [callbacks]),
+            ],
         }
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
@@ -124,6 +136,13 @@ class LLMRecipeCLI(LightningCLI):
                 "epoch anew, and Lightning must re-read the epoch's length."
             )
             config.trainer.reload_dataloaders_every_n_epochs = 1
+
+    def before_fit(self) -> None:
+        """On the testbed, the CLI's own `EpochHistory` follows the families' mean (a given history is left alone)."""
+        if self._own_history and isinstance(self.datamodule, InstructionDataModule) and self.datamodule.families:
+            measure = "accuracy" if getattr(self.model, "max_new_tokens", 1) > 0 else "loss"
+            self.history.monitor = f"val/{FAMILIES_SPLIT}/{measure}"
+            self.history.tag = f"val/{FAMILIES_SPLIT}_{measure}_by_sample_passes"
 
 
 def main(args: ArgsType = None) -> None:

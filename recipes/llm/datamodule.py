@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
-from lightning_curricula.recipes.interface import MissingScoresError, MonitoredMetrics, RecipeDataModule
+from lightning_curricula.recipes.interface import MetricKind, MissingScoresError, MonitoredMetrics, RecipeDataModule
+from lightning_curricula.recipes.llm.batching import MEGA_BATCHES, length_grouped_loader
 from lightning_curricula.recipes.llm.data import (
     CausalLMCollator,
     Scorer,
@@ -20,8 +21,10 @@ from lightning_curricula.recipes.llm.data import (
     prepare_dataset,
     split_by_difficulty,
 )
+from lightning_curricula.recipes.llm.metrics import FAMILIES_SPLIT
 from lightning_curricula.recipes.llm.model import SMOLLM2, load_tokenizer
 from lightning_curricula.recipes.llm.report import DifficultyReport
+from lightning_curricula.recipes.llm.testbed import TESTBED_PREFIX, load_testbed, parse_testbed, testbed_scorer
 from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
@@ -31,12 +34,15 @@ if TYPE_CHECKING:
     import datasets
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["REASONING_GYM_PREFIX", "InstructionDataModule"]
+__all__ = ["REASONING_GYM_PREFIX", "TESTBED_EVAL_SIZE", "TESTBED_TRAIN_SIZE", "InstructionDataModule"]
 
 log = logging.getLogger(__name__)
 
 #: ``dataset="reasoning_gym:<task>"`` generates that reasoning-gym task.
 REASONING_GYM_PREFIX = "reasoning_gym:"
+#: ``train_size`` and ``eval_size`` when not given: the testbed's (all families together; per family), and the others'.
+TESTBED_TRAIN_SIZE, TESTBED_EVAL_SIZE = 2000, 150
+_TRAIN_SIZE, _EVAL_SIZE = 1000, 256
 #: The scores `CausalLMFineTuner.compute_example_scores` computes when fitting starts.
 _FIT_START_SCORES = ("ifd", "initial_loss", "response_loss")
 
@@ -51,7 +57,9 @@ class InstructionDataModule(RecipeDataModule):
     and hardest ``eval_fraction``, ``easy`` and ``hard``; without one it is one ``heldout`` split.
     `monitored_metrics` says what runs are judged by: ``val/hard/accuracy``, ``val/heldout/accuracy``, or
     the split's loss (lower is better) when no answer can be graded (the ``text`` shape, or a model that
-    generates nothing).
+    generates nothing). The **testbed** has one split per family instead (``val/<family>/accuracy``,
+    ``val/<family>/loss``, the same under ``test/``), and its runs are judged by ``val/families/accuracy``,
+    the mean over its families that `FamilyMeans` logs (``val/families/loss`` without generation).
 
     **Shapes** (`prepare_dataset`): conversations (Alpaca, question/answer, chat ``messages``,
     prompt/completion with text or TRL's lists of messages) train on the assistant's answers, every
@@ -64,20 +72,28 @@ class InstructionDataModule(RecipeDataModule):
       ``train_size`` generated problems with a known ``difficulty`` (`load_reasoning_gym`, seed
       ``seed``); the held-out pools are generated from other seeds, questions seen in training (and, for
       the test pool, in validation) removed. Answers are graded by reasoning-gym's checker.
+    - ``"testbed"`` or ``"testbed:<family>,<family>"`` (`TESTBED_FAMILIES`): reasoning-gym families at a
+      small model's level (`load_testbed`): ``train_size`` training problems in all (2,000 by default), split
+      evenly over the families (rounded up), and ``eval_size`` validation and as many test problems per
+      family (150 by default), the three disjoint. Rows carry ``family`` and ``difficulty``; each answer is
+      graded by its own family's reasoning-gym scorer (`testbed_scorer`).
     - a local ``.json`` / ``.jsonl`` / ``.parquet`` / ``.csv`` file, a ``save_to_disk`` folder, or a hub
       name (`load_instruction_dataset`): ``2 * eval_size`` random rows are held out (seeded), the first
       half for validation, the second for test. Answers are graded by `normalized_match`.
 
     Rows are tokenised by `prepare_dataset` (see it for the over-long rule). The train loader is
-    `curriculum_dataloader` with ``policy``. A `ScoreCurriculum` without scores is given the
-    column named by its ``score`` (``difficulty``), or the module's ``example_scores`` of that name
-    (``ifd``, ``initial_loss``; set ``fit_start_scores: true`` on the model).
+    `curriculum_dataloader` with ``policy`` (with ``group_by_length``, its sampler a `LengthGroupedSampler`).
+    A `ScoreCurriculum` without scores is given the column named by its ``score`` (``difficulty``), or the
+    module's ``example_scores`` of that name (``ifd``, ``initial_loss``; set ``fit_start_scores: true`` on the
+    model).
 
     Args:
         dataset: the source, see above.
         tokenizer: a tokenizer or a name for `load_tokenizer`.
-        train_size: training examples: generated, or the first of the shuffled source (``0``: all of it).
-        eval_size: held-out examples in each of the validation and test pools, before the easy / hard split.
+        train_size: training examples: generated (1,000 by default; the testbed: in all, 2,000 by default), or the
+            first of the shuffled source (1,000 by default; ``0``: all of it).
+        eval_size: held-out examples in each of the validation and test pools, before the easy / hard split (256 by
+            default); for the testbed, per family (150 by default).
         eval_fraction: the share of the held-out pool in each of ``easy`` and ``hard``, in ``(0, 0.5]``.
         seed: seed of the generation and of the held-out draw.
         task_config: reasoning-gym config overrides (``min_terms``, ``max_terms``, ...).
@@ -99,6 +115,11 @@ class InstructionDataModule(RecipeDataModule):
             prepared data). Epoch policies need the whole dataset by id and are refused; selection inside
             the step (Rho-1) works.
         shuffle_buffer: rows in the stream's shuffle buffer.
+        group_by_length: batch training examples of similar lengths, as Hugging Face Trainer's ``group_by_length``
+            (less padding): the sampler is a `LengthGroupedSampler`, which yields this rank's share of each epoch's
+            plan, the same visits, reordered inside windows of ``length_group_batches`` batches (the plan's order
+            is kept from window to window). Not with ``streaming``.
+        length_group_batches: batches per window of ``group_by_length``.
     """
 
     def __init__(
@@ -106,8 +127,8 @@ class InstructionDataModule(RecipeDataModule):
         dataset: str = f"{REASONING_GYM_PREFIX}basic_arithmetic",
         tokenizer: str | PreTrainedTokenizerBase = SMOLLM2,
         *,
-        train_size: int = 1000,
-        eval_size: int = 256,
+        train_size: int | None = None,
+        eval_size: int | None = None,
         eval_fraction: float = 0.25,
         seed: int = 0,
         task_config: dict[str, Any] | None = None,
@@ -124,8 +145,16 @@ class InstructionDataModule(RecipeDataModule):
         plan_seed: int | None = None,
         streaming: bool = False,
         shuffle_buffer: int = 1000,
+        group_by_length: bool = False,
+        length_group_batches: int = MEGA_BATCHES,
     ) -> None:
         super().__init__()
+        #: The testbed's families (``dataset="testbed..."``), else empty: one held-out split each.
+        self.families = parse_testbed(dataset) if dataset.split(":")[0] == TESTBED_PREFIX else []
+        if train_size is None:
+            train_size = TESTBED_TRAIN_SIZE if self.families else _TRAIN_SIZE
+        if eval_size is None:
+            eval_size = TESTBED_EVAL_SIZE if self.families else _EVAL_SIZE
         if train_size < 0 or eval_size < 0 or batch_size < 1 or eval_batch_size < 1:
             raise ValueError(
                 f"train_size and eval_size must be >= 0 and the batch sizes >= 1, got {train_size}, {eval_size}, "
@@ -138,6 +167,13 @@ class InstructionDataModule(RecipeDataModule):
             )
         if shuffle_buffer < 1:
             raise ValueError(f"shuffle_buffer must be >= 1, got {shuffle_buffer!r}.")
+        if length_group_batches < 1:
+            raise ValueError(f"length_group_batches must be >= 1, got {length_group_batches!r}.")
+        if group_by_length and streaming:
+            raise ValueError(
+                "group_by_length=True reorders each epoch's plan by length, and streaming=True reads the rows in "
+                "stream order; use one of them."
+            )
         self.save_hyperparameters(ignore=["tokenizer", "policy"])
         self.source = dataset
         self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
@@ -159,6 +195,8 @@ class InstructionDataModule(RecipeDataModule):
         self.plan_seed = seed if plan_seed is None else plan_seed
         self.streaming = streaming
         self.shuffle_buffer = shuffle_buffer
+        self.group_by_length = group_by_length
+        self.length_group_batches = length_group_batches
         self.scorer: Scorer | None = None
         #: The shape of the rows (``shape``, or the one detected), set by `setup`.
         self.data_shape: str | None = None
@@ -205,7 +243,9 @@ class InstructionDataModule(RecipeDataModule):
 
         ``val/hard/accuracy`` with a ``difficulty`` column, ``val/heldout/accuracy`` without one, and the
         split's ``loss`` (lower is better) when no answer can be graded: ``text`` rows, or a ``model``
-        whose ``max_new_tokens`` is 0. The test metric is the same on the test splits.
+        whose ``max_new_tokens`` is 0. The test metric is the same on the test splits. On the testbed:
+        ``val/families/accuracy``, the mean over its families (``val/families/loss`` without generation),
+        with every family's own metrics recorded.
 
         Raises:
             ValueError: there is no validation split (``eval_size=0``).
@@ -214,6 +254,8 @@ class InstructionDataModule(RecipeDataModule):
         names = self.val_split_names
         if not names:
             raise ValueError(f"No validation split to judge runs by (eval_size={self.eval_size}); give eval_size > 0.")
+        if self.families:
+            return self._testbed_metrics(names, generates=getattr(model, "max_new_tokens", 1) > 0)
         split = "hard" if "hard" in names else names[0]
         others = [name for name in names if name != split]
         title = {"heldout": "held-out"}.get(split, split)
@@ -244,7 +286,37 @@ class InstructionDataModule(RecipeDataModule):
             note=_LOSS_NOTE.format(split=split, why=why),
         )
 
+    def _testbed_metrics(self, families: list[str], *, generates: bool) -> MonitoredMetrics:
+        """The testbed's: the mean over ``families`` (`FamilyMeans`), each family's own recorded beside it."""
+        kind: MetricKind = "accuracy" if generates else "loss"
+        short = "acc" if generates else "loss"
+        others = ("loss",) if generates else ()
+        return MonitoredMetrics(
+            metric=f"val/{FAMILIES_SPLIT}/{kind}",
+            test_metric=f"test/{FAMILIES_SPLIT}/{kind}",
+            label=f"validation {kind}, mean over families",
+            column=f"families {short}",
+            kind=kind,
+            recorded=(
+                *(f"val/{name}/{kind}" for name in families),
+                *(f"val/{FAMILIES_SPLIT}/{other}" for other in others),
+                *(f"val/{name}/{other}" for name in families for other in others),
+            ),
+            extras={
+                **{f"test {name} {short}{' (%)' if generates else ''}": f"test/{name}/{kind}" for name in families},
+                **{f"test families {other}": f"test/{FAMILIES_SPLIT}/{other}" for other in others},
+            },
+            note=_TESTBED_NOTE.format(
+                families=", ".join(families),
+                measure="accuracy" if generates else "loss (lower is better; the model generates no answers)",
+            ),
+        )
+
     def _held_out_splits(self, pool: datasets.Dataset) -> dict[str, datasets.Dataset]:
+        if self.families:  # one split per family, in the testbed's order
+            family = list(pool["family"]) if len(pool) else []
+            rows = {name: [i for i, value in enumerate(family) if value == name] for name in self.families}
+            return {name: self._prepare(pool.select(ids)) for name, ids in rows.items() if ids}
         if "difficulty" in pool.column_names and len(pool) >= 2:
             easy, hard = split_by_difficulty(pool, self.eval_fraction)
             return {"easy": self._prepare(easy), "hard": self._prepare(hard)}
@@ -252,6 +324,14 @@ class InstructionDataModule(RecipeDataModule):
 
     def _rows(self) -> tuple[datasets.Dataset, datasets.Dataset, datasets.Dataset]:
         """The training rows and the validation and test pools, disjoint."""
+        if self.families:
+            if not self.train_size:
+                raise ValueError("The testbed is generated: give train_size > 0 (0 means 'all' for files only).")
+            self.scorer = testbed_scorer()
+            per_family = -(-self.train_size // len(self.families))  # rounded up: at least train_size in all
+            return load_testbed(
+                self.families, train_per_family=per_family, eval_per_family=self.eval_size, seed=self.seed
+            )
         if self.source.startswith(REASONING_GYM_PREFIX):
             task = self.source[len(REASONING_GYM_PREFIX) :]
             self.scorer = make_scorer(task)
@@ -283,6 +363,7 @@ class InstructionDataModule(RecipeDataModule):
         return pool.select(fresh)
 
     def _prepare(self, rows: datasets.Dataset) -> datasets.Dataset:
+        kept = [c for c in rows.column_names if c.startswith("difficulty") or c in ("metadata", "family")]
         prepared, _ = prepare_dataset(
             rows,
             self.tokenizer,
@@ -290,6 +371,7 @@ class InstructionDataModule(RecipeDataModule):
             shape=self.shape,
             system_prompt=self.system_prompt,
             truncation=self.truncation,
+            keep_columns=kept,
         )
         return prepared
 
@@ -344,7 +426,7 @@ class InstructionDataModule(RecipeDataModule):
         assert self.train_dataset is not None, "setup() builds the training data"
         if self.streaming:
             return self._stream_loader(self.train_dataset)
-        return curriculum_dataloader(
+        loader = curriculum_dataloader(
             WithIndex(self.train_dataset),
             self.trainer,
             self.bound_policy(),
@@ -352,6 +434,14 @@ class InstructionDataModule(RecipeDataModule):
             batch_size=self.batch_size,
             collate_fn=CausalLMCollator(self.tokenizer),
             num_workers=self.num_workers,
+        )
+        if not self.group_by_length:
+            return loader
+        return length_grouped_loader(
+            loader,
+            lengths=list(self.train_dataset["length"]),
+            batch_size=self.batch_size,
+            mega_batches=self.length_group_batches,
         )
 
     def _stream_loader(self, rows: datasets.Dataset) -> DataLoader[Any]:
@@ -393,6 +483,12 @@ _HELDOUT_ACCURACY_NOTE = (
     "has no difficulty column to split them into easy and hard): validation after every epoch (*best* and the time "
     "to full data's accuracy are read from it), test once after training. Tokens: tokens trained on (policies "
     "plan examples, not tokens)."
+)
+_TESTBED_NOTE = (
+    "Testbed ({families}): one held-out split per family, each answer graded by its family's reasoning-gym scorer. "
+    "The headline is the {measure} averaged over the families (every family counts the same): validation after "
+    "every epoch (*best* and the time to full data's value are read from it), test once after training, on disjoint "
+    "pools. Tokens: tokens trained on (policies plan examples, not tokens)."
 )
 _LOSS_NOTE = (
     "Loss: the mean per-sequence loss over the tokens that carry loss (every token of a text row, the answers of a "

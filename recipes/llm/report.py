@@ -4,7 +4,8 @@
 ``loss_ema``; the module's ``initial_loss`` and ``ifd`` when it computed them) with a known
 difficulty column of the training data (reasoning-gym's ``difficulty``), logs one scalar per pair
 (``rank_correlation/<signal>``), and writes every score per example to ``example_scores.parquet`` (also
-for data without a known difficulty, which has no correlations).
+for data without a known difficulty, which has no correlations), with the group each example belongs to
+(the testbed's ``family``) when the data has one, so the scores can be grouped.
 """
 
 from __future__ import annotations
@@ -57,10 +58,10 @@ class DifficultyReport(Callback):
     the train loader's `WithIndex`), the tracked signals from the Trainer's `TrainingDynamics`, and
     the scores the module computed itself from its ``example_scores`` attribute (a mapping of name to
     ``(N,)`` tensor, such as ``ifd``). Logs ``rank_correlation/<signal>`` to every logger, a
-    text table to TensorBoard, and writes ``example_scores.parquet`` (ids, the known columns, every
-    signal) to the logger's folder (or ``export_dir``). The last correlations are kept in
-    `correlations`. Training data without the ``column`` gets no correlations (said once at info
-    level), and its per-example scores are written all the same.
+    text table to TensorBoard, and writes ``example_scores.parquet`` (ids, the known columns and the
+    ``family`` column when the data has one, every signal) to the logger's folder (or ``export_dir``). The
+    last correlations are kept in `correlations`. Training data without the ``column`` gets no correlations
+    (said once at info level), and its per-example scores are written all the same.
 
     Args:
         column: the known difficulty column.
@@ -132,10 +133,12 @@ class DifficultyReport(Callback):
         return "\n".join([f"| signal | Spearman vs {self.column} |", "|---|---|", *rows])
 
     def write(self, path: Path, dataset: Any, learned: Mapping[str, Tensor]) -> None:
-        """Write ids, the known difficulty columns and the learned scores as parquet."""
+        """Write ids, the known difficulty columns, the ``family`` (if any) and the learned scores as parquet."""
         import datasets
 
-        known: Sequence[str] = [c for c in dataset.column_names if c.startswith("difficulty") or c == "source_index"]
+        known: Sequence[str] = [
+            c for c in dataset.column_names if c.startswith("difficulty") or c in ("source_index", "family")
+        ]
         columns: dict[str, Any] = {"index": list(range(len(dataset)))}
         columns |= {c: list(dataset[c]) for c in known}
         columns |= {name: values.tolist() for name, values in learned.items()}
