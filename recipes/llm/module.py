@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ from lightning_curricula.recipes.llm.export import export_hugging_face
 from lightning_curricula.recipes.llm.model import SMOLLM2, TINY, load_causal_lm, load_tokenizer
 from torch import Tensor
 from torch.nn import functional as F
+from torchmetrics import Metric
 from typing_extensions import override
 
 from lightning_curricula import (
@@ -36,11 +38,12 @@ from lightning_curricula import (
     NoiseAware,
     OnlineBatchSelection,
     Policy,
+    ReferenceLosses,
     planned_optimizer_steps,
     weighted_token_mean,
 )
 from lightning_curricula.step.reference import vocabulary_size
-from lightning_curricula.step.selection import excess_loss
+from lightning_curricula.step.selection import TOKEN_METHODS, excess_loss, reducible_loss
 from lightning_curricula.tracking.signals import instruction_following_difficulty
 
 if TYPE_CHECKING:
@@ -48,6 +51,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CausalLMFineTuner",
+    "TokenThroughput",
+    "kept_rows",
     "loss_tokens_per_sequence",
     "reweights",
     "sequence_losses",
@@ -113,6 +118,80 @@ def loss_tokens_per_sequence(labels: Sequence[Sequence[int]]) -> float:
     return sum(sum(label != IGNORE_INDEX for label in row[1:]) for row in labels) / len(labels)
 
 
+#: The ``(B, T)`` tensors of a training batch: `kept_rows` cuts the padding columns no kept row needs.
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "labels")
+
+
+def kept_rows(batch: Mapping[str, Any], positions: Tensor) -> dict[str, Any]:
+    """The rows ``positions`` of a `CausalLMCollator` batch, without the padding columns none of them needs.
+
+    Every per-row value is indexed (tensors by ``positions``, lists item by item); ``input_ids``,
+    ``attention_mask`` and ``labels`` then end at the last column where a kept row has a token. The
+    collator pads on the right to the longest row, so the result is the batch `CausalLMCollator` makes
+    of the kept rows alone: what a loader that selects before loading collates.
+
+    Example:
+        >>> batch = {"input_ids": torch.tensor([[5, 6, 7], [5, 8, 0]]), "index": torch.tensor([3, 4]),
+        ...          "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]),
+        ...          "labels": torch.tensor([[-100, 6, 7], [-100, 8, -100]])}
+        >>> part = kept_rows(batch, torch.tensor([1]))
+        >>> part["input_ids"].tolist(), part["labels"].tolist(), part["index"].tolist()
+        ([[5, 8]], [[-100, 8]], [4])
+    """
+    chosen = positions.tolist()
+    part: dict[str, Any] = {
+        key: value[positions.to(value.device)] if isinstance(value, Tensor) else [value[i] for i in chosen]
+        for key, value in batch.items()
+    }
+    mask: Tensor = part["attention_mask"]
+    used = mask.bool().any(0).nonzero()
+    length = int(used[-1]) + 1 if used.numel() else 0
+    for key in SEQUENCE_KEYS:
+        if key in part:
+            columns: Tensor = part[key]
+            part[key] = columns[:, :length]
+    return part
+
+
+class TokenThroughput(Metric):
+    """Loss tokens trained on per second of training-step wall time: ``tokens / seconds``, over ranks too.
+
+    ``update(tokens, nanoseconds)`` adds one step. `compute` divides the tokens, summed over ranks, by the
+    longest rank's summed step time (ranks step in lockstep, so the slowest sets the pace). Both states
+    are int64 (tokens, and ``time.perf_counter_ns`` durations), so a module cast to ``bfloat16`` does not
+    round them. ``full_state_update``: a step's own value (``forward``) needs the epoch's state merged by
+    sum for the tokens but by max only across ranks for the time.
+
+    Example:
+        >>> throughput = TokenThroughput()
+        >>> float(throughput(torch.tensor(300), 2_000_000_000)), float(throughput(torch.tensor(100), 2_000_000_000))
+        (150.0, 50.0)
+        >>> float(throughput.compute())
+        100.0
+    """
+
+    full_state_update = True
+    higher_is_better = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("tokens", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("nanoseconds", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="max")
+
+    tokens: Tensor
+    nanoseconds: Tensor
+
+    def update(self, tokens: Tensor, nanoseconds: int) -> None:
+        """Add a step that trained on ``tokens`` loss tokens in ``nanoseconds``."""
+        self.tokens += tokens.to(device=self.tokens.device, dtype=torch.int64)
+        self.nanoseconds += int(nanoseconds)
+
+    def compute(self) -> Tensor:
+        """Tokens per second; 0 before any time was measured."""
+        seconds = self.nanoseconds.double() / 1e9
+        return torch.where(seconds > 0, self.tokens / seconds.clamp_min(1e-9), 0.0)
+
+
 class CausalLMFineTuner(pl.LightningModule):
     """Fine-tune a causal LM on instruction data, the loss on response tokens only.
 
@@ -146,6 +225,26 @@ class CausalLMFineTuner(pl.LightningModule):
       ``fit_start_scores=True`` it runs once when fitting starts (in ``configure_optimizers``), before
       the first plan (so a policy may rank by these scores); the values are cached per id, saved in
       checkpoints, logged (mean and histogram) and exported by `DifficultyReport`.
+    - **Selection inside the step**, with an `lightning_curricula.OnlineBatchSelection` on the Trainer:
+      with ``token_reference``, Rho-1's token selection (below); without it, **sequence selection**. Each
+      step scores its batch with a forward in eval mode and without gradients (each sequence's mean
+      response-token loss, `sequence_losses`; with ``irreducible_losses``, RHO-LOSS's `reducible_loss`,
+      that loss minus the example's irreducible loss), the callback keeps its share of the sequences (its
+      ``method``: ``top_k``, Selective Backprop's ``percentile`` rule with ``beta``, or the ``random``
+      twin), and the forward and backward run on the kept rows only (`kept_rows`: the padding no kept row
+      needs is cut). The loss is ``weighted_token_mean`` over the kept rows with the plan weight times
+      the selection weight; its fixed ``token_count`` (a reweighting policy, or the callback's
+      ``unbiased=True``) is ``keep`` times the full batch's. With the callback's ``rescore_every != 1``
+      (Stale-SB) only the scoring epochs run the scoring forward; the others select by the remembered
+      scores, which the kept rows' training losses refresh, and a train loader from
+      `lightning_curricula.curriculum_dataloader` (the data module's) then selects before loading: the
+      rows it drops are never fetched or collated. The scoring forward is charged in the callback's
+      ``scoring_forwards`` (read by ``compare``) and in ``train/scoring_tokens``.
+    - **Throughput**: ``train/tokens_per_second`` (`TokenThroughput`; ``_step`` and ``_epoch``, by
+      Lightning's naming), the loss tokens trained on (the kept rows' response tokens; Rho-1's kept tokens)
+      per second of training-step wall time, timed with ``time.perf_counter_ns`` from the module's
+      ``on_train_batch_start`` to its ``on_train_batch_end`` (the scoring forward, backward, optimizer
+      step and the callbacks' batch-end hooks included; on CUDA the end waits for the device).
 
     Args:
         model: `SMOLLM2` (the embedded default), a model name, folder or ``.gguf`` file, or a model.
@@ -172,6 +271,12 @@ class CausalLMFineTuner(pl.LightningModule):
             model with its adapters off, at no extra memory; otherwise a frozen copy), or a model name,
             folder or ``.gguf`` file with the same vocabulary (checked at construction against its
             tokenizer when it has one: the same tokens with the same ids). ``None``: no token selection.
+        irreducible_losses: RHO-LOSS: a file saved by `lightning_curricula.ReferenceLosses.save` with one
+            irreducible loss per training example id (a holdout model's per-sequence losses, such as
+            ``python -m lightning_curricula.recipes.llm.holdout`` writes); sequence selection then ranks by
+            the reducible loss. Read at setup (a missing file fails there), its size checked against the
+            training set; the losses are kept in checkpoints (a resumed run ranks by the checkpoint's).
+            Needs an ``OnlineBatchSelection`` and no ``token_reference``.
         merge_lora: with LoRA, also export the model with the adapters merged into its weights (``hf_model/``).
         hf_export: export the Hugging Face folders when fitting ends.
         export_dir: where they go; by default the run's log directory (and nowhere without a logger).
@@ -207,6 +312,7 @@ class CausalLMFineTuner(pl.LightningModule):
         score_batch_size: int = 16,
         dtype: str = "float32",
         token_reference: str | None = None,
+        irreducible_losses: str | None = None,
         merge_lora: bool = False,
         hf_export: bool = True,
         export_dir: str | None = None,
@@ -226,6 +332,11 @@ class CausalLMFineTuner(pl.LightningModule):
             raise ValueError(f"merge_lora=True needs lora_rank > 0 (adapters to merge), got lora_rank={lora_rank}.")
         if not isinstance(model, str) and tokenizer is None:
             raise ValueError("A model object needs its tokenizer: pass tokenizer=.")
+        if irreducible_losses is not None and token_reference is not None:
+            raise ValueError(
+                f"irreducible_losses={irreducible_losses!r} ranks sequences (RHO-LOSS) and token_reference="
+                f"{token_reference!r} ranks tokens (Rho-1): an OnlineBatchSelection does one of them; set one."
+            )
         objects = [
             name for name, value in (("model", model), ("tokenizer", tokenizer)) if not isinstance(value, str | None)
         ]
@@ -256,6 +367,11 @@ class CausalLMFineTuner(pl.LightningModule):
             tokenizers = {} if initial else _reference_tokenizers(self.tokenizer, token_reference)
             self.reference = FrozenReference(source, vocab_size=vocabulary_size(self.model), **tokenizers)
         self.selection: OnlineBatchSelection | None = None
+        self.irreducible_path = irreducible_losses
+        #: RHO-LOSS's irreducible losses by example id: read from ``irreducible_losses`` at setup, or a checkpoint.
+        self.irreducible: ReferenceLosses | None = None
+        self.throughput = TokenThroughput()
+        self._step_started_ns: int | None = None
         # from_pretrained returns the model in eval mode, and Lightning keeps each submodule's mode when fitting
         # starts: train mode, or dropout (LoRA's too) would be silently off during training.
         self.model.train()
@@ -275,6 +391,9 @@ class CausalLMFineTuner(pl.LightningModule):
         self.score_batch_size = score_batch_size
         self.example_scores: dict[str, Tensor] = {}
         self.tokens_seen = 0
+        #: Tokens (prompt and response, all ranks) the scoring forwards of selection inside the step ran on.
+        self.scoring_tokens_seen = 0
+        self._epoch_scoring_tokens: Tensor | None = None  # this rank's, summed on the device until the epoch ends
         #: The fixed denominator of `weighted_token_mean` when the policy reweights (set when training starts).
         self.token_count: float | None = None
 
@@ -304,34 +423,175 @@ class CausalLMFineTuner(pl.LightningModule):
         if len(found) > 1:
             raise ValueError(f"The LLM recipe takes one OnlineBatchSelection, the Trainer has {len(found)}.")
         self.selection = found[0] if found else None
-        if (self.selection is None) != (self.token_reference is None):
+        if self.selection is None and self.token_reference is not None:
             raise ValueError(
                 "Token selection (Rho-1) needs both an OnlineBatchSelection in trainer.callbacks and "
                 f"model.token_reference; got {len(found)} callback(s) and token_reference={self.token_reference!r} "
                 "(see recipes/llm/configs/rho1.yaml)."
             )
+        if self.selection is None and self.irreducible_path is not None:
+            raise ValueError(
+                f"irreducible_losses={self.irreducible_path!r} ranks the sequences of each batch for an "
+                "OnlineBatchSelection (RHO-LOSS), but the Trainer has none: add one to trainer.callbacks (see "
+                "recipes/llm/configs/rho_loss.yaml)."
+            )
+        if self.selection is not None and self.token_reference is not None:
+            if self.selection.method not in TOKEN_METHODS:
+                raise ValueError(
+                    f"Token selection (Rho-1, token_reference={self.token_reference!r}) takes method in "
+                    f"{TOKEN_METHODS}; the OnlineBatchSelection has method={self.selection.method!r}. Without "
+                    "token_reference it selects sequences, where every method works."
+                )
+            if self.selection.remembers_scores:
+                raise ValueError(
+                    f"rescore_every={self.selection.rescore_every} remembers one score per sequence between scoring "
+                    "epochs (Stale-SB), but token selection (Rho-1) scores every token in every step: use "
+                    "rescore_every=1, or drop token_reference to select sequences."
+                )
+        if stage == "fit" and self.irreducible_path is not None and self.irreducible is None:
+            path = Path(self.irreducible_path).expanduser()
+            if not path.is_file():  # checked here, not in __init__: a config names the file before it is written
+                raise ValueError(
+                    f"irreducible_losses={self.irreducible_path!r} is not a file: write it first with python -m "
+                    "lightning_curricula.recipes.llm.holdout (the run's options), or ReferenceLosses.save."
+                )
+            self.irreducible = ReferenceLosses.load(path)
+        if stage == "fit" and self.irreducible is not None:
+            self._check_irreducible_size(required=False)
+
+    @property
+    def selects_sequences(self) -> bool:
+        """Whether the steps select sequences (Selective Backprop, Stale-SB, RHO-LOSS, the random twin): after setup."""
+        return self.selection is not None and self.token_reference is None
+
+    def _check_irreducible_size(self, *, required: bool) -> None:
+        """The irreducible losses must have one loss per training example (the data module's, or the loader's)."""
+        assert self.irreducible is not None
+        dataset = getattr(getattr(self.trainer, "datamodule", None), "train_dataset", None)
+        if dataset is None and required:
+            dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if dataset is not None and hasattr(dataset, "__len__"):
+            self.irreducible.check_size(len(dataset))
+        elif required:
+            raise ValueError(
+                "irreducible_losses needs a training set of known size to be checked against (the data module's "
+                "train_dataset, or a train DataLoader over a sized dataset); got neither."
+            )
 
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        if self.selection is not None and self.token_reference is None:
+            return self._sequence_selection_step(batch, self.selection)
         losses, mask = self.token_losses(batch)
         trained, token_count = mask, self.token_count
         if self.selection is not None:  # Rho-1: the loss on the tokens with the highest excess loss only
             scores = excess_loss(losses.detach(), self.reference_token_losses(batch))
             trained = self.selection.select_tokens(scores, mask)
             token_count = None if token_count is None else token_count * self.selection.keep
+            self._charge_scoring(batch)
         loss = weighted_token_mean(losses, trained, batch.get("weight"), token_count=token_count)
+        self._log_step(loss, batch)
+        return {"loss": loss, "losses": sequence_losses(losses.detach(), mask), "loss_tokens": trained.sum()}
+
+    def _sequence_selection_step(self, batch: dict[str, Any], selection: OnlineBatchSelection) -> dict[str, Tensor]:
+        """Score the batch's sequences (or recall their scores), keep the callback's share, train on those rows."""
+        index = batch["index"]
+        kept = selection.select_remembered(index)
+        if kept is None:  # a scoring epoch, or a sequence without a remembered score
+            kept = selection.select(self.scoring_forward(batch), index=index)
+            self._charge_scoring(batch)
+        if kept.positions.numel() == 0:
+            return self._nothing_kept_step(batch)
+        part = dict(batch) if selection.preselected else kept_rows(batch, kept.positions)  # preselected: all kept
+        weights = kept.weights.to(self.device)
+        if "weight" in part:
+            weights = weights * part["weight"].to(weights.dtype)
+        losses, mask = self.token_losses(part)
+        per_sequence = sequence_losses(losses.detach(), mask)
+        if selection.remembers_scores:  # the kept rows' training losses: fresh scores for the epochs between
+            selection.remember(part["index"], self.score(per_sequence, part["index"]))
+        token_count = None if self.token_count is None else self.token_count * selection.keep
+        loss = weighted_token_mean(losses, mask, weights, token_count=token_count)
+        self._log_step(loss, part)
+        return {
+            "loss": loss,
+            "losses": per_sequence,
+            "index": part["index"],
+            "weight": weights,
+            "loss_tokens": mask.sum(),
+        }
+
+    def _nothing_kept_step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Every score was non-finite: a step of weight 0 on one row (each DDP rank must run a backward), untracked."""
+        part = kept_rows(batch, torch.zeros(1, dtype=torch.long))
+        losses, mask = self.token_losses(part)
+        loss = weighted_token_mean(losses, mask, torch.zeros(1, device=self.device))
+        self.log("train/loss", loss, prog_bar=True, batch_size=1)
+        nothing = batch["index"][:0]
+        return {
+            "loss": loss,
+            "losses": torch.zeros(0, device=self.device),
+            "index": nothing,
+            "weight": torch.zeros(0, device=self.device),
+            "loss_tokens": mask.sum() * 0,
+        }
+
+    @torch.no_grad()
+    def scoring_forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """The batch's sequence scores from a forward in eval mode without gradients: `score` of `sequence_losses`."""
+        training = self.model.training
+        self.model.eval()
+        try:
+            losses = sequence_losses(*self.token_losses(batch))
+        finally:
+            self.model.train(training)
+        return self.score(losses, batch["index"])
+
+    def score(self, losses: Tensor, index: Tensor) -> Tensor:
+        """What sequence selection ranks by: the loss, or with ``irreducible_losses`` the reducible loss."""
+        return losses if self.irreducible is None else reducible_loss(losses, self.irreducible.lookup(index))
+
+    def _charge_scoring(self, batch: Mapping[str, Tensor]) -> None:
+        """Count the tokens a scoring (or Rho-1 reference) forward ran on, on the device until the epoch ends."""
+        tokens = batch["attention_mask"].sum()
+        before = self._epoch_scoring_tokens
+        self._epoch_scoring_tokens = tokens if before is None else before + tokens
+
+    def _log_step(self, loss: Tensor, batch: Mapping[str, Tensor]) -> None:
         size = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         # The epoch's token count over all ranks: policies plan examples, so compare them by tokens too.
         tokens = batch["attention_mask"].sum().float()
         self.log("train/tokens", tokens, on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True, batch_size=size)
-        return {"loss": loss, "losses": sequence_losses(losses.detach(), mask)}
+
+    @override
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._step_started_ns = time.perf_counter_ns()
+
+    @override
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._step_started_ns is None or not isinstance(outputs, Mapping) or "loss_tokens" not in outputs:
+            return
+        if self.device.type == "cuda":  # the kernels queued by the step, backward and optimizer step
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter_ns() - self._step_started_ns
+        self._step_started_ns = None
+        self.throughput(outputs["loss_tokens"], elapsed)
+        self.log("train/tokens_per_second", self.throughput, on_step=True, on_epoch=True, batch_size=1)
 
     @override
     def on_train_epoch_end(self) -> None:
         epoch_tokens = self.trainer.callback_metrics.get("train/tokens")
         self.tokens_seen += int(epoch_tokens) if epoch_tokens is not None else 0
         self.log("train/tokens_seen", float(self.tokens_seen))
+        if self.selection is not None:  # one collective: the scoring forwards' tokens over all ranks
+            scoring = self._epoch_scoring_tokens
+            mine = torch.zeros((), dtype=torch.int64, device=self.device) if scoring is None else scoring.long()
+            epoch_scoring = int(self.trainer.strategy.reduce(mine, reduce_op="sum"))
+            self._epoch_scoring_tokens = None
+            self.scoring_tokens_seen += epoch_scoring
+            self.log("train/scoring_tokens", float(epoch_scoring))
+            self.log("train/scoring_tokens_seen", float(self.scoring_tokens_seen))
 
     @override
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -513,24 +773,34 @@ class CausalLMFineTuner(pl.LightningModule):
 
     @override
     def on_train_start(self) -> None:
+        if self.irreducible is not None:  # restored from a checkpoint too: the training set must be the one it scores
+            self._check_irreducible_size(required=True)
         self.token_count = self.reweighting_token_count()
 
     def reweighting_token_count(self) -> float | None:
-        """``batch_size * loss_tokens_per_sequence(train labels)`` when the sampler's policy reweights, else ``None``.
+        """``batch_size * loss_tokens_per_sequence(train labels)`` when the weights are not all 1, else ``None``.
 
-        The batch's own token count would bias the loss of a reweighted plan (see `weighted_token_mean`).
+        The weights are not all 1 when the sampler's policy `reweights`, or when sequence selection draws
+        inclusion-probability weights (an ``OnlineBatchSelection`` with ``unbiased=True``). The batch's own
+        token count would bias the loss of a reweighted plan (see `weighted_token_mean`). ``batch_size`` is
+        the loader's batches before selection: a loader that selects before loading batches fewer rows.
         """
         loader = self.trainer.train_dataloader
         sampler = getattr(loader, "sampler", None)
-        if not isinstance(sampler, CurriculumSampler) or not reweights(sampler.policy):
+        policy = sampler.policy if isinstance(sampler, CurriculumSampler) else None
+        unbiased = self.selects_sequences and self.selection is not None and self.selection.unbiased
+        if not reweights(policy) and not unbiased:
             return None
-        dataset = getattr(self.trainer.datamodule, "train_dataset", None)
-        if dataset is None or not getattr(loader, "batch_size", None):
+        why = f"{type(policy).__name__} reweights" if reweights(policy) else "OnlineBatchSelection(unbiased=True)"
+        dataset = getattr(getattr(self.trainer, "datamodule", None), "train_dataset", None)
+        preselection = getattr(sampler, "batch_preselection", None)
+        batch_size = getattr(preselection, "batch_size", None) or getattr(loader, "batch_size", None)
+        if dataset is None or not batch_size:
             raise ValueError(
-                f"{type(sampler.policy).__name__} reweights, and an unbiased token loss needs the data module's "
-                "train_dataset (with labels) and a DataLoader with a batch_size."
+                f"{why}, and an unbiased token loss needs the data module's train_dataset (with labels) and a "
+                "DataLoader with a batch_size."
             )
-        return int(loader.batch_size) * loss_tokens_per_sequence(dataset["labels"])  # type: ignore[attr-defined]
+        return int(batch_size) * loss_tokens_per_sequence(dataset["labels"])
 
     def planned_steps(self) -> int:
         """Optimizer steps of the whole run: `planned_optimizer_steps`, else Lightning's estimate (with a warning)."""
@@ -563,6 +833,9 @@ class CausalLMFineTuner(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["example_scores"] = {name: values.clone() for name, values in self.example_scores.items()}
         checkpoint["tokens_seen"] = self.tokens_seen
+        checkpoint["scoring_tokens_seen"] = self.scoring_tokens_seen
+        if self.irreducible is not None:  # a resumed RHO-LOSS run ranks by these, whatever the file holds by then
+            checkpoint["irreducible_losses"] = self.irreducible.losses.clone()
         if self.lora_rank > 0:  # the adapters only: __init__ builds the frozen rest again
             frozen = self._frozen_parameters()
             for key in frozen:
@@ -579,6 +852,9 @@ class CausalLMFineTuner(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.example_scores = {name: values.clone() for name, values in checkpoint.get("example_scores", {}).items()}
         self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
+        self.scoring_tokens_seen = int(checkpoint.get("scoring_tokens_seen", 0))
+        if "irreducible_losses" in checkpoint:
+            self.irreducible = ReferenceLosses(checkpoint["irreducible_losses"])
         if "lora_base" in checkpoint:
             self._restore_frozen(checkpoint["state_dict"], checkpoint["lora_base"])
 
