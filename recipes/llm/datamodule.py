@@ -23,6 +23,7 @@ from lightning_curricula.recipes.llm.data import (
 )
 from lightning_curricula.recipes.llm.metrics import FAMILIES_SPLIT
 from lightning_curricula.recipes.llm.model import SMOLLM2, load_tokenizer
+from lightning_curricula.recipes.llm.packing import PackingCollator
 from lightning_curricula.recipes.llm.report import DifficultyReport
 from lightning_curricula.recipes.llm.testbed import TESTBED_PREFIX, load_testbed, parse_testbed, testbed_scorer
 from torch.utils.data import DataLoader, IterableDataset
@@ -120,6 +121,11 @@ class InstructionDataModule(RecipeDataModule):
             plan, the same visits, reordered inside windows of ``length_group_batches`` batches (the plan's order
             is kept from window to window). Not with ``streaming``.
         length_group_batches: batches per window of ``group_by_length``.
+        packing: pack each training batch's examples end to end into rows of ``pack_length`` tokens
+            (`PackingCollator`), each example still with its own loss, id and weight and attending only
+            to itself: no compute on padding. The model must read packed sequences from position ids
+            (``transformers``' Llama family does). Validation and test batches stay padded.
+        pack_length: tokens per packed row (by default ``max_length``; at least ``max_length``).
     """
 
     def __init__(
@@ -147,6 +153,8 @@ class InstructionDataModule(RecipeDataModule):
         shuffle_buffer: int = 1000,
         group_by_length: bool = False,
         length_group_batches: int = MEGA_BATCHES,
+        packing: bool = False,
+        pack_length: int | None = None,
     ) -> None:
         super().__init__()
         #: The testbed's families (``dataset="testbed..."``), else empty: one held-out split each.
@@ -174,6 +182,11 @@ class InstructionDataModule(RecipeDataModule):
                 "group_by_length=True reorders each epoch's plan by length, and streaming=True reads the rows in "
                 "stream order; use one of them."
             )
+        if pack_length is not None and pack_length < max_length:
+            raise ValueError(
+                f"pack_length={pack_length} is below max_length={max_length}: the longest example would not fit a "
+                "packed row. Leave pack_length unset (it is then max_length) or raise it."
+            )
         self.save_hyperparameters(ignore=["tokenizer", "policy"])
         self.source = dataset
         self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
@@ -197,6 +210,8 @@ class InstructionDataModule(RecipeDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.group_by_length = group_by_length
         self.length_group_batches = length_group_batches
+        self.packing = packing
+        self.pack_length = max_length if pack_length is None else pack_length
         self.scorer: Scorer | None = None
         #: The shape of the rows (``shape``, or the one detected), set by `setup`.
         self.data_shape: str | None = None
@@ -421,6 +436,11 @@ class InstructionDataModule(RecipeDataModule):
             )
         return policy.with_scores(computed[policy.score])
 
+    def train_collator(self) -> CausalLMCollator | PackingCollator:
+        """The training batches' collator: padded, with the packed rows beside them when ``packing``."""
+        collate = CausalLMCollator(self.tokenizer)
+        return PackingCollator(collate, self.pack_length) if self.packing else collate
+
     @override
     def train_dataloader(self) -> DataLoader[Any]:
         assert self.train_dataset is not None, "setup() builds the training data"
@@ -432,7 +452,7 @@ class InstructionDataModule(RecipeDataModule):
             self.bound_policy(),
             seed=self.plan_seed,
             batch_size=self.batch_size,
-            collate_fn=CausalLMCollator(self.tokenizer),
+            collate_fn=self.train_collator(),
             num_workers=self.num_workers,
         )
         if not self.group_by_length:
@@ -454,7 +474,7 @@ class InstructionDataModule(RecipeDataModule):
         sharded = ShardedStream(
             _SizedStream(stream, len(rows)),
             batch_size=self.batch_size,
-            collate_fn=CausalLMCollator(self.tokenizer),
+            collate_fn=self.train_collator(),
             num_replicas=trainer.world_size,
             rank=trainer.global_rank,
         )

@@ -25,6 +25,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning_curricula.recipes.llm.data import IGNORE_INDEX, CausalLMCollator, Scorer, make_scorer, response_only
 from lightning_curricula.recipes.llm.export import export_hugging_face
 from lightning_curricula.recipes.llm.model import SMOLLM2, TINY, load_causal_lm, load_tokenizer
+from lightning_curricula.recipes.llm.packing import (
+    PACKED_KEYS,
+    is_packed,
+    pack_batch,
+    packed_inputs,
+    unpack_token_losses,
+)
 from torch import Tensor
 from torch.nn import functional as F
 from torchmetrics import Metric
@@ -95,6 +102,19 @@ def sequence_losses(losses: Tensor, mask: Tensor) -> Tensor:
     return (losses * mask).sum(1) / mask.sum(1)
 
 
+def model_token_losses(model: Any, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+    """``model``'s ``(B, T - 1)`` token losses and loss mask of a batch: from its packed rows when it has them.
+
+    A packed batch (`pack_batch`) is forwarded as its packed rows, and the losses are gathered back
+    into the padded batch's table (`unpack_token_losses`), so nothing downstream knows it was packed.
+    """
+    if is_packed(batch):
+        logits = model(**packed_inputs(batch)).logits
+        return unpack_token_losses(token_losses(logits, batch["packed_labels"])[0], batch)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return token_losses(logits, batch["labels"])
+
+
 def reweights(policy: Policy | None) -> bool:
     """Whether ``policy`` gives visits weights other than 1 (InfoBatch, importance sampling, or those wrapped).
 
@@ -128,7 +148,8 @@ def kept_rows(batch: Mapping[str, Any], positions: Tensor) -> dict[str, Any]:
     Every per-row value is indexed (tensors by ``positions``, lists item by item); ``input_ids``,
     ``attention_mask`` and ``labels`` then end at the last column where a kept row has a token. The
     collator pads on the right to the longest row, so the result is the batch `CausalLMCollator` makes
-    of the kept rows alone: what a loader that selects before loading collates.
+    of the kept rows alone: what a loader that selects before loading collates. A packed batch's kept
+    rows are packed anew (`pack_batch`, the same capacity).
 
     Example:
         >>> batch = {"input_ids": torch.tensor([[5, 6, 7], [5, 8, 0]]), "index": torch.tensor([3, 4]),
@@ -142,6 +163,7 @@ def kept_rows(batch: Mapping[str, Any], positions: Tensor) -> dict[str, Any]:
     part: dict[str, Any] = {
         key: value[positions.to(value.device)] if isinstance(value, Tensor) else [value[i] for i in chosen]
         for key, value in batch.items()
+        if key not in PACKED_KEYS  # packed rows are not the batch's rows: the kept rows are packed anew
     }
     mask: Tensor = part["attention_mask"]
     used = mask.bool().any(0).nonzero()
@@ -150,6 +172,10 @@ def kept_rows(batch: Mapping[str, Any], positions: Tensor) -> dict[str, Any]:
         if key in part:
             columns: Tensor = part[key]
             part[key] = columns[:, :length]
+    if is_packed(batch):
+        device = part["input_ids"].device
+        packed = pack_batch(part, batch["pack_capacity"])
+        part.update({key: value.to(device) if isinstance(value, Tensor) else value for key, value in packed.items()})
     return part
 
 
@@ -399,23 +425,21 @@ class CausalLMFineTuner(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------ forward
 
-    def token_losses(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """``(B, T - 1)`` token losses and loss mask of a batch (see `token_losses`)."""
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return token_losses(logits, batch["labels"])
+    def token_losses(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        """``(B, T - 1)`` token losses and loss mask of a batch (see `token_losses`), packed or padded."""
+        return model_token_losses(self.model, batch)
 
-    def reference_token_losses(self, batch: Mapping[str, Tensor]) -> Tensor:
+    def reference_token_losses(self, batch: Mapping[str, Any]) -> Tensor:
         """``(B, T - 1)`` token losses of Rho-1's reference (no gradients, eval mode)."""
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         if self.reference is not None:
-            logits = self.reference(**inputs).logits
-        else:  # "initial" with LoRA: the base model is the model with its adapters off
-            training = self.model.training
-            self.model.eval()
-            with torch.no_grad(), self.model.disable_adapter():  # type: ignore[operator]
-                logits = self.model(**inputs).logits
-            self.model.train(training)
-        return token_losses(logits, batch["labels"])[0]
+            return model_token_losses(self.reference, batch)[0]
+        # "initial" with LoRA: the base model is the model with its adapters off
+        training = self.model.training
+        self.model.eval()
+        with torch.no_grad(), self.model.disable_adapter():  # type: ignore[operator]
+            losses = model_token_losses(self.model, batch)[0]
+        self.model.train(training)
+        return losses
 
     @override
     def setup(self, stage: str) -> None:

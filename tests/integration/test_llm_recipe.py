@@ -339,3 +339,34 @@ def test_validation_and_test_pools_are_disjoint_from_training_and_each_other(tmp
     trainer.test(module, data, verbose=False)
     assert {"test/easy/loss", "test/hard/accuracy"} <= set(trainer.callback_metrics)
     assert not any(name.startswith("val/") for name in trainer.callback_metrics)
+
+
+@pytest.mark.parametrize("infobatch", [False, True], ids=["full", "infobatch"])
+def test_packing_trains_what_padding_trains_and_tracks_every_example(tmp_path, tokenizer, infobatch):
+    runs = []
+    for packing in (False, True):
+        policy = InfoBatch(0.5, anneal=0.0, budget=0.75) if infobatch else None
+        data = InstructionDataModule(
+            tokenizer=tokenizer, train_size=24, eval_size=8, batch_size=8, policy=policy, packing=packing
+        )
+        module = CausalLMFineTuner(tiny_llama(len(tokenizer)), tokenizer, lr=1e-3, max_new_tokens=0)
+        dynamics = TrainingDynamics()
+        trainer = _trainer(tmp_path / str(packing), [dynamics], max_epochs=2)
+        trainer.fit(module, data)
+        runs.append((dynamics.signals(), module, trainer))
+    (padded, padded_module, padded_trainer), (packed, packed_module, packed_trainer) = runs
+    assert packed_trainer.global_step == padded_trainer.global_step
+    assert packed_module.tokens_seen == padded_module.tokens_seen  # real tokens: padding was never counted
+    assert torch.equal(packed["epochs_seen"], padded["epochs_seen"])  # the same visits, by id
+    torch.testing.assert_close(packed["loss"], padded["loss"], rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(
+        packed_trainer.callback_metrics["val/hard/loss"],
+        padded_trainer.callback_metrics["val/hard/loss"],
+        rtol=1e-3,
+        atol=1e-4,
+    )
+
+
+def test_a_pack_length_below_max_length_is_refused(tokenizer):
+    with pytest.raises(ValueError, match="pack_length=64 is below max_length=96"):
+        InstructionDataModule(tokenizer=tokenizer, max_length=96, packing=True, pack_length=64)

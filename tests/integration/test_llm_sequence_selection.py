@@ -301,3 +301,16 @@ def test_holdout_command_writes_losses_that_rho_loss_reads(tmp_path: Path) -> No
     assert cli.model.irreducible is not None
     assert torch.equal(cli.model.irreducible.losses, reference.losses)
     assert [len(ids) for ids in steps.trained] == [BATCH // 2] * (2 * TRAIN_SIZE // BATCH)
+
+
+def test_packed_selective_backprop_keeps_and_trains_what_the_padded_one_does(tmp_path: Path) -> None:
+    runs = []
+    for packing in ("false", "true"):
+        steps = Steps()
+        cli_run(tmp_path / packing, "selective_backprop", "--data.packing", packing, callbacks=[steps])
+        runs.append(steps)
+    padded, packed = runs
+    assert packed.trained == padded.trained  # the kept rows are packed anew, scored alike
+    assert packed.loss_tokens == padded.loss_tokens
+    for packed_losses, padded_losses in zip(packed.losses, padded.losses, strict=True):
+        torch.testing.assert_close(packed_losses, padded_losses, rtol=1e-3, atol=1e-4)
