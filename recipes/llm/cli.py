@@ -22,10 +22,11 @@ from typing import Any
 
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning_curricula.recipes.llm.datamodule import InstructionDataModule
 from lightning_curricula.recipes.llm.metrics import FAMILIES_SPLIT, FamilyMeans
 from lightning_curricula.recipes.llm.module import CausalLMFineTuner
+from lightning_curricula.recipes.llm.precision import choose_precision
 from lightning_curricula.recipes.llm.report import DifficultyReport
 from lightning_curricula.recipes.vision.history import EpochHistory
 from typing_extensions import override
@@ -64,6 +65,8 @@ class LLMRecipeCLI(LightningCLI):
       ``test/families/<metric>``, the mean of each per-family metric over the families;
     - ``data.tokenizer`` follows ``model.model``;
     - ``seed_everything`` defaults to 0, not to a random seed;
+    - ``trainer.precision``, when not given, is chosen for the device (`choose_precision`) and logged;
+      ``--auto_precision false`` keeps Lightning's ``32-true``;
     - the optimiser and schedule are the module's (no ``--optimizer`` / ``--lr_scheduler``).
 
     Args:
@@ -125,6 +128,13 @@ class LLMRecipeCLI(LightningCLI):
         parser.add_lightning_class_args(DynamicsVisuals, "visuals")  # after the tracker: it draws its epochs
         parser.add_lightning_class_args(DifficultyReport, "report")
         parser.link_arguments("model.model", "data.tokenizer")
+        parser.add_argument(
+            "--auto_precision",
+            type=bool,
+            default=True,
+            help="When --trainer.precision is not given, choose it for the device (recipes/llm/precision.py): "
+            "bf16-mixed on a GPU with bf16 or a CPU with AMX or AVX-512-BF16, else 16-mixed or 32-true.",
+        )
 
     @override
     def before_instantiate_classes(self) -> None:
@@ -136,6 +146,10 @@ class LLMRecipeCLI(LightningCLI):
                 "epoch anew, and Lightning must re-read the epoch's length."
             )
             config.trainer.reload_dataloaders_every_n_epochs = 1
+        if config.trainer.precision is None and config.auto_precision:
+            precision, reason = choose_precision(str(config.trainer.accelerator))
+            config.trainer.precision = precision
+            rank_zero_info(f"trainer.precision={precision}: {reason} (--trainer.precision to choose another).")
 
     def before_fit(self) -> None:
         """On the testbed, the CLI's own `EpochHistory` follows the families' mean (a given history is left alone)."""
