@@ -1,7 +1,8 @@
 """Sequence packing that keeps every example's own loss and id.
 
 A padded batch of ``B`` examples spends compute on its padding. Packing lays the examples end to end
-in fewer rows of at most ``capacity`` tokens (first-fit decreasing, `pack_rows`) and restarts the
+in fewer rows of at most ``capacity`` tokens (first-fit decreasing, `pack_rows`, at the row width
+that computes the fewest tokens, `narrowest_packing`) and restarts the
 position ids at 0 for each example. Given ``position_ids`` and no ``attention_mask``, ``transformers``
 (its ``masking_utils``, used by the Llama family, SmolLM2 included) reads each run of consecutive
 positions as one sequence and builds a block-diagonal causal mask, so no example attends to another
@@ -28,6 +29,7 @@ __all__ = [
     "PACKED_KEYS",
     "PackingCollator",
     "is_packed",
+    "narrowest_packing",
     "pack_batch",
     "pack_rows",
     "packed_inputs",
@@ -72,11 +74,38 @@ def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return rows
 
 
+def narrowest_packing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """`pack_rows` at the row width, from the longest example to ``capacity``, that computes the fewest tokens.
+
+    A packed forward runs ``rows * width`` tokens (``width``: the fullest row). Rows of the full
+    ``capacity`` are not always best: a few examples leave them part empty, and the fullest row then
+    sets the width of all. Every width from the longest example up is tried (first-fit decreasing is
+    cheap for a batch), and the least ``rows * width`` wins, the narrower on a tie (less attention).
+    At the longest example's width the cost is at most the padded batch's, so packing never computes
+    more than padding.
+
+    Example:
+        >>> narrowest_packing([5, 3, 4, 2, 6], capacity=12)
+        [[4, 2], [0, 1, 3]]
+    """
+    if not lengths:
+        return []
+    best: tuple[int, list[list[int]]] | None = None
+    for width in range(max(max(lengths), 1), capacity + 1):
+        rows = pack_rows(lengths, width)
+        cost = len(rows) * max(sum(lengths[i] for i in row) for row in rows)
+        if best is None or cost < best[0]:
+            best = (cost, rows)
+    assert best is not None, "capacity is below the longest example (pack_rows raises)"
+    return best[1]
+
+
 def pack_batch(batch: Mapping[str, Any], capacity: int) -> dict[str, Any]:
     """The packed tensors of a right-padded `CausalLMCollator` batch, to add to it (`PACKED_KEYS`).
 
-    - ``packed_input_ids`` ``(R, W)``: each row's examples end to end, then padding; ``W`` is the
-      longest row, at most ``capacity``.
+    - ``packed_input_ids`` ``(R, W)``: each row's examples end to end, then padding; the rows are
+      `narrowest_packing`'s, so ``W`` (the fullest row) is at most ``capacity`` and ``R * W`` at most
+      the padded batch's tokens.
     - ``packed_position_ids`` ``(R, W)``: ``0 .. n - 1`` for each example, and for the padding tail of
       a row its own run from 0 (so it is a sequence of its own, attending to none of the examples).
     - ``packed_labels`` ``(R, W)``: each example's labels, with ``IGNORE_INDEX`` on its first token, so
@@ -95,7 +124,7 @@ def pack_batch(batch: Mapping[str, Any], capacity: int) -> dict[str, Any]:
     """
     input_ids, labels = batch["input_ids"], batch["labels"]
     lengths = batch["attention_mask"].sum(1).tolist()
-    rows = pack_rows(lengths, capacity)
+    rows = narrowest_packing(lengths, capacity)
     width = max((sum(lengths[i] for i in row) for row in rows), default=0)
     packed_ids = torch.zeros((len(rows), width), dtype=input_ids.dtype)
     packed_labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=labels.dtype)

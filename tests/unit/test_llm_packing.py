@@ -19,7 +19,7 @@ from lightning_curricula.recipes.llm.data import (  # noqa: E402
 )
 from lightning_curricula.recipes.llm.model import proxy_llama, tiny_llama, tiny_tokenizer  # noqa: E402
 from lightning_curricula.recipes.llm.module import kept_rows, model_token_losses, sequence_losses  # noqa: E402
-from lightning_curricula.recipes.llm.packing import PackingCollator, pack_batch, pack_rows  # noqa: E402
+from lightning_curricula.recipes.llm.packing import PackingCollator, narrowest_packing, pack_batch, pack_rows  # noqa: E402
 
 from lightning_curricula.step import weighted_token_mean  # noqa: E402
 
@@ -44,6 +44,21 @@ def test_pack_rows_places_every_example_once_within_the_capacity(seed: int) -> N
     assert pack_rows(lengths, capacity=48) == rows  # deterministic
     # First-fit decreasing never needs more than 11/9 of the optimum plus one row; the volume bounds the optimum.
     assert len(rows) <= 11 / 9 * -(-sum(lengths) // 48) + 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_narrowest_packing_never_computes_more_than_padding_nor_than_full_rows(seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 40, (16,), generator=generator).tolist()
+    rows = narrowest_packing(lengths, capacity=96)
+    assert sorted(i for row in rows for i in row) == list(range(16))
+
+    def cost(packing: list[list[int]]) -> int:
+        return len(packing) * max(sum(lengths[i] for i in row) for row in packing)
+
+    assert cost(rows) <= len(lengths) * max(lengths)  # the padded batch
+    assert cost(rows) <= cost(pack_rows(lengths, 96))  # rows of the full capacity
+    assert cost(rows) >= sum(lengths)
 
 
 def test_pack_rows_refuses_an_example_longer_than_a_row_and_a_capacity_below_one() -> None:
@@ -99,12 +114,14 @@ def test_an_example_attends_only_to_itself_inside_a_packed_row(rows: Any) -> Non
     model = tiny_llama(len(tokenizer))
     collate = PackingCollator(CausalLMCollator(tokenizer), 512)  # wide rows: every example shares a row with others
     batch = collate(items)
-    assert batch["packed_input_ids"].shape[0] == 1
+    width = batch["packed_input_ids"].shape[1] - 1
+    rows = batch["pack_index"][:, 0] // width
+    assert bool((rows[1:] == rows[0]).any())  # example 0 shares its row with others
     changed = [dict(items[0]), *items[1:]]
     changed[0]["input_ids"] = [5] * len(items[0]["input_ids"])  # a different first example, the same length
     before, after = losses_of(model, batch)[0], losses_of(model, collate(changed))[0]
     assert not torch.allclose(before[0], after[0])
-    # Same packed positions for the others (same lengths); their losses are the same computation.
+    # The same packing (the same lengths): every other example's losses are the same computation.
     torch.testing.assert_close(after[1:], before[1:], rtol=0, atol=1e-6)
 
 
