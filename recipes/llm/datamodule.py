@@ -121,11 +121,12 @@ class InstructionDataModule(RecipeDataModule):
             plan, the same visits, reordered inside windows of ``length_group_batches`` batches (the plan's order
             is kept from window to window). Not with ``streaming``.
         length_group_batches: batches per window of ``group_by_length``.
-        packing: pack each training batch's examples end to end into rows of ``pack_length`` tokens
-            (`PackingCollator`), each example still with its own loss, id and weight and attending only
-            to itself: no compute on padding. The model must read packed sequences from position ids
-            (``transformers``' Llama family does). Validation and test batches stay padded.
-        pack_length: tokens per packed row (by default ``max_length``; at least ``max_length``).
+        packing: pack each training batch's examples end to end into rows of at most ``pack_length``
+            tokens (`PackingCollator`, at the width that computes the fewest tokens), each example still
+            with its own loss, id and weight and attending only to itself. The model must read packed
+            sequences from position ids (``transformers``' Llama family does). Validation and test
+            batches stay padded.
+        pack_length: the widest packed row (by default ``max_length``; at least ``max_length``).
     """
 
     def __init__(
