@@ -35,12 +35,12 @@ import lightning.pytorch as pl
 import torch
 from harness import environment, interleaved_rounds, markdown_table, quiet_lightning, ratio_statistics, write_json
 from lightning.pytorch.callbacks import Callback
+from llm_precision import fit
 from llm_throughput import StepTimer, load_model, model_facts
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the recipes package, when run as a script
 from lightning_curricula.recipes.llm.datamodule import InstructionDataModule  # noqa: E402
 from lightning_curricula.recipes.llm.model import SMOLLM2, load_tokenizer  # noqa: E402
-from lightning_curricula.recipes.llm.module import CausalLMFineTuner  # noqa: E402
 
 VARIANTS = {"padded": {}, "grouped": {"group_by_length": True}, "packed": {"packing": True}}
 
@@ -57,26 +57,6 @@ class ComputedTokens(Callback):
     ) -> None:
         self.computed += int((batch["packed_input_ids"] if "packed_input_ids" in batch else batch["input_ids"]).numel())
         self.real += int(batch["attention_mask"].sum())
-
-
-def fit(model: Any, tokenizer: Any, data: InstructionDataModule, *, precision: str, steps: int, callbacks: list[Any]):
-    """One fit of ``steps`` steps of ``model`` (trained in place)."""
-    module = CausalLMFineTuner(model, tokenizer, lr=1e-4, warmup_ratio=0.0, max_new_tokens=0)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision=precision,  # type: ignore[arg-type]
-        max_epochs=1,
-        max_steps=steps,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        reload_dataloaders_every_n_epochs=1,
-    )
-    trainer.fit(module, datamodule=data)
 
 
 def main(argv: list[str] | None = None) -> int:
