@@ -23,20 +23,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import logging
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from harness import environment, interleaved_rounds, markdown_table, quiet_lightning, ratio_statistics, write_json
+from harness import environment, interleaved_rounds, markdown_table, ratio_statistics, write_json
 from lightning.pytorch.callbacks import Callback
 from llm_precision import fit
-from llm_throughput import StepTimer, load_model, model_facts
+from llm_throughput import StepTimer, load_model, model_facts, quiet_llm_benchmark
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the recipes package, when run as a script
 from lightning_curricula.recipes.llm.datamodule import InstructionDataModule  # noqa: E402
@@ -73,10 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("llm_packing.json"), help="JSON results")
     args = parser.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
-    quiet_lightning(logging.ERROR)
-    logging.getLogger("lightning_curricula.recipes.llm").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    quiet_llm_benchmark(args.threads)
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model)
     initial_facts = model_facts(model, args.model, random_weights=False)

@@ -56,6 +56,14 @@ from lightning_curricula import TrainingDynamics, read_step_outputs  # noqa: E40
 DATASET = f"{REASONING_GYM_PREFIX}basic_arithmetic"
 
 
+def quiet_llm_benchmark(threads: int) -> None:
+    """``threads`` torch threads; Lightning's, the recipe's and the libraries' logs and warnings off."""
+    torch.set_num_threads(threads)
+    quiet_lightning(logging.ERROR)
+    logging.getLogger("lightning_curricula.recipes.llm").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+
 def load_model(name: str, *, random_weights: bool = False, seed: int = 0) -> Any:
     """`load_causal_lm` ``(name)``; with ``random_weights``, its architecture from its config with random weights.
 
@@ -185,10 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("llm_throughput.json"), help="JSON results")
     args = parser.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
-    quiet_lightning(logging.ERROR)
-    logging.getLogger("lightning_curricula.recipes.llm").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    quiet_llm_benchmark(args.threads)
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, random_weights=args.random_weights)
     examples = args.batch_size * (args.warmup + args.steps)
