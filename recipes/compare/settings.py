@@ -199,6 +199,7 @@ RECIPES: dict[str, Recipe] = {
             "test easy acc (%)": "test/easy/accuracy",
             "test hard loss": "test/hard/loss",
             "tokens": "train/tokens_seen",
+            "scoring tokens": "train/scoring_tokens_seen",  # the forwards of selection inside the step, charged
             "ρ(loss_ema, difficulty)": "rank_correlation/loss_ema",
         },
         run_args=(),
@@ -228,7 +229,8 @@ RECIPES: dict[str, Recipe] = {
             "Accuracy is exact match of greedy answers graded by the task's scorer on the easy and hard parts of "
             "two disjoint held-out pools: validation after every epoch (*best* and the time to full data's "
             "accuracy are read from it), test once after training. Tokens: response "
-            "and prompt tokens trained on (policies plan examples, not tokens). ρ: Spearman correlation of the "
+            "and prompt tokens trained on (policies plan examples, not tokens); scoring tokens: those of the scoring "
+            "forwards of selection inside the step (no backward), charged beside them. ρ: Spearman correlation of the "
             "learned loss EMA with the known difficulty at the end of training."
         ),
         tag="val/hard_accuracy_by_sample_passes",

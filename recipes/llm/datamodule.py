@@ -114,7 +114,8 @@ class InstructionDataModule(RecipeDataModule):
             `lightning_curricula.ShardedStream`: every row once per epoch over ranks and workers, equal
             batch counts on every rank. Rows keep their stable ``index`` (their position in the
             prepared data). Epoch policies need the whole dataset by id and are refused; selection inside
-            the step (Rho-1) works.
+            the step works (Rho-1, Selective Backprop, RHO-LOSS, and Stale-SB, whose epochs between scorings
+            then select each loaded batch by its remembered scores: a stream loads every row).
         shuffle_buffer: rows in the stream's shuffle buffer.
         group_by_length: batch training examples of similar lengths, as Hugging Face Trainer's ``group_by_length``
             (less padding): the sampler is a `LengthGroupedSampler`, which yields this rank's share of each epoch's

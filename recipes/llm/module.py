@@ -615,7 +615,7 @@ class CausalLMFineTuner(pl.LightningModule):
             self._epoch_scoring_tokens = None
             self.scoring_tokens_seen += epoch_scoring
             self.log("train/scoring_tokens", float(epoch_scoring))
-            self.log("train/scoring_tokens_seen", float(self.scoring_tokens_seen))
+        self.log("train/scoring_tokens_seen", float(self.scoring_tokens_seen))  # 0 without selection: a cost column
 
     @override
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:

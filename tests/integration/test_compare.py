@@ -254,12 +254,9 @@ def test_time_to_full_accuracy_targets_what_every_full_data_seed_reaches() -> No
 
 def test_llm_recipe_comparison_reports_hard_accuracy_tokens_and_rank_correlation(tmp_path: Path) -> None:
     output = tmp_path / "llm"
-    args = ["--recipe", "llm", "--policies", "full", "curriculum_difficulty", "--max-epochs", "3", "--fast-dev"]
-    assert run(output, *args) == 0
-    stored = {
-        policy: json.loads((output / "results" / policy / "seed_0.json").read_text())
-        for policy in ("full", "curriculum_difficulty")
-    }
+    policies = ("full", "curriculum_difficulty", "selective_backprop")
+    assert run(output, "--recipe", "llm", "--policies", *policies, "--max-epochs", "3", "--fast-dev") == 0
+    stored = {policy: json.loads((output / "results" / policy / "seed_0.json").read_text()) for policy in policies}
     assert stored["full"]["train_examples"] == 32
     assert stored["full"]["sample_passes"] == 96
     assert stored["curriculum_difficulty"]["sample_passes"] == 32 + 20 + 32  # paced: ceil(0.625 * 32) at progress 0.5
@@ -273,15 +270,23 @@ def test_llm_recipe_comparison_reports_hard_accuracy_tokens_and_rank_correlation
         assert [epoch["val/hard/accuracy"] for epoch in result["epochs"]][-1] == result["final_acc"]
     tokens = {policy: result["extras"]["train/tokens_seen"] for policy, result in stored.items()}
     assert tokens["curriculum_difficulty"] < tokens["full"]
+    scoring = {policy: result["extras"]["train/scoring_tokens_seen"] for policy, result in stored.items()}
+    assert scoring["full"] == scoring["curriculum_difficulty"] == 0
+    assert scoring["selective_backprop"] == tokens["full"]  # every sequence scored once per epoch, as full trains
+    assert tokens["selective_backprop"] < tokens["full"]
 
     markdown = (output / "summary.md").read_text()
-    header, _, full_row, curriculum_row = [line for line in markdown.splitlines() if line.startswith("|")][:4]
+    header, _, full_row, _, selection_row = [line for line in markdown.splitlines() if line.startswith("|")][:5]
     titles = [cell.strip() for cell in header.split("|")[1:-1]]
     assert titles[2:5] == ["test hard acc (%)", "final val hard acc (%)", "best val hard acc (%)"]
-    assert titles[-4:] == ["test easy acc (%)", "test hard loss", "tokens", "ρ(loss_ema, difficulty)"]
+    extras = ["test easy acc (%)", "test hard loss", "tokens", "scoring tokens", "ρ(loss_ema, difficulty)"]
+    assert titles[-5:] == extras
     cells = [cell.strip() for cell in full_row.split("|")[1:-1]]
     assert cells[0] == "full"
     assert cells[titles.index("tokens")] == f"{stored['full']['extras']['train/tokens_seen']:,.0f}"
+    assert cells[titles.index("scoring tokens")] == "0.000"
+    cells = [cell.strip() for cell in selection_row.split("|")[1:-1]]
+    assert cells[titles.index("scoring tokens")] == f"{scoring['selective_backprop']:,.0f}"
     assert "Recipe `llm`, dataset `reasoning_gym:basic_arithmetic` (--fast-dev)" in markdown
     with (output / "summary.csv").open() as file:
         rows = {row["policy"]: row for row in csv.DictReader(file)}

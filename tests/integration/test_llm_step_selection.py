@@ -1,4 +1,4 @@
-"""The LLM recipe with Rho-1 token selection and with its training rows read as a stream (tiny model, CPU)."""
+"""The LLM recipe with Rho-1 token selection, and with its training rows read as a stream (tiny model, CPU)."""
 
 from __future__ import annotations
 
@@ -116,6 +116,19 @@ def test_stream_config_reads_every_row_once_per_epoch(tmp_path: Path) -> None:
     dynamics = next(c for c in cli.trainer.callbacks if isinstance(c, TrainingDynamics))
     assert dynamics.num_examples == 24
     assert dynamics.signals()["visits"].tolist() == [2] * 24
+
+
+@pytest.mark.parametrize("config", ["selective_backprop", "selective_backprop_stale"])
+def test_stream_with_sequence_selection_loads_every_row_and_trains_on_half(tmp_path: Path, config: str) -> None:
+    batches = Batches()
+    cli = run(tmp_path, config, "--data.streaming", "true", callbacks=[batches])
+    assert sorted(i for ids in batches.ids for i in ids) == sorted(list(range(24)) * 2)  # no selection before loading
+    selection = next(c for c in cli.trainer.callbacks if isinstance(c, OnlineBatchSelection))
+    metrics = selection.epoch_metrics
+    assert metrics["kept_share"] == 0.5
+    stale = config.endswith("stale")
+    assert metrics["scored_examples"] == (0 if stale else 24)  # epoch 1 of Stale-SB recalls instead of scoring
+    assert metrics.get("recalled_examples", 0) == (24 if stale else 0)
 
 
 def test_streaming_refuses_an_epoch_policy() -> None:
