@@ -45,7 +45,7 @@ REASONING_GYM_PREFIX = "reasoning_gym:"
 TESTBED_TRAIN_SIZE, TESTBED_EVAL_SIZE = 2000, 150
 _TRAIN_SIZE, _EVAL_SIZE = 1000, 256
 #: The scores `CausalLMFineTuner.compute_example_scores` computes when fitting starts.
-_FIT_START_SCORES = ("ifd", "initial_loss", "response_loss")
+_FIT_START_SCORES = ("ifd", "ifd_below_1", "initial_loss", "response_loss")
 
 
 class InstructionDataModule(RecipeDataModule):

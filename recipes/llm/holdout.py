@@ -43,6 +43,7 @@ _NOT_FOR_HOLDOUT = (
     "irreducible_losses",
     "token_reference",
     "fit_start_scores",
+    "score_model",
     "hf_export",
     "export_dir",
     "merge_lora",

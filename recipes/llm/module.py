@@ -247,7 +247,8 @@ class CausalLMFineTuner(pl.LightningModule):
     - **IFD** (Li et al. 2024, "From Quantity to Quality"): `compute_example_scores` runs the model
       in eval mode over the training set twice, with and without the instruction, and keeps per example
       id ``initial_loss`` (response loss given the prompt), ``response_loss`` (given only a start
-      token) and ``ifd`` (their ratio, `instruction_following_difficulty`). With
+      token), ``ifd`` (their ratio, `instruction_following_difficulty`) and ``ifd_below_1`` (NaN at or
+      above 1, the rows Li et al. set aside), by ``score_model`` when given. With
       ``fit_start_scores=True`` it runs once when fitting starts (in ``configure_optimizers``), before
       the first plan (so a policy may rank by these scores); the values are cached per id, saved in
       checkpoints, logged (mean and histogram) and exported by `DifficultyReport`.
@@ -289,6 +290,10 @@ class CausalLMFineTuner(pl.LightningModule):
             ``scorer``, else `normalized_match`.
         fit_start_scores: compute `compute_example_scores` when fitting starts (`score_training_set`).
         score_batch_size: batch size of those passes.
+        score_model: the model those passes run, instead of the one being trained: a model name or folder (any
+            `load_causal_lm` takes) with the same vocabulary, such as the ``hf_model/`` of a brief fine-tune
+            (IFD as Li et al. 2024 compute it, with a "pre-experienced" model; with LoRA export it with
+            ``merge_lora``). Loaded when the scores are computed and dropped after, so it is in no checkpoint.
         dtype: parameter dtype when loading by name.
         token_reference: Rho-1's reference for selection inside the step (with an
             `lightning_curricula.OnlineBatchSelection` on the Trainer, which then keeps the share of
@@ -336,6 +341,7 @@ class CausalLMFineTuner(pl.LightningModule):
         scorer: Scorer | None = None,
         fit_start_scores: bool = False,
         score_batch_size: int = 16,
+        score_model: str | None = None,
         dtype: str = "float32",
         token_reference: str | None = None,
         irreducible_losses: str | None = None,
@@ -415,6 +421,8 @@ class CausalLMFineTuner(pl.LightningModule):
         self.scorer = scorer
         self.fit_start_scores = fit_start_scores
         self.score_batch_size = score_batch_size
+        self.score_model = score_model
+        self._dtype = dtype
         self.example_scores: dict[str, Tensor] = {}
         self.tokens_seen = 0
         #: Tokens (prompt and response, all ranks) the scoring forwards of selection inside the step ran on.
@@ -687,7 +695,7 @@ class CausalLMFineTuner(pl.LightningModule):
 
     @torch.no_grad()
     def compute_example_scores(self, dataset: Any, ids: Sequence[int] | None = None) -> dict[str, Tensor]:
-        """Pre-training difficulty per example id: ``initial_loss``, ``response_loss`` and ``ifd``.
+        """Pre-training difficulty per example id: ``initial_loss``, ``response_loss``, ``ifd`` and ``ifd_below_1``.
 
         Two forward passes in eval mode per batch: the training input (prompt and response), and
         the response alone after the tokenizer's BOS token (its EOS when it has none; see
@@ -708,31 +716,30 @@ class CausalLMFineTuner(pl.LightningModule):
                 f"The cached example scores cover {next(iter(self.example_scores.values())).numel()} examples, "
                 f"the dataset has {size}."
             )
-        if not self.example_scores:
-            self.example_scores = {
-                name: torch.full((size,), math.nan) for name in ("initial_loss", "response_loss", "ifd")
-            }
+        for name in ("initial_loss", "response_loss", "ifd", "ifd_below_1"):  # setdefault: older checkpoints lack some
+            self.example_scores.setdefault(name, torch.full((size,), math.nan))
         wanted = torch.arange(size) if ids is None else torch.as_tensor(list(ids), dtype=torch.long)
         todo = wanted[self.example_scores["ifd"][wanted].isnan()]
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer is not None else (1, 0)
         if todo.numel() == 0:
             return self.example_scores
         collate = CausalLMCollator(self.tokenizer)
+        model = self._scoring_model()
         start = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
         values = torch.zeros(2, size, device=self.device)
         was_training = self.model.training
-        self.model.eval()
+        model.eval()
         mine = todo[rank::world].tolist()
         for first in range(0, len(mine), self.score_batch_size):
             chunk = mine[first : first + self.score_batch_size]
             rows = dataset.__getitems__(chunk) if hasattr(dataset, "__getitems__") else [dataset[i] for i in chunk]
             batch = {k: v.to(self.device) for k, v in collate(rows).items()}
-            conditioned = sequence_losses(*self.token_losses(batch))
+            conditioned = sequence_losses(*model_token_losses(model, batch))
             alone = {
                 k: v.to(self.device)
                 for k, v in response_only(batch, int(start), int(self.tokenizer.pad_token_id)).items()
             }
-            unconditioned = sequence_losses(*self.token_losses(alone))
+            unconditioned = sequence_losses(*model_token_losses(model, alone))
             index = torch.tensor(chunk, device=self.device)
             values[0, index] = conditioned
             values[1, index] = unconditioned
@@ -742,9 +749,20 @@ class CausalLMFineTuner(pl.LightningModule):
         values = values.cpu()
         self.example_scores["initial_loss"][todo] = values[0, todo]
         self.example_scores["response_loss"][todo] = values[1, todo]
-        self.example_scores["ifd"][todo] = instruction_following_difficulty(values[0, todo], values[1, todo])
+        ifd = instruction_following_difficulty(values[0, todo], values[1, todo])
+        self.example_scores["ifd"][todo] = ifd
+        # Li et al. set aside IFD >= 1 (the prompt does not help): NaN ranks last in every order
+        self.example_scores["ifd_below_1"][todo] = ifd.where(ifd < 1, math.nan)
         self._log_example_scores()
         return self.example_scores
+
+    def _scoring_model(self) -> torch.nn.Module:
+        """The model `compute_example_scores` runs: the trained one, or ``score_model`` checked and on the device."""
+        if self.score_model is None:
+            return self.model
+        tokenizers = _reference_tokenizers(self.tokenizer, self.score_model)
+        loaded = load_causal_lm(self.score_model, dtype=self._dtype)
+        return FrozenReference(loaded, vocab_size=vocabulary_size(self.model), **tokenizers).to(self.device)
 
     def _log_example_scores(self) -> None:
         if self._trainer is None:

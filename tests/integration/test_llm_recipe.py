@@ -183,7 +183,9 @@ def test_tiny_fit_two_epochs_with_a_curriculum(tmp_path, tokenizer):
         len(data.train_dataset[i]["input_ids"]) for i in seen_thrice.nonzero().squeeze(1).tolist()
     )
     assert module.example_scores["ifd"].isfinite().all()
-    assert set(report.correlations) == {"loss", "loss_mean", "loss_ema", "initial_loss", "response_loss", "ifd"}
+    assert set(report.correlations) == {
+        *("loss", "loss_mean", "loss_ema", "initial_loss", "response_loss", "ifd", "ifd_below_1")
+    }
     assert all(-1.0 <= value <= 1.0 for value in report.correlations.values())
     exported = datasets.Dataset.from_parquet(str(Path(trainer.logger.log_dir) / "example_scores.parquet"))
     assert len(exported) == 40
@@ -230,6 +232,32 @@ def test_score_curriculum_by_ifd_trains_on_the_lowest_ifd(tmp_path, tokenizer):
     visited = set((dynamics.signals()["visits"] > 0).nonzero().squeeze(1).tolist())
     easiest = set(torch.sort(module.example_scores["ifd"], stable=True).indices[:12].tolist())
     assert visited == easiest
+
+
+def test_cherry_scores_ifd_with_the_score_model_and_keeps_the_highest_below_1(tmp_path, tokenizer):
+    scorer = tiny_llama(len(tokenizer))
+    scorer.save_pretrained(tmp_path / "scorer")
+    tokenizer.save_pretrained(tmp_path / "scorer")
+    policy = ScoreCurriculum("ifd_below_1", order="hard_to_easy", keep=0.5)
+    data = InstructionDataModule(tokenizer=tokenizer, train_size=24, eval_size=0, batch_size=8, policy=policy)
+    module = CausalLMFineTuner(
+        tiny_llama(len(tokenizer)),
+        tokenizer,
+        max_new_tokens=0,
+        fit_start_scores=True,
+        score_model=str(tmp_path / "scorer"),
+    )
+    dynamics = TrainingDynamics()
+    _trainer(tmp_path, [dynamics], max_epochs=1).fit(module, data)
+    expected = CausalLMFineTuner(scorer, tokenizer, max_new_tokens=0).compute_example_scores(data.train_dataset)
+    torch.testing.assert_close(module.example_scores["ifd"], expected["ifd"])  # the scorer's, not the trained model's
+    ifd, below = module.example_scores["ifd"], module.example_scores["ifd_below_1"]
+    assert torch.equal(below.isnan(), ~(ifd < 1))
+    visited = set((dynamics.signals()["visits"] > 0).nonzero().squeeze(1).tolist())
+    ranked = torch.sort(below.nan_to_num(-math.inf), descending=True, stable=True).indices.tolist()
+    finite = int(below.isfinite().sum())
+    assert len(visited) == 12
+    assert set(ranked[: min(finite, 12)]) <= visited  # the highest IFDs below 1; rows at or above 1 only fill up
 
 
 def test_a_score_the_model_did_not_compute_is_an_error(tmp_path, tokenizer):
