@@ -71,7 +71,8 @@ def main() -> None:
         "--model.hf_export", "false",
         "--report.export", "false",
     ]  # fmt: skip
-    cli = LLMRecipeCLI(args=[*defaults, *recipe_args], run=False)
+    # no logger, so the CLI's config would land in the working directory: do not save it
+    cli = LLMRecipeCLI(args=[*defaults, *recipe_args], run=False, save_config_callback=None)
     datamodule, trainer = cli.datamodule, cli.trainer
     started = time.perf_counter()
     datamodule.setup("fit")
@@ -79,6 +80,7 @@ def main() -> None:
     started = time.perf_counter()
     trainer.fit(cli.model, datamodule=datamodule)
     train_seconds = time.perf_counter() - started
+    last_train_loss = trainer.callback_metrics.get("train/loss")  # validate() clears the callback metrics
     trainer.limit_val_batches = 1.0
     started = time.perf_counter()
     trainer.validate(cli.model, datamodule=datamodule, verbose=False)
@@ -97,7 +99,7 @@ def main() -> None:
         "val_seconds": val_seconds,
         "accuracy": {name: metrics.get(f"val/{name}/accuracy") for name in [*families, "families"]},
         "loss": {name: metrics.get(f"val/{name}/loss") for name in [*families, "families"]},
-        "train_loss": metrics.get("train/loss"),
+        "last_train_loss": None if last_train_loss is None else float(last_train_loss),
         "padding": padding(datamodule, datamodule.batch_size),
     }
     print("| family | val accuracy (%) | val loss |\n|---|---:|---:|")
