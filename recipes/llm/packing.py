@@ -26,8 +26,10 @@ from lightning_curricula.recipes.llm.data import IGNORE_INDEX
 from torch import Tensor
 
 __all__ = [
+    "MAX_WIDTHS",
     "PACKED_KEYS",
     "PackingCollator",
+    "candidate_widths",
     "is_packed",
     "narrowest_packing",
     "pack_batch",
@@ -38,6 +40,8 @@ __all__ = [
 
 #: The keys `pack_batch` adds; ``pack_capacity`` (an ``int``) is the capacity they were packed to.
 PACKED_KEYS = ("packed_input_ids", "packed_labels", "packed_position_ids", "pack_index", "pack_capacity")
+#: The most row widths `narrowest_packing` tries for one batch (`candidate_widths`).
+MAX_WIDTHS = 256
 
 
 def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -74,15 +78,32 @@ def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return rows
 
 
+def candidate_widths(longest: int, capacity: int) -> list[int]:
+    """The row widths `narrowest_packing` tries: every one from ``longest`` to ``capacity``, or `MAX_WIDTHS` of them.
+
+    Past `MAX_WIDTHS` widths (a long ``capacity`` over short examples) they are spread evenly, both ends
+    kept, so packing a batch costs at most `MAX_WIDTHS` first-fit passes whatever the context length.
+
+    Example:
+        >>> candidate_widths(3, 6), len(candidate_widths(10, 100_000)), candidate_widths(10, 100_000)[-1]
+        ([3, 4, 5, 6], 256, 100000)
+    """
+    count = capacity - longest + 1
+    if count <= MAX_WIDTHS:
+        return list(range(longest, capacity + 1))
+    step = (capacity - longest) / (MAX_WIDTHS - 1)
+    return sorted({longest + round(step * k) for k in range(MAX_WIDTHS)})
+
+
 def narrowest_packing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     """`pack_rows` at the row width, from the longest example to ``capacity``, that computes the fewest tokens.
 
     A packed forward runs ``rows * width`` tokens (``width``: the fullest row). Rows of the full
     ``capacity`` are not always best: a few examples leave them part empty, and the fullest row then
-    sets the width of all. Every width from the longest example up is tried (first-fit decreasing is
-    cheap for a batch), and the least ``rows * width`` wins, the narrower on a tie (less attention).
-    At the longest example's width the cost is at most the padded batch's, so packing never computes
-    more than padding.
+    sets the width of all. The `candidate_widths` from the longest example up are tried (first-fit
+    decreasing is cheap for a batch), and the least ``rows * width`` wins, the narrower on a tie (less
+    attention). At the longest example's width the cost is at most the padded batch's, so packing
+    never computes more than padding.
 
     Example:
         >>> narrowest_packing([5, 3, 4, 2, 6], capacity=12)
@@ -91,7 +112,7 @@ def narrowest_packing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     if not lengths:
         return []
     best: tuple[int, list[list[int]]] | None = None
-    for width in range(max(max(lengths), 1), capacity + 1):
+    for width in candidate_widths(max(max(lengths), 1), capacity):
         rows = pack_rows(lengths, width)
         cost = len(rows) * max(sum(lengths[i] for i in row) for row in rows)
         if best is None or cost < best[0]:

@@ -19,7 +19,14 @@ from lightning_curricula.recipes.llm.data import (  # noqa: E402
 )
 from lightning_curricula.recipes.llm.model import proxy_llama, tiny_llama, tiny_tokenizer  # noqa: E402
 from lightning_curricula.recipes.llm.module import kept_rows, model_token_losses, sequence_losses  # noqa: E402
-from lightning_curricula.recipes.llm.packing import PackingCollator, narrowest_packing, pack_batch, pack_rows  # noqa: E402
+from lightning_curricula.recipes.llm.packing import (  # noqa: E402
+    MAX_WIDTHS,
+    PackingCollator,
+    candidate_widths,
+    narrowest_packing,
+    pack_batch,
+    pack_rows,
+)
 
 from lightning_curricula.step import weighted_token_mean  # noqa: E402
 
@@ -59,6 +66,26 @@ def test_the_narrowest_packing_never_computes_more_than_padding_nor_than_full_ro
     assert cost(rows) <= len(lengths) * max(lengths)  # the padded batch
     assert cost(rows) <= cost(pack_rows(lengths, 96))  # rows of the full capacity
     assert cost(rows) >= sum(lengths)
+
+
+@pytest.mark.parametrize(("longest", "capacity"), [(7, 7), (5, 5 + MAX_WIDTHS - 1), (5, 5 + MAX_WIDTHS), (3, 131_072)])
+def test_candidate_widths_are_bounded_and_keep_both_ends(longest: int, capacity: int) -> None:
+    widths = candidate_widths(longest, capacity)
+    assert widths[0] == longest
+    assert widths[-1] == capacity
+    assert widths == sorted(set(widths))
+    assert len(widths) == min(capacity - longest + 1, MAX_WIDTHS)
+
+
+def test_a_long_context_packing_still_computes_no_more_than_padding_nor_than_full_rows() -> None:
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 3000, (64,), generator=generator).tolist()
+    rows = narrowest_packing(lengths, capacity=32_768)  # 29,769 widths: 256 tried
+    assert sorted(i for row in rows for i in row) == list(range(64))
+    cost = len(rows) * max(sum(lengths[i] for i in row) for row in rows)
+    full_rows = pack_rows(lengths, 32_768)
+    assert cost <= len(lengths) * max(lengths)
+    assert cost <= len(full_rows) * max(sum(lengths[i] for i in row) for row in full_rows)
 
 
 def test_pack_rows_refuses_an_example_longer_than_a_row_and_a_capacity_below_one() -> None:
