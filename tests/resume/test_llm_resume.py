@@ -1,7 +1,8 @@
 """LLM recipe: crash at epoch 2, resume from the epoch-1 checkpoint, end like the uninterrupted run.
 
 A curriculum by loss (its plans depend on the tracker's tables), IFD at fit start (restored from the
-checkpoint, not recomputed), and the warm-up + cosine schedule sized from the plan.
+checkpoint, not recomputed), and the warm-up + cosine schedule sized from the plan; with padded and with
+packed training batches.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def tokenizer() -> Any:
     return ensure_pad_token(tiny_tokenizer())
 
 
-def run(tokenizer: Any, root: Path, *, crash: bool = False, ckpt_path: Path | None = None) -> tuple[Any, ...]:
+def run(
+    tokenizer: Any, root: Path, *, packing: bool, crash: bool = False, ckpt_path: Path | None = None
+) -> tuple[Any, ...]:
     model = CountingFineTuner(tiny_llama(len(tokenizer)), tokenizer, lr=1e-3, max_new_tokens=0, fit_start_scores=True)
     data = InstructionDataModule(
         tokenizer=tokenizer,
@@ -52,6 +55,7 @@ def run(tokenizer: Any, root: Path, *, crash: bool = False, ckpt_path: Path | No
         eval_size=0,
         batch_size=8,
         policy=Curriculum("loss", start=0.5, saturation=1.0, warmup_epochs=1),
+        packing=packing,
     )
     dynamics = TrainingDynamics()
     checkpoints = ModelCheckpoint(dirpath=root, filename="{epoch}", every_n_epochs=1, save_top_k=-1)
@@ -63,13 +67,14 @@ def run(tokenizer: Any, root: Path, *, crash: bool = False, ckpt_path: Path | No
     return model, dynamics, trainer
 
 
-def test_resumed_run_equals_the_uninterrupted_one(tokenizer: Any, tmp_path: Path) -> None:
-    straight, straight_dynamics, straight_trainer = run(tokenizer, tmp_path / "straight")
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_resumed_run_equals_the_uninterrupted_one(tokenizer: Any, tmp_path: Path, packing: bool) -> None:
+    straight, straight_dynamics, straight_trainer = run(tokenizer, tmp_path / "straight", packing=packing)
     with pytest.raises(SimulatedCrash):
-        run(tokenizer, tmp_path / "crashed", crash=True)
+        run(tokenizer, tmp_path / "crashed", packing=packing, crash=True)
     CountingFineTuner.scored = 0
     resumed, resumed_dynamics, resumed_trainer = run(
-        tokenizer, tmp_path / "crashed", ckpt_path=tmp_path / "crashed" / "epoch=1.ckpt"
+        tokenizer, tmp_path / "crashed", packing=packing, ckpt_path=tmp_path / "crashed" / "epoch=1.ckpt"
     )
     assert CountingFineTuner.scored == 0  # the IFD came back with the checkpoint
     assert resumed_trainer.global_step == straight_trainer.global_step
